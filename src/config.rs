@@ -1,0 +1,403 @@
+//! The builder, its defaults and the rules it checks before any I/O.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::lock::RedLock;
+use crate::node::NodeSpec;
+use crate::quorum;
+use crate::retry::Retry;
+
+/// Default lease per acquisition.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+/// Default clock-drift factor (plus [`quorum::DRIFT_FLOOR`]).
+pub const DEFAULT_DRIFT_FACTOR: f64 = 0.01;
+/// Default bound on concurrent node requests across one [`RedLock`] and its clones.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// Default key prefix.
+pub const DEFAULT_NAMESPACE: &str = "redquorum";
+/// The group of a [`RedLock`] that was not made with [`RedLock::group`].
+pub const DEFAULT_GROUP: &str = "default";
+/// Default time `build()` waits for a majority of nodes to answer a first PING.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The default per-node request timeout for a lease of `ttl`: `ttl / 200`, kept within
+/// 20 ms ..= 250 ms (50 ms for the default 10 s lease). The Redlock spec asks for a timeout much
+/// smaller than the TTL so a dead or frozen node costs little of the lease.
+///
+/// ```
+/// use std::time::Duration;
+/// use redquorum::config::default_node_timeout;
+/// assert_eq!(default_node_timeout(Duration::from_secs(10)), Duration::from_millis(50));
+/// assert_eq!(default_node_timeout(Duration::from_secs(1)), Duration::from_millis(20));
+/// assert_eq!(default_node_timeout(Duration::from_secs(600)), Duration::from_millis(250));
+/// ```
+pub fn default_node_timeout(ttl: Duration) -> Duration {
+    (ttl / 200).clamp(Duration::from_millis(20), Duration::from_millis(250))
+}
+
+/// Configures and connects a [`RedLock`]. Obtained from [`RedLock::builder`].
+///
+/// | option | default | meaning |
+/// |---|---|---|
+/// | [`nodes`](Self::nodes) | — (required) | URLs of the independent Redis masters |
+/// | [`ttl`](Self::ttl) | 10 s | lease per acquisition |
+/// | [`drift_factor`](Self::drift_factor) | 0.01 | clock-drift allowance: `ttl · factor + 2 ms` |
+/// | [`node_timeout`](Self::node_timeout) | `ttl / 200` in 20..=250 ms | per-node request timeout |
+/// | [`max_in_flight`](Self::max_in_flight) | 1024 | concurrent node requests, all clones together |
+/// | [`retry`](Self::retry) | 10 ms doubling to 200 ms, full jitter | wait between attempts |
+/// | [`owner`](Self::owner) | `host:pid` | label stored with each grant |
+/// | [`namespace`](Self::namespace) | `redquorum` | key prefix |
+/// | [`connect_timeout`](Self::connect_timeout) | 2 s | how long `build()` waits for a majority |
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use redquorum::{RedLock, Retry, Error};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // Every rule is checked before any connection is made:
+/// let err = RedLock::builder()
+///     .nodes(["redis://127.0.0.1:7001", "redis://127.0.0.1:7001"])
+///     .ttl(Duration::from_secs(5))
+///     .retry(Retry::exponential(Duration::from_millis(20), Duration::from_millis(500)))
+///     .build()
+///     .await
+///     .unwrap_err();
+/// assert!(matches!(err, Error::Config { .. }));
+/// assert!(err.to_string().contains("more than once"));
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing itself; call .build().await"]
+pub struct RedLockBuilder {
+    nodes: Vec<String>,
+    ttl: Duration,
+    drift_factor: f64,
+    node_timeout: Option<Duration>,
+    max_in_flight: usize,
+    retry: Retry,
+    owner: Option<String>,
+    namespace: String,
+    connect_timeout: Duration,
+}
+
+impl Default for RedLockBuilder {
+    fn default() -> Self {
+        RedLockBuilder {
+            nodes: Vec::new(),
+            ttl: DEFAULT_TTL,
+            drift_factor: DEFAULT_DRIFT_FACTOR,
+            node_timeout: None,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            retry: Retry::default(),
+            owner: None,
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+/// The validated settings shared by a [`RedLock`] and its clones.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) ttl: Duration,
+    pub(crate) drift_factor: f64,
+    pub(crate) retry: Retry,
+    pub(crate) owner: Arc<str>,
+    pub(crate) namespace: Arc<str>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) node_timeout: Duration,
+    pub(crate) max_in_flight: usize,
+}
+
+impl RedLockBuilder {
+    /// The Redis masters, as URLs the redis crate understands: `redis://host:port`,
+    /// `redis://user:password@host:port/db`, `rediss://` for TLS (needs the redis crate's TLS
+    /// feature). Use independent masters (no replication between them); 3 or 5 is typical.
+    /// Replaces any nodes given before.
+    pub fn nodes<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.nodes = urls.into_iter().map(|u| u.as_ref().to_owned()).collect();
+        self
+    }
+
+    /// The lease of each acquisition: how long the nodes keep the key if it is never released.
+    ///
+    /// # Default
+    /// 10 s.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The clock-drift factor: a grant's validity is reduced by `ttl · factor + 2 ms` to allow
+    /// for nodes whose clocks run fast. Must be in `0.0..0.5`.
+    ///
+    /// # Default
+    /// 0.01.
+    pub fn drift_factor(mut self, factor: f64) -> Self {
+        self.drift_factor = factor;
+        self
+    }
+
+    /// How long one request to one node may take before that node counts as failed for this
+    /// round. Must leave positive validity: `ttl > node_timeout + drift`.
+    ///
+    /// # Default
+    /// [`default_node_timeout`]`(ttl)`: 50 ms for a 10 s TTL.
+    pub fn node_timeout(mut self, timeout: Duration) -> Self {
+        self.node_timeout = Some(timeout);
+        self
+    }
+
+    /// Bound on concurrent node requests across this `RedLock`, its clones and groups (a
+    /// `tokio::sync::Semaphore`). Requests beyond it wait, and the wait counts against the node
+    /// timeout. Must be at least the number of nodes.
+    ///
+    /// # Default
+    /// 1024.
+    pub fn max_in_flight(mut self, permits: usize) -> Self {
+        self.max_in_flight = permits;
+        self
+    }
+
+    /// The backoff between acquisition attempts while the lock is held elsewhere.
+    ///
+    /// # Default
+    /// [`Retry::default`]: 10 ms doubling to 200 ms with full jitter, no attempt limit.
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// A human-readable label stored with each grant, returned by [`RedLock::owner`].
+    ///
+    /// # Default
+    /// `<hostname>:<pid>`.
+    pub fn owner(mut self, label: impl Into<String>) -> Self {
+        self.owner = Some(label.into());
+        self
+    }
+
+    /// Prefix of every lock key: keys are `<namespace>:<group>:<key>`.
+    ///
+    /// # Default
+    /// `redquorum`.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// How long [`build`](Self::build) waits for a majority of nodes to answer.
+    ///
+    /// # Default
+    /// 2 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Checks every rule, then connects to all nodes in parallel and returns once a majority
+    /// answers; the others keep connecting in the background (on first use).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for bad input, before any I/O: no nodes, a node given twice, an
+    /// unparsable URL, a zero or too-short TTL, a drift factor outside `0.0..0.5`, a zero node
+    /// or connect timeout, `max_in_flight` below the number of nodes, an empty owner or
+    /// namespace. [`Error::NoQuorum`] when a majority of nodes does not answer within
+    /// `connect_timeout`.
+    ///
+    /// # Cancel safety
+    /// Dropping the future leaves nothing behind: connections are closed with it.
+    pub async fn build(self) -> Result<RedLock, Error> {
+        let (config, specs) = self.validate()?;
+        RedLock::connect(config, specs).await
+    }
+
+    /// All rules, as a pure function of the builder.
+    pub(crate) fn validate(&self) -> Result<(Config, Vec<NodeSpec>), Error> {
+        if self.nodes.is_empty() {
+            return Err(Error::config(
+                "no nodes: pass the URLs of your Redis masters to .nodes([...]) (3 or 5 independent \
+                 masters survive the loss of 1 or 2)",
+            ));
+        }
+        let mut specs = Vec::with_capacity(self.nodes.len());
+        let mut seen = HashSet::new();
+        for url in &self.nodes {
+            let spec = NodeSpec::parse(url).map_err(Error::config)?;
+            if !seen.insert(spec.addr.clone()) {
+                return Err(Error::config(format!(
+                    "node {} is listed more than once; every node must be a distinct Redis master, \
+                     or one server would count as several votes",
+                    spec.addr
+                )));
+            }
+            specs.push(spec);
+        }
+        if !(self.drift_factor.is_finite() && (0.0..0.5).contains(&self.drift_factor)) {
+            return Err(Error::config(format!(
+                "drift_factor {} is out of range; use a value in 0.0..0.5 (default 0.01)",
+                self.drift_factor
+            )));
+        }
+        if self.ttl < Duration::from_millis(1) {
+            return Err(Error::config(
+                "ttl must be at least 1 ms (Redis leases are in whole milliseconds); the default is 10 s",
+            ));
+        }
+        if self.ttl > Duration::from_secs(86_400 * 365) {
+            return Err(Error::config(format!(
+                "ttl {:?} is longer than a year; a lock that outlives its holder that long is a bug \
+                 waiting to happen",
+                self.ttl
+            )));
+        }
+        let node_timeout = self
+            .node_timeout
+            .unwrap_or_else(|| default_node_timeout(self.ttl));
+        if node_timeout.is_zero() {
+            return Err(Error::config("node_timeout must be greater than zero"));
+        }
+        check_ttl(self.ttl, self.drift_factor, node_timeout)?;
+        if self.max_in_flight < specs.len() {
+            return Err(Error::config(format!(
+                "max_in_flight {} is below the number of nodes ({}): one acquisition could not reach \
+                 every node at once",
+                self.max_in_flight,
+                specs.len()
+            )));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::config("connect_timeout must be greater than zero"));
+        }
+        if self.namespace.is_empty() {
+            return Err(Error::config(
+                "namespace is empty; pick a prefix that no other data in these Redis servers uses",
+            ));
+        }
+        let owner = match &self.owner {
+            Some(o) if o.is_empty() => {
+                return Err(Error::config(
+                    "owner label is empty; use something that names this process, e.g. host:pid",
+                ))
+            }
+            Some(o) => o.as_str().into(),
+            None => default_owner().into(),
+        };
+        if specs.len() % 2 == 0 {
+            tracing::warn!(
+                nodes = specs.len(),
+                "an even number of nodes tolerates no more failures than one node fewer; prefer 3 or 5"
+            );
+        }
+        let config = Config {
+            ttl: self.ttl,
+            drift_factor: self.drift_factor,
+            retry: self.retry,
+            owner,
+            namespace: self.namespace.as_str().into(),
+            connect_timeout: self.connect_timeout,
+            node_timeout,
+            max_in_flight: self.max_in_flight,
+        };
+        Ok((config, specs))
+    }
+}
+
+/// Checks that a lease of `ttl` can have positive validity after the drift allowance and one
+/// node timeout.
+pub(crate) fn check_ttl(ttl: Duration, drift_factor: f64, node_timeout: Duration) -> Result<(), Error> {
+    if quorum::validity(ttl, node_timeout, drift_factor).is_none() {
+        return Err(Error::config(format!(
+            "ttl {ttl:?} leaves no validity after the drift allowance ({:?}) and one node timeout \
+             ({node_timeout:?}); use a longer ttl or a shorter node_timeout",
+            quorum::drift(ttl, drift_factor)
+        )));
+    }
+    Ok(())
+}
+
+fn default_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three() -> RedLockBuilder {
+        RedLockBuilder::default().nodes([
+            "redis://127.0.0.1:7001",
+            "redis://127.0.0.1:7002",
+            "redis://127.0.0.1:7003",
+        ])
+    }
+
+    fn reason(b: RedLockBuilder) -> String {
+        match b.validate() {
+            Err(Error::Config { reason }) => reason,
+            Err(other) => panic!("expected Config, got {other}"),
+            Ok(_) => panic!("expected Config error"),
+        }
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let (c, specs) = three().validate().expect("defaults are valid");
+        assert_eq!(specs.len(), 3);
+        assert_eq!(c.ttl, DEFAULT_TTL);
+        assert_eq!(c.node_timeout, Duration::from_millis(50));
+        assert!(c.owner.contains(':'));
+    }
+
+    #[test]
+    fn every_rule_has_a_clear_error() {
+        assert!(reason(RedLockBuilder::default()).contains("no nodes"));
+        assert!(reason(three().nodes(["redis://a:1", "redis://a:1/0"])).contains("more than once"));
+        assert!(reason(three().nodes(["not a url"])).contains("not a valid Redis URL"));
+        assert!(reason(three().ttl(Duration::ZERO)).contains("at least 1 ms"));
+        assert!(reason(three().ttl(Duration::from_millis(20))).contains("leaves no validity"));
+        assert!(reason(three().ttl(Duration::from_secs(86_400 * 400))).contains("longer than a year"));
+        assert!(reason(three().drift_factor(0.5)).contains("drift_factor"));
+        assert!(reason(three().drift_factor(f64::NAN)).contains("drift_factor"));
+        assert!(reason(three().drift_factor(-0.1)).contains("drift_factor"));
+        assert!(reason(three().node_timeout(Duration::ZERO)).contains("node_timeout"));
+        assert!(reason(three().node_timeout(Duration::from_secs(10))).contains("leaves no validity"));
+        assert!(reason(three().max_in_flight(2)).contains("max_in_flight"));
+        assert!(reason(three().connect_timeout(Duration::ZERO)).contains("connect_timeout"));
+        assert!(reason(three().namespace("")).contains("namespace"));
+        assert!(reason(three().owner("")).contains("owner"));
+    }
+
+    #[test]
+    fn same_host_different_db_is_distinct() {
+        let b = three().nodes(["redis://a:1/0", "redis://a:1/1"]);
+        assert!(b.validate().is_ok());
+    }
+
+    #[test]
+    fn default_node_timeout_scales_with_ttl() {
+        assert_eq!(default_node_timeout(Duration::from_secs(20)), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn credentials_never_appear_in_errors() {
+        let r = reason(three().nodes(["redis://u:hunter2@h:1", "redis://u:hunter2@h:1"]));
+        assert!(!r.contains("hunter2"), "{r}");
+    }
+}

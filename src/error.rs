@@ -1,0 +1,224 @@
+//! The one error type of the crate.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything that can go wrong when locking, releasing or extending.
+///
+/// Each variant carries the facts behind it and its message says what to do. Use the predicates
+/// ([`Error::is_retryable`], [`Error::is_timeout`], ...) rather than matching on messages.
+///
+/// # Examples
+///
+/// ```
+/// use redquorum::Error;
+///
+/// fn report(err: &Error) -> &'static str {
+///     match err {
+///         Error::Timeout { .. } => "busy, try later",
+///         Error::NoQuorum { .. } => "lock service degraded",
+///         e if e.is_retryable() => "transient",
+///         _ => "bug or misconfiguration",
+///     }
+/// }
+/// assert_eq!(report(&Error::Cancelled { key: "k".into() }), "bug or misconfiguration");
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The builder or a call got input that can never work (no nodes, a bad URL, an empty key,
+    /// a TTL too short to leave any validity, ...). Nothing was sent to Redis.
+    #[error("invalid configuration: {reason}")]
+    Config {
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+
+    /// The context's deadline passed while the lock stayed held by another owner.
+    #[error(
+        "timed out after {waited:?} waiting for lock {key:?} ({attempts} attempts): it stayed held by \
+         another owner; give the context a later deadline or make the holder's critical section shorter"
+    )]
+    Timeout {
+        /// The key as the caller named it.
+        key: String,
+        /// How long the caller waited.
+        waited: Duration,
+        /// How many acquisition rounds were made.
+        attempts: u32,
+    },
+
+    /// The retry policy's `max_attempts` ran out before the lock was acquired.
+    #[error(
+        "gave up on lock {key:?} after {attempts} attempts (the retry policy's max_attempts): it stayed \
+         held by another owner; allow more attempts or use a context deadline instead"
+    )]
+    RetriesExhausted {
+        /// The key as the caller named it.
+        key: String,
+        /// How many acquisition rounds were made.
+        attempts: u32,
+    },
+
+    /// The context's cancellation token fired while waiting.
+    #[error("waiting for lock {key:?} was cancelled; nothing is held")]
+    Cancelled {
+        /// The key as the caller named it.
+        key: String,
+    },
+
+    /// Fewer than a majority of nodes answered, so no decision could be made either way.
+    #[error(
+        "no quorum for {op} of {key:?}: {ok} of {nodes} nodes answered in time but {required} are \
+         required; check that a majority of the Redis masters is reachable ({causes})",
+        causes = NodeFailures(causes)
+    )]
+    NoQuorum {
+        /// What was being done: `acquire`, `release`, `extend` or `query`.
+        op: &'static str,
+        /// The key as the caller named it.
+        key: String,
+        /// Nodes that answered (for acquire: that granted).
+        ok: usize,
+        /// The majority needed.
+        required: usize,
+        /// Number of nodes.
+        nodes: usize,
+        /// Why each failing node failed.
+        causes: Vec<NodeFailure>,
+    },
+
+    /// Release or extend found the key held by another owner: this guard's lease ran out and
+    /// somebody else acquired the lock. Their key was left untouched.
+    #[error(
+        "lock {key:?} is now held by another owner: this lease expired before {op}; keep the critical \
+         section shorter than the guard's validity or extend it earlier"
+    )]
+    NotOwner {
+        /// `release` or `extend`.
+        op: &'static str,
+        /// The key as the caller named it.
+        key: String,
+    },
+
+    /// Release or extend found no key of ours: the lease expired (or it was already released).
+    #[error(
+        "lock {key:?} is no longer held (its lease expired or it was already released) so {op} had \
+         nothing to act on; keep the critical section shorter than the guard's validity"
+    )]
+    NotHeld {
+        /// `release` or `extend`.
+        op: &'static str,
+        /// The key as the caller named it.
+        key: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn config(reason: impl Into<String>) -> Self {
+        Error::Config {
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether trying the same operation again later can succeed (timeouts, quorum loss).
+    ///
+    /// ```
+    /// # use redquorum::Error;
+    /// assert!(!Error::Cancelled { key: "k".into() }.is_retryable());
+    /// ```
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Timeout { .. } | Error::RetriesExhausted { .. } | Error::NoQuorum { .. }
+        )
+    }
+
+    /// Whether the wait ended because the deadline or the retry budget ran out.
+    ///
+    /// ```
+    /// # use redquorum::Error;
+    /// # use std::time::Duration;
+    /// let e = Error::Timeout { key: "k".into(), waited: Duration::from_secs(1), attempts: 3 };
+    /// assert!(e.is_timeout());
+    /// ```
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. } | Error::RetriesExhausted { .. })
+    }
+
+    /// Whether the lease was lost: the lock expired or passed to another owner.
+    ///
+    /// ```
+    /// # use redquorum::Error;
+    /// assert!(Error::NotHeld { op: "release", key: "k".into() }.is_lost());
+    /// ```
+    pub fn is_lost(&self) -> bool {
+        matches!(self, Error::NotOwner { .. } | Error::NotHeld { .. })
+    }
+}
+
+/// One node's failure inside a quorum operation.
+///
+/// ```
+/// # use redquorum::{NodeFailure, NodeCause};
+/// let f = NodeFailure { node: "127.0.0.1:7001".into(), cause: NodeCause::Timeout };
+/// assert_eq!(f.to_string(), "127.0.0.1:7001: no answer within the node timeout");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFailure {
+    /// The node's address (without credentials).
+    pub node: String,
+    /// What happened.
+    pub cause: NodeCause,
+}
+
+impl fmt::Display for NodeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.node, self.cause)
+    }
+}
+
+/// Why a node did not contribute to a quorum.
+///
+/// ```
+/// # use redquorum::NodeCause;
+/// assert!(NodeCause::Timeout.to_string().contains("timeout"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeCause {
+    /// No answer within the node timeout (node down, paused, slow or unreachable).
+    Timeout,
+    /// The node answered with an error or the connection failed.
+    Redis(Arc<str>),
+    /// The node answered with something the scripts never return.
+    Protocol(Arc<str>),
+}
+
+impl fmt::Display for NodeCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeCause::Timeout => f.write_str("no answer within the node timeout"),
+            NodeCause::Redis(e) => write!(f, "redis error: {e}"),
+            NodeCause::Protocol(e) => write!(f, "unexpected reply: {e}"),
+        }
+    }
+}
+
+struct NodeFailures<'a>(&'a [NodeFailure]);
+
+impl fmt::Display for NodeFailures<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("no node failed outright");
+        }
+        for (i, n) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{n}")?;
+        }
+        Ok(())
+    }
+}

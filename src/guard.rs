@@ -1,0 +1,256 @@
+//! [`LockGuard`]: a held lock, released explicitly or on drop.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::check_ttl;
+use crate::error::{Error, NodeCause};
+use crate::lock::{millis, spawn_release, RedLock};
+use crate::node::{self, Grant, EXTEND};
+use crate::quorum::{self, Vote};
+
+/// A lock held on a majority of nodes.
+///
+/// Act under it only while [`validity`](Self::validity) is comfortably positive. Release it with
+/// [`release`](Self::release) to learn whether the release reached a majority; if the guard is
+/// simply dropped, a release is spawned on the current tokio runtime (best effort: with no
+/// runtime, or if it fails, the keys expire after the TTL).
+///
+/// # Examples
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # use redquorum::{RedLock, Context};
+/// # async fn f(locks: RedLock) -> Result<(), redquorum::Error> {
+/// let ctx = Context::with_timeout(Duration::from_secs(5));
+/// {
+///     let guard = locks.acquire(&ctx, "orders:42").await?;
+///     assert!(guard.validity() > Duration::ZERO);
+///     // ... critical section ...
+/// } // dropped: released in the background
+/// let mut guard = locks.acquire(&ctx, "orders:42").await?;
+/// guard.extend(Duration::from_secs(30)).await?;
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct LockGuard {
+    lock: RedLock,
+    key: Box<str>,
+    redis_key: Arc<str>,
+    value: Arc<str>,
+    expires_at: Instant,
+    states: NodeStates,
+    released: bool,
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("key", &self.key)
+            .field("validity", &self.validity())
+            .field("granted_nodes", &self.granted_nodes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockGuard {
+    pub(crate) fn new(
+        lock: RedLock,
+        key: Box<str>,
+        redis_key: Arc<str>,
+        value: Arc<str>,
+        expires_at: Instant,
+        states: NodeStates,
+    ) -> Self {
+        LockGuard {
+            lock,
+            key,
+            redis_key,
+            value,
+            expires_at,
+            states,
+            released: false,
+        }
+    }
+
+    /// The key as passed to `acquire`.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The unique value this acquisition stored on the nodes (`<uuid>:<owner>`).
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// How long the lock is still safe to act under: `ttl − elapsed − drift` since the round
+    /// that granted (or last extended) it. Zero once it has run out.
+    ///
+    /// This is a local, monotonic-clock estimate. It assumes that the nodes' clocks do not run
+    /// faster than `drift_factor` allows and that this process is not paused between reading
+    /// it and acting on it.
+    pub fn validity(&self) -> Duration {
+        self.expires_at.saturating_duration_since(Instant::now())
+    }
+
+    /// The instant the validity runs out.
+    pub fn expires_at(&self) -> Instant {
+        self.expires_at
+    }
+
+    /// Nodes known to have granted this lock: the majority that decided, plus any straggler that
+    /// granted after the decision.
+    pub fn granted_nodes(&self) -> usize {
+        self.states.granted()
+    }
+
+    /// Whether the lock is still ours: validity left and our value on a majority of nodes.
+    ///
+    /// # Errors
+    /// [`Error::NoQuorum`] when too few nodes answer to tell.
+    ///
+    /// # Cancel safety
+    /// Read only: dropping it changes nothing.
+    pub async fn is_held(&self) -> Result<bool, Error> {
+        if self.validity().is_zero() {
+            return Ok(false);
+        }
+        let (values, tally, causes) = self.lock.shared().query(&self.redis_key).await;
+        let ours = values
+            .iter()
+            .find(|(v, _)| **v == *self.value)
+            .map_or(0, |(_, c)| *c);
+        if ours >= tally.required() {
+            return Ok(!self.validity().is_zero());
+        }
+        if tally.answered() < tally.required() {
+            return Err(Error::NoQuorum {
+                op: "query",
+                key: self.key.to_string(),
+                ok: tally.answered(),
+                required: tally.required(),
+                nodes: tally.nodes,
+                causes,
+            });
+        }
+        Ok(false)
+    }
+
+    /// Resets the lease to `ttl` on every node that still holds our value; succeeds when a
+    /// majority did so before the current validity ran out. Nodes holding another owner's value
+    /// are never touched. On success the validity restarts from this round.
+    ///
+    /// A failed extension does not release anything: nodes that were extended keep the lease
+    /// until it expires or the guard is released.
+    ///
+    /// # Errors
+    /// - [`Error::Config`]: `ttl` too short to leave validity (nothing is sent).
+    /// - [`Error::NotHeld`]: the validity had already run out, or our value is gone from too
+    ///   many nodes.
+    /// - [`Error::NotOwner`]: another owner holds the key on some node and we lack a majority.
+    /// - [`Error::NoQuorum`]: too few nodes answered.
+    ///
+    /// # Cancel safety
+    /// If dropped, some nodes may have been extended; the guard keeps its old validity.
+    pub async fn extend(&mut self, ttl: Duration) -> Result<(), Error> {
+        let shared = self.lock.shared().clone();
+        let config = &shared.config;
+        check_ttl(ttl, config.drift_factor, config.node_timeout)?;
+        let op = "extend";
+        if self.validity().is_zero() {
+            return Err(Error::NotHeld {
+                op,
+                key: self.key.to_string(),
+            });
+        }
+        let start = Instant::now();
+        let mut cmd = node::evalsha(&EXTEND, &self.redis_key);
+        cmd.arg(&*self.value).arg(millis(ttl));
+        let round = shared.owned_round(&EXTEND, cmd).await;
+        let decided = Instant::now();
+        round.outcome(op, &self.key)?;
+        let validity = quorum::validity(ttl, decided - start, config.drift_factor);
+        match validity {
+            Some(_) if decided < self.expires_at => {
+                self.expires_at = start + (ttl - quorum::drift(ttl, config.drift_factor));
+                tracing::debug!(key = &*self.key, validity = ?self.validity(), "lock extended");
+                Ok(())
+            }
+            _ => Err(Error::NotHeld {
+                op,
+                key: self.key.to_string(),
+            }),
+        }
+    }
+
+    /// Releases the lock on every node (compare-and-delete: another owner's key is never
+    /// touched); succeeds when a majority confirms the deletion.
+    ///
+    /// # Errors
+    /// [`Error::NotOwner`] when the lease had expired and another owner holds the key;
+    /// [`Error::NotHeld`] when the key was already gone (expired); [`Error::NoQuorum`] when too
+    /// few nodes answered (the keys then expire after the TTL).
+    ///
+    /// # Cancel safety
+    /// If the future is dropped before it completes, the guard's drop spawns the release again.
+    pub async fn release(mut self) -> Result<(), Error> {
+        let shared = self.lock.shared().clone();
+        let round = shared.release(&self.redis_key, &self.value).await;
+        self.released = true;
+        let outcome = round.outcome("release", &self.key);
+        tracing::debug!(key = &*self.key, ok = outcome.is_ok(), "lock released");
+        outcome
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if !self.released {
+            spawn_release(
+                self.lock.shared().clone(),
+                self.redis_key.clone(),
+                self.value.clone(),
+            );
+        }
+    }
+}
+
+/// What each node said to the round that granted a guard, updated by stragglers after the
+/// decision.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeStates(Arc<[AtomicU8]>);
+
+const UNKNOWN: u8 = 0;
+const GRANTED: u8 = 1;
+const REFUSED: u8 = 2;
+const FAILED: u8 = 3;
+
+impl NodeStates {
+    pub(crate) fn new(n: usize) -> Self {
+        NodeStates((0..n).map(|_| AtomicU8::new(UNKNOWN)).collect())
+    }
+
+    /// Records node `i`'s reply and returns its vote.
+    pub(crate) fn record(&self, i: usize, reply: &Result<Grant, NodeCause>) -> Vote {
+        let (state, vote) = match reply {
+            Ok(Grant::Granted) => (GRANTED, Vote::Yes),
+            Ok(Grant::Held { .. }) => (REFUSED, Vote::No),
+            Err(_) => (FAILED, Vote::Failed),
+        };
+        if let Some(slot) = self.0.get(i) {
+            slot.store(state, Ordering::Relaxed);
+        }
+        vote
+    }
+
+    pub(crate) fn granted(&self) -> usize {
+        self.0
+            .iter()
+            .filter(|s| s.load(Ordering::Relaxed) == GRANTED)
+            .count()
+    }
+}

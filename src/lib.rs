@@ -1,0 +1,22 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod config;
+mod context;
+mod error;
+mod guard;
+mod lock;
+mod node;
+pub mod quorum;
+mod retry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+mod wait;
+
+pub use config::RedLockBuilder;
+pub use context::Context;
+pub use error::{Error, NodeCause, NodeFailure};
+pub use guard::LockGuard;
+pub use lock::{RedLock, UNREACHABLE_ATTEMPTS};
+pub use retry::{Delays, Retry};

@@ -1,0 +1,697 @@
+//! [`RedLock`]: the Redlock algorithm over N independent masters.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use tokio::time::Instant;
+
+use crate::config::{Config, RedLockBuilder, DEFAULT_GROUP};
+use crate::context::Context;
+use crate::error::{Error, NodeCause, NodeFailure};
+use crate::guard::{LockGuard, NodeStates};
+use crate::node::{self, Grant, NodeSpec, Nodes, Owned, ACQUIRE, RELEASE};
+use crate::quorum::{self, Decision, Tally, Vote};
+use crate::wait::{self, WaitEnd, Waiter};
+
+/// After this many consecutive attempts in which a majority of nodes could not be reached,
+/// `acquire` stops waiting and returns [`Error::NoQuorum`]: waiting is for a lock held by
+/// somebody else, not for a cluster that is down.
+pub const UNREACHABLE_ATTEMPTS: u32 = 3;
+
+/// A distributed lock manager over N independent Redis masters (the Redlock algorithm).
+///
+/// Cheap to clone (an `Arc`); clones and [groups](Self::group) share the connections and the
+/// in-flight semaphore. `Send + Sync`.
+///
+/// # How a lock is taken
+/// 1. A fresh random value (UUID v4 plus the owner label) is generated for the attempt.
+/// 2. `SET key value NX PX ttl` runs on every node in parallel (a Lua script), each request
+///    bounded by the node timeout.
+/// 3. As soon as a majority has granted, the grant is decided; stragglers finish in the
+///    background. As soon as a majority becomes impossible, the attempt fails.
+/// 4. The grant stands only if `validity = ttl − elapsed − (ttl·drift_factor + 2 ms)` is positive.
+/// 5. A failed attempt is undone on every node (compare-and-delete, so only our value goes).
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use redquorum::{RedLock, Context};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), redquorum::Error> {
+/// let locks = RedLock::builder()
+///     .nodes(["redis://127.0.0.1:7001", "redis://127.0.0.1:7002", "redis://127.0.0.1:7003"])
+///     .ttl(Duration::from_secs(10))
+///     .build()
+///     .await?;
+/// let ctx = Context::with_timeout(Duration::from_secs(5));
+/// let guard = locks.acquire(&ctx, "orders:42").await?;
+/// // ... act only while guard.validity() is comfortably positive ...
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedLock {
+    shared: Arc<Shared>,
+    /// `<namespace>:<group>:`
+    prefix: Arc<str>,
+}
+
+/// What every clone and group shares.
+pub(crate) struct Shared {
+    pub(crate) nodes: Nodes,
+    pub(crate) config: Config,
+}
+
+impl std::fmt::Debug for RedLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nodes: Vec<&str> = (0..self.shared.nodes.len())
+            .map(|i| &**self.shared.nodes.addr(i))
+            .collect();
+        f.debug_struct("RedLock")
+            .field("nodes", &nodes)
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.shared.config.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of one acquisition round.
+enum Attempt {
+    Granted(LockGuard),
+    /// Held by someone else (or our grant came too late to be valid). `holder_left`: when a
+    /// majority could be free again, if known.
+    Busy { holder_left: Option<Duration> },
+    /// A majority of nodes did not answer.
+    Unreachable(Error),
+}
+
+impl RedLock {
+    /// Starts configuring a `RedLock`; see [`RedLockBuilder`] for every option and default.
+    ///
+    /// ```
+    /// let builder = redquorum::RedLock::builder().nodes(["redis://127.0.0.1:6379"]);
+    /// # drop(builder);
+    /// ```
+    pub fn builder() -> RedLockBuilder {
+        RedLockBuilder::default()
+    }
+
+    pub(crate) async fn connect(config: Config, specs: Vec<NodeSpec>) -> Result<Self, Error> {
+        let nodes = Nodes::new(specs, config.node_timeout, config.max_in_flight).map_err(|f| {
+            Error::config(format!("node {} cannot be used: {}", f.0, f.1))
+        })?;
+        let prefix = format!("{}:{DEFAULT_GROUP}:", config.namespace).into();
+        let shared = Arc::new(Shared { nodes, config });
+        // First contact: wait for a majority of PINGs, not for every node.
+        let n = shared.nodes.len();
+        let timeout = shared.config.connect_timeout;
+        let mut pending: FuturesUnordered<_> = (0..n)
+            .map(|i| {
+                let shared = shared.clone();
+                async move { (i, shared.nodes.ping(i, timeout).await) }
+            })
+            .collect();
+        let mut tally = Tally::new(n);
+        let mut causes = Vec::new();
+        quorum::until(&mut pending, |(i, r)| {
+            match r {
+                Ok(()) => tally.record(Vote::Yes),
+                Err(cause) => {
+                    tally.record(Vote::Failed);
+                    causes.push(shared.failure(i, cause));
+                }
+            }
+            tally.decision() != Decision::Pending
+        })
+        .await;
+        if tally.decision() != Decision::Reached {
+            return Err(Error::NoQuorum {
+                op: "connect",
+                key: String::new(),
+                ok: tally.yes,
+                required: tally.required(),
+                nodes: n,
+                causes,
+            });
+        }
+        for c in &causes {
+            tracing::warn!(node = %c.node, cause = %c.cause, "node unreachable at startup; will keep trying");
+        }
+        Ok(RedLock { shared, prefix })
+    }
+
+    /// A `RedLock` sharing these connections and settings whose keys live in group `name`
+    /// (keys become `<namespace>:<name>:<key>`), so equal key names in different groups are
+    /// different locks. The group of a plain `RedLock` is called `default`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if `name` is empty or contains `:` (which would make keys of
+    /// different groups collide).
+    ///
+    /// ```no_run
+    /// # use redquorum::RedLock;
+    /// # async fn f(locks: RedLock) -> Result<(), redquorum::Error> {
+    /// let billing = locks.group("billing")?;
+    /// let shipping = locks.group("shipping")?;
+    /// let a = billing.try_acquire("invoice-7").await?;
+    /// let b = shipping.try_acquire("invoice-7").await?; // a different lock
+    /// assert!(a.is_some() && b.is_some());
+    /// # Ok(()) }
+    /// ```
+    pub fn group(&self, name: &str) -> Result<RedLock, Error> {
+        if name.is_empty() || name.contains(':') {
+            return Err(Error::config(format!(
+                "group name {name:?} must be non-empty and must not contain ':'"
+            )));
+        }
+        Ok(RedLock {
+            shared: self.shared.clone(),
+            prefix: format!("{}:{name}:", self.shared.config.namespace).into(),
+        })
+    }
+
+    /// Number of nodes.
+    pub fn nodes(&self) -> usize {
+        self.shared.nodes.len()
+    }
+
+    /// Grants needed for a lock: `nodes / 2 + 1`.
+    pub fn quorum(&self) -> usize {
+        quorum::majority(self.nodes())
+    }
+
+    /// The lease of each acquisition.
+    pub fn ttl(&self) -> Duration {
+        self.shared.config.ttl
+    }
+
+    /// The per-node request timeout in force.
+    pub fn node_timeout(&self) -> Duration {
+        self.shared.nodes.timeout()
+    }
+
+    /// The Redis key that holds lock `key` on every node: `<namespace>:<group>:<key>`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty key.
+    pub fn redis_key(&self, key: &str) -> Result<String, Error> {
+        if key.is_empty() {
+            return Err(Error::config("lock key is empty; name the resource you are locking"));
+        }
+        Ok(format!("{}{key}", self.prefix))
+    }
+
+    /// Acquires lock `key`, waiting while somebody else holds it until the context's deadline
+    /// (polling with the retry policy).
+    ///
+    /// # Errors
+    /// - [`Error::Config`]: empty key (nothing is sent).
+    /// - [`Error::Timeout`]: the deadline passed while the lock stayed held elsewhere.
+    /// - [`Error::RetriesExhausted`]: the retry policy's attempt limit was reached.
+    /// - [`Error::Cancelled`]: the context's token fired.
+    /// - [`Error::NoQuorum`]: a majority of nodes could not be reached in
+    ///   [`UNREACHABLE_ATTEMPTS`] consecutive attempts (or at the deadline).
+    ///
+    /// # Cancel safety
+    /// Dropping the future at any point leaves no key behind for longer than the clean-up
+    /// takes: a round in flight is undone on every node by a spawned task.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use redquorum::{RedLock, Context, Error};
+    /// # async fn f(locks: RedLock) -> Result<(), Error> {
+    /// let ctx = Context::with_timeout(Duration::from_secs(2));
+    /// match locks.acquire(&ctx, "report").await {
+    ///     Ok(guard) => guard.release().await?,
+    ///     Err(e) if e.is_timeout() => println!("someone else is generating the report"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn acquire(&self, ctx: &Context, key: &str) -> Result<LockGuard, Error> {
+        let full: Arc<str> = self.redis_key(key)?.into();
+        let started = Instant::now();
+        let mut waiter = Waiter::new(self.shared.config.retry.delays());
+        let mut attempts = 0u32;
+        let mut unreachable = 0u32;
+        let mut last_error = None;
+        loop {
+            if ctx.is_cancelled() {
+                return Err(Error::Cancelled { key: key.into() });
+            }
+            if ctx.is_expired() {
+                return Err(last_error.unwrap_or_else(|| Error::Timeout {
+                    key: key.into(),
+                    waited: started.elapsed(),
+                    attempts,
+                }));
+            }
+            attempts += 1;
+            let holder_left = match self.attempt(key, &full).await {
+                Attempt::Granted(guard) => return Ok(guard),
+                Attempt::Busy { holder_left } => {
+                    unreachable = 0;
+                    last_error = None;
+                    holder_left
+                }
+                Attempt::Unreachable(e) => {
+                    unreachable += 1;
+                    if unreachable >= UNREACHABLE_ATTEMPTS {
+                        return Err(e);
+                    }
+                    last_error = Some(e);
+                    None
+                }
+            };
+            tracing::debug!(key, attempts, ?holder_left, "lock busy; waiting to retry");
+            match waiter.wait(ctx, holder_left).await {
+                WaitEnd::Retry => {}
+                WaitEnd::Cancelled => return Err(Error::Cancelled { key: key.into() }),
+                WaitEnd::Deadline => {
+                    return Err(last_error.unwrap_or_else(|| Error::Timeout {
+                        key: key.into(),
+                        waited: started.elapsed(),
+                        attempts,
+                    }))
+                }
+                WaitEnd::Exhausted => {
+                    return Err(last_error.unwrap_or_else(|| Error::RetriesExhausted {
+                        key: key.into(),
+                        attempts,
+                    }))
+                }
+            }
+        }
+    }
+
+    /// One attempt, no waiting: `Some(guard)` if acquired, `None` if somebody else holds it.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty key; [`Error::NoQuorum`] when a majority of nodes did not
+    /// answer.
+    ///
+    /// # Cancel safety
+    /// As for [`acquire`](Self::acquire): a dropped attempt is undone in the background.
+    ///
+    /// ```no_run
+    /// # use redquorum::RedLock;
+    /// # async fn f(locks: RedLock) -> Result<(), redquorum::Error> {
+    /// if let Some(guard) = locks.try_acquire("nightly-backup").await? {
+    ///     // only one instance gets here
+    ///     guard.release().await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn try_acquire(&self, key: &str) -> Result<Option<LockGuard>, Error> {
+        let full: Arc<str> = self.redis_key(key)?.into();
+        match self.attempt(key, &full).await {
+            Attempt::Granted(guard) => Ok(Some(guard)),
+            Attempt::Busy { .. } => Ok(None),
+            Attempt::Unreachable(e) => Err(e),
+        }
+    }
+
+    /// One Redlock round.
+    async fn attempt(&self, key: &str, full: &Arc<str>) -> Attempt {
+        let shared = &self.shared;
+        let config = &shared.config;
+        let n = shared.nodes.len();
+        let value: Arc<str> = format!("{}:{}", uuid::Uuid::new_v4().simple(), config.owner).into();
+        let mut cmd = node::evalsha(&ACQUIRE, full);
+        cmd.arg(&*value).arg(millis(config.ttl));
+        let cmd = Arc::new(cmd);
+
+        // Armed until the grant is handed to a guard: a failed or dropped round is undone.
+        let undo = Undo {
+            shared: Some(shared.clone()),
+            key: full.clone(),
+            value: value.clone(),
+        };
+        let states = NodeStates::new(n);
+        let start = Instant::now();
+        let mut pending: FuturesUnordered<_> = (0..n)
+            .map(|i| {
+                let shared = shared.clone();
+                let cmd = cmd.clone();
+                async move { (i, shared.nodes.acquire(i, &cmd).await) }
+            })
+            .collect();
+        let mut tally = Tally::new(n);
+        let mut pttls = Vec::new();
+        let mut causes = Vec::new();
+        quorum::until(&mut pending, |(i, reply)| {
+            tally.record(states.record(i, &reply));
+            match reply {
+                Ok(Grant::Granted) => {}
+                Ok(Grant::Held { pttl }) => pttls.push(pttl),
+                Err(cause) => causes.push(shared.failure(i, cause)),
+            }
+            tally.decision() != Decision::Pending
+        })
+        .await;
+        let elapsed = start.elapsed();
+
+        if tally.decision() == Decision::Reached {
+            if let Some(validity) = quorum::validity(config.ttl, elapsed, config.drift_factor) {
+                undo.disarm();
+                if !pending.is_empty() {
+                    // Let stragglers land and record whether they granted.
+                    let states = states.clone();
+                    tokio::spawn(async move {
+                        quorum::until(&mut pending, |(i, reply)| {
+                            states.record(i, &reply);
+                            false
+                        })
+                        .await;
+                    });
+                }
+                let expires_at = start + validity + elapsed;
+                tracing::debug!(key, granted = tally.yes, ?elapsed, ?validity, "lock acquired");
+                return Attempt::Granted(LockGuard::new(
+                    self.clone(),
+                    key.into(),
+                    full.clone(),
+                    value,
+                    expires_at,
+                    states,
+                ));
+            }
+            tracing::warn!(key, ?elapsed, ttl = ?config.ttl, "grant came too late to leave any validity; undoing");
+            return Attempt::Busy { holder_left: None };
+        }
+        // `undo` is dropped here: the partial grant is released on every node.
+        if tally.failed > quorum::tolerated_failures(n) {
+            return Attempt::Unreachable(Error::NoQuorum {
+                op: "acquire",
+                key: key.into(),
+                ok: tally.yes,
+                required: tally.required(),
+                nodes: n,
+                causes,
+            });
+        }
+        Attempt::Busy {
+            holder_left: wait::majority_free_in(n, &mut pttls),
+        }
+    }
+
+    /// Whether lock `key` is held: the same owner's value is on a majority of nodes.
+    ///
+    /// A key on a minority (an attempt in progress, or leftovers of one) does not count.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty key; [`Error::NoQuorum`] when too few nodes answer to
+    /// tell.
+    ///
+    /// ```no_run
+    /// # use redquorum::RedLock;
+    /// # async fn f(locks: RedLock) -> Result<(), redquorum::Error> {
+    /// let guard = locks.try_acquire("k").await?.expect("free");
+    /// assert!(locks.is_locked("k").await?);
+    /// guard.release().await?;
+    /// assert!(!locks.is_locked("k").await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn is_locked(&self, key: &str) -> Result<bool, Error> {
+        Ok(self.majority_value(key).await?.is_some())
+    }
+
+    /// The owner label of the current holder of `key` (what the holder's builder passed to
+    /// [`owner`](RedLockBuilder::owner)), or `None` if no value is on a majority of nodes.
+    ///
+    /// # Errors
+    /// As for [`is_locked`](Self::is_locked).
+    ///
+    /// ```no_run
+    /// # use redquorum::RedLock;
+    /// # async fn f(locks: RedLock) -> Result<(), redquorum::Error> {
+    /// if let Some(who) = locks.owner("nightly-backup").await? {
+    ///     println!("backup is running on {who}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn owner(&self, key: &str) -> Result<Option<String>, Error> {
+        Ok(self
+            .majority_value(key)
+            .await?
+            .map(|v| v.split_once(':').map_or(v.as_str(), |(_, o)| o).to_owned()))
+    }
+
+    /// The value a majority of nodes agrees on for `key`, if any.
+    async fn majority_value(&self, key: &str) -> Result<Option<String>, Error> {
+        let full = self.redis_key(key)?;
+        let (values, tally, causes) = self.shared.query(&full).await;
+        if let Some((v, _)) = values
+            .into_iter()
+            .find(|(_, count)| *count >= tally.required())
+        {
+            return Ok(Some(v));
+        }
+        if tally.answered() < tally.required() {
+            return Err(Error::NoQuorum {
+                op: "query",
+                key: key.into(),
+                ok: tally.answered(),
+                required: tally.required(),
+                nodes: tally.nodes,
+                causes,
+            });
+        }
+        Ok(None)
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+impl Shared {
+    pub(crate) fn failure(&self, i: usize, cause: NodeCause) -> NodeFailure {
+        NodeFailure {
+            node: self.nodes.addr(i).to_string(),
+            cause,
+        }
+    }
+
+    /// Runs a compare-and-delete or compare-and-extend on every node, deciding as soon as a
+    /// majority agrees either way; stragglers are finished in the background so the change
+    /// still reaches slow nodes.
+    pub(crate) async fn owned_round(
+        self: &Arc<Self>,
+        script: &'static redis::Script,
+        cmd: redis::Cmd,
+    ) -> OwnedRound {
+        let n = self.nodes.len();
+        let cmd = Arc::new(cmd);
+        let mut pending: FuturesUnordered<_> = (0..n)
+            .map(|i| {
+                let shared = self.clone();
+                let cmd = cmd.clone();
+                async move { (i, shared.nodes.owned(i, script, &cmd).await) }
+            })
+            .collect();
+        let mut round = OwnedRound {
+            tally: Tally::new(n),
+            other: 0,
+            causes: Vec::new(),
+        };
+        quorum::until(&mut pending, |(i, reply)| {
+            match reply {
+                Ok(Owned::Done) => round.tally.record(Vote::Yes),
+                Ok(Owned::Absent) => round.tally.record(Vote::No),
+                Ok(Owned::Other) => {
+                    round.tally.record(Vote::No);
+                    round.other += 1;
+                }
+                Err(cause) => {
+                    round.tally.record(Vote::Failed);
+                    round.causes.push(self.failure(i, cause));
+                }
+            }
+            round.tally.decision() != Decision::Pending
+        })
+        .await;
+        if !pending.is_empty() {
+            tokio::spawn(async move { quorum::until(&mut pending, |_| false).await });
+        }
+        round
+    }
+
+    /// Releases `value` from `key` on every node; used by guards and to undo failed rounds.
+    pub(crate) async fn release(self: &Arc<Self>, key: &str, value: &str) -> OwnedRound {
+        let mut cmd = node::evalsha(&RELEASE, key);
+        cmd.arg(value);
+        self.owned_round(&RELEASE, cmd).await
+    }
+
+    /// `GET key` on every node: the distinct values with their counts.
+    pub(crate) async fn query(
+        self: &Arc<Self>,
+        key: &str,
+    ) -> (Vec<(String, usize)>, Tally, Vec<NodeFailure>) {
+        let n = self.nodes.len();
+        let mut pending: FuturesUnordered<_> = (0..n)
+            .map(|i| {
+                let shared = self.clone();
+                async move { (i, shared.nodes.get(i, key).await) }
+            })
+            .collect();
+        let mut tally = Tally::new(n);
+        let mut values: Vec<(String, usize)> = Vec::new();
+        let mut causes = Vec::new();
+        quorum::until(&mut pending, |(i, reply)| {
+            match reply {
+                Ok(Some(v)) => {
+                    tally.record(Vote::Yes);
+                    match values.iter_mut().find(|(seen, _)| *seen == v) {
+                        Some((_, count)) => *count += 1,
+                        None => values.push((v, 1)),
+                    }
+                }
+                Ok(None) => tally.record(Vote::No),
+                Err(cause) => {
+                    tally.record(Vote::Failed);
+                    causes.push(self.failure(i, cause));
+                }
+            }
+            // Done once some value has a majority, or every node has been heard.
+            values.iter().any(|(_, c)| *c >= tally.required())
+        })
+        .await;
+        (values, tally, causes)
+    }
+}
+
+/// The outcome of a release or extend round.
+#[derive(Debug)]
+pub(crate) struct OwnedRound {
+    pub(crate) tally: Tally,
+    /// Nodes where another value held the key.
+    pub(crate) other: usize,
+    pub(crate) causes: Vec<NodeFailure>,
+}
+
+impl OwnedRound {
+    /// The typed outcome: Ok when a majority did it; otherwise NotOwner if another owner holds
+    /// the key somewhere, NoQuorum if too few nodes answered, else NotHeld.
+    pub(crate) fn outcome(self, op: &'static str, key: &str) -> Result<(), Error> {
+        let t = self.tally;
+        if t.yes >= t.required() {
+            Ok(())
+        } else if self.other > 0 {
+            Err(Error::NotOwner { op, key: key.into() })
+        } else if t.answered() < t.required() {
+            Err(Error::NoQuorum {
+                op,
+                key: key.into(),
+                ok: t.yes,
+                required: t.required(),
+                nodes: t.nodes,
+                causes: self.causes,
+            })
+        } else {
+            Err(Error::NotHeld { op, key: key.into() })
+        }
+    }
+}
+
+/// Releases a round's value on every node when dropped, unless disarmed.
+struct Undo {
+    shared: Option<Arc<Shared>>,
+    key: Arc<str>,
+    value: Arc<str>,
+}
+
+impl Undo {
+    fn disarm(mut self) {
+        self.shared = None;
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            spawn_release(shared, self.key.clone(), self.value.clone());
+        }
+    }
+}
+
+/// Releases in the background on the current runtime; with no runtime the keys expire by TTL.
+pub(crate) fn spawn_release(shared: Arc<Shared>, key: Arc<str>, value: Arc<str>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(async move {
+                let round = shared.release(&key, &value).await;
+                tracing::debug!(key = &*key, released = round.tally.yes, "background release done");
+            });
+        }
+        Err(_) => tracing::warn!(
+            key = &*key,
+            "no tokio runtime to release the lock on; it will expire after its TTL"
+        ),
+    }
+}
+
+/// Whole milliseconds of `d`, at least 1.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn millis_rounds_down_but_never_to_zero() {
+        assert_eq!(millis(Duration::from_micros(1500)), 1);
+        assert_eq!(millis(Duration::from_micros(10)), 1);
+        assert_eq!(millis(Duration::from_secs(10)), 10_000);
+    }
+
+    fn round(yes: usize, absent: usize, other: usize, failed: usize) -> OwnedRound {
+        let mut tally = Tally::new(yes + absent + other + failed);
+        (0..yes).for_each(|_| tally.record(Vote::Yes));
+        (0..absent + other).for_each(|_| tally.record(Vote::No));
+        (0..failed).for_each(|_| tally.record(Vote::Failed));
+        OwnedRound {
+            tally,
+            other,
+            causes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn release_outcomes() {
+        assert!(round(3, 0, 0, 2).outcome("release", "k").is_ok());
+        assert!(matches!(
+            round(2, 0, 3, 0).outcome("release", "k"),
+            Err(Error::NotOwner { .. })
+        ));
+        assert!(matches!(
+            round(1, 4, 0, 0).outcome("release", "k"),
+            Err(Error::NotHeld { .. })
+        ));
+        assert!(matches!(
+            round(2, 0, 0, 3).outcome("release", "k"),
+            Err(Error::NoQuorum { ok: 2, required: 3, .. })
+        ));
+    }
+
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[allow(dead_code)]
+    fn bounds(locks: RedLock, ctx: Context) {
+        assert_send_sync::<RedLock>();
+        assert_send_sync::<LockGuard>();
+        assert_send_sync::<Error>();
+        assert_send(&locks.acquire(&ctx, "k"));
+        assert_send(&locks.try_acquire("k"));
+        assert_send(&locks.is_locked("k"));
+    }
+}

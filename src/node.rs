@@ -1,0 +1,279 @@
+//! The Redis masters: one self-reconnecting multiplexed connection per node, every request
+//! bounded by the node timeout and by the shared in-flight semaphore.
+
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
+use tokio::sync::Semaphore;
+
+use crate::error::NodeCause;
+
+/// The Lua scripts, hashed once per process (EVALSHA; loaded on NOSCRIPT).
+pub(crate) static ACQUIRE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/acquire.lua")));
+pub(crate) static RELEASE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/release.lua")));
+pub(crate) static EXTEND: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/extend.lua")));
+
+/// One node's answer to an acquire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Grant {
+    Granted,
+    /// Another value holds the key for `pttl` more (None: the key has no expiry).
+    Held { pttl: Option<Duration> },
+}
+
+/// One node's answer to a compare-and-delete or compare-and-extend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owned {
+    /// Our value was there and the change was made.
+    Done,
+    /// No key at all.
+    Absent,
+    /// Another value holds the key; it was left untouched.
+    Other,
+}
+
+/// A parsed node URL: what the builder validates before any I/O.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeSpec {
+    pub(crate) client: Client,
+    /// `host:port/db`, never the credentials: used in errors and logs.
+    pub(crate) addr: Arc<str>,
+}
+
+impl NodeSpec {
+    pub(crate) fn parse(url: &str) -> Result<Self, String> {
+        let client = Client::open(url).map_err(|e| {
+            format!(
+                "node URL {:?} is not a valid Redis URL ({e}); use redis://[user:password@]host:port[/db] \
+                 or rediss:// for TLS",
+                redact(url)
+            )
+        })?;
+        let info = client.get_connection_info();
+        let addr = format!("{}/{}", info.addr(), info.redis_settings().db()).into();
+        Ok(NodeSpec { client, addr })
+    }
+}
+
+/// A URL with any password replaced, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+struct Node {
+    addr: Arc<str>,
+    conn: ConnectionManager,
+}
+
+/// All nodes of a [`RedLock`](crate::RedLock), shared by its clones and groups.
+pub(crate) struct Nodes {
+    nodes: Box<[Node]>,
+    permits: Semaphore,
+    timeout: Duration,
+}
+
+impl Nodes {
+    /// Creates the connections without waiting for them; each connects on first use and
+    /// reconnects by itself after a failure.
+    pub(crate) fn new(
+        specs: Vec<NodeSpec>,
+        timeout: Duration,
+        max_in_flight: usize,
+    ) -> Result<Self, NodeFailureAt> {
+        let config = ConnectionManagerConfig::new()
+            // Our own timeout bounds every request; a response timeout inside redis would only
+            // duplicate it.
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
+            // Reconnect quickly after a node comes back; each failed round ends fast so the
+            // next request starts a fresh one.
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(500))
+            .set_number_of_retries(4);
+        let nodes = specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                ConnectionManager::new_lazy_with_config(spec.client, config.clone())
+                    .map(|conn| Node {
+                        addr: spec.addr,
+                        conn,
+                    })
+                    .map_err(|e| NodeFailureAt(i, redis_cause(&e)))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Nodes {
+            nodes,
+            permits: Semaphore::new(max_in_flight),
+            timeout,
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub(crate) fn addr(&self, i: usize) -> &Arc<str> {
+        &self.nodes[i].addr
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs one request under a semaphore permit and the node timeout.
+    async fn bounded<T>(
+        &self,
+        timeout: Duration,
+        request: impl Future<Output = Result<T, NodeCause>>,
+    ) -> Result<T, NodeCause> {
+        let work = async {
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| NodeCause::Redis("the lock client is shutting down".into()))?;
+            request.await
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or(Err(NodeCause::Timeout))
+    }
+
+    /// Sends a prepared EVALSHA of `script` to node `i`, loading the script on NOSCRIPT.
+    async fn eval(&self, i: usize, script: &redis::Script, cmd: &Cmd) -> Result<Value, NodeCause> {
+        let mut conn = self.nodes[i].conn.clone();
+        self.bounded(self.timeout, async move {
+            match conn.send_packed_command(cmd).await {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    script
+                        .load_async(&mut conn)
+                        .await
+                        .map_err(|e| redis_cause(&e))?;
+                    conn.send_packed_command(cmd)
+                        .await
+                        .map_err(|e| redis_cause(&e))
+                }
+                other => other.map_err(|e| redis_cause(&e)),
+            }
+        })
+        .await
+    }
+
+    pub(crate) async fn acquire(&self, i: usize, cmd: &Cmd) -> Result<Grant, NodeCause> {
+        let reply = self.eval(i, &ACQUIRE, cmd).await?;
+        match redis::from_redis_value::<(i64, i64)>(reply) {
+            Ok((1, _)) => Ok(Grant::Granted),
+            Ok((0, pttl)) => Ok(Grant::Held {
+                pttl: u64::try_from(pttl).ok().map(Duration::from_millis),
+            }),
+            Ok(other) => Err(protocol(format!("acquire returned {other:?}"))),
+            Err(e) => Err(protocol(format!("acquire: {e}"))),
+        }
+    }
+
+    /// Compare-and-delete (`RELEASE`) or compare-and-extend (`EXTEND`) on node `i`.
+    pub(crate) async fn owned(
+        &self,
+        i: usize,
+        script: &redis::Script,
+        cmd: &Cmd,
+    ) -> Result<Owned, NodeCause> {
+        let reply = self.eval(i, script, cmd).await?;
+        match redis::from_redis_value::<i64>(reply) {
+            Ok(1) => Ok(Owned::Done),
+            Ok(0) => Ok(Owned::Absent),
+            Ok(-1) => Ok(Owned::Other),
+            Ok(other) => Err(protocol(format!("script returned {other}"))),
+            Err(e) => Err(protocol(format!("script reply: {e}"))),
+        }
+    }
+
+    /// `GET key` on node `i`.
+    pub(crate) async fn get(&self, i: usize, key: &str) -> Result<Option<String>, NodeCause> {
+        let mut conn = self.nodes[i].conn.clone();
+        let cmd = redis::cmd("GET").arg(key).to_owned();
+        self.bounded(self.timeout, async move {
+            let v = conn
+                .send_packed_command(&cmd)
+                .await
+                .map_err(|e| redis_cause(&e))?;
+            redis::from_redis_value::<Option<String>>(v).map_err(|e| protocol(format!("GET: {e}")))
+        })
+        .await
+    }
+
+    /// `PING` on node `i`, bounded by `timeout` (connecting counts against it).
+    pub(crate) async fn ping(&self, i: usize, timeout: Duration) -> Result<(), NodeCause> {
+        let mut conn = self.nodes[i].conn.clone();
+        self.bounded(timeout, async move {
+            conn.send_packed_command(&redis::cmd("PING"))
+                .await
+                .map(drop)
+                .map_err(|e| redis_cause(&e))
+        })
+        .await
+    }
+}
+
+/// Node `.0` could not even be set up.
+#[derive(Debug)]
+pub(crate) struct NodeFailureAt(pub(crate) usize, pub(crate) NodeCause);
+
+/// An `EVALSHA <script> 1 <key> <args...>` command, built once and sent to every node.
+pub(crate) fn evalsha(script: &redis::Script, key: &str) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(1).arg(key);
+    cmd
+}
+
+fn redis_cause(e: &RedisError) -> NodeCause {
+    if e.is_timeout() {
+        NodeCause::Timeout
+    } else {
+        NodeCause::Redis(e.to_string().into())
+    }
+}
+
+fn protocol(msg: String) -> NodeCause {
+    NodeCause::Protocol(msg.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords() {
+        assert_eq!(
+            redact("redis://user:secret@10.0.0.1:6379/2"),
+            "redis://***@10.0.0.1:6379/2"
+        );
+        assert_eq!(redact("redis://10.0.0.1:6379"), "redis://10.0.0.1:6379");
+    }
+
+    #[test]
+    fn parse_names_nodes_without_credentials() {
+        let spec = NodeSpec::parse("redis://:pw@127.0.0.1:7001/3").expect("valid url");
+        assert_eq!(&*spec.addr, "127.0.0.1:7001/3");
+        let err = NodeSpec::parse("http://:pw@nowhere").expect_err("not redis");
+        assert!(err.contains("not a valid Redis URL") && !err.contains("pw"), "{err}");
+    }
+
+    #[test]
+    fn scripts_hash_to_distinct_shas() {
+        let shas = [ACQUIRE.get_hash(), RELEASE.get_hash(), EXTEND.get_hash()];
+        assert!(shas.iter().all(|s| s.len() == 40));
+        assert_ne!(shas[0], shas[1]);
+        assert_ne!(shas[1], shas[2]);
+    }
+}

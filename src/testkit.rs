@@ -1,0 +1,799 @@
+//! Test support: real `redis-server` processes on free loopback ports.
+//!
+//! Enabled by the `testkit` cargo feature. [`LocalCluster`] starts one
+//! independent `redis-server` per node (no replication, no Redis Cluster mode,
+//! exactly what Redlock expects), each with its own data directory under a
+//! per-cluster temp directory. You can kill, restart, pause and resume single
+//! nodes to simulate crashes, crash-restarts and network partitions / GC
+//! pauses. Dropping the cluster kills every process and removes the temp
+//! directory, also while a failing test unwinds.
+//!
+//! The binary is `$REDQUORUM_REDIS_SERVER` if that is set, otherwise
+//! `redis-server` found on `PATH`. All methods are synchronous and take
+//! `&self`, so a cluster can be shared (e.g. in an `Arc`) with a task that
+//! injects faults while other tasks take locks. Calling them from async tests
+//! is fine; `start`/`restart` block for up to a few seconds.
+//!
+//! # Writing a chaos test
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use redquorum::testkit::LocalCluster;
+//! use redquorum::{Context, RedLock};
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // Five redis-server processes; all gone again when `cluster` drops.
+//!     let cluster = LocalCluster::builder().nodes(5).start()?;
+//!     let locks = RedLock::builder()
+//!         .nodes(cluster.urls())
+//!         .ttl(Duration::from_secs(2))
+//!         .build()
+//!         .await?;
+//!
+//!     // A minority failure must not stop locking: crash one node, freeze another.
+//!     cluster.kill(0)?;
+//!     cluster.pause(1)?; // SIGSTOP: connections hang, like a partition
+//!     let ctx = Context::with_timeout(Duration::from_secs(1));
+//!     let guard = locks.acquire(&ctx, "orders:42").await?;
+//!     guard.release().await?;
+//!
+//!     // Without a majority (2 of 5 reachable) acquisition must fail.
+//!     cluster.kill(2)?;
+//!     let ctx = Context::with_timeout(Duration::from_secs(1));
+//!     assert!(locks.acquire(&ctx, "orders:42").await.is_err());
+//!
+//!     // Heal: same ports, same data dirs (empty unless `.appendonly(true)`).
+//!     cluster.resume(1)?;
+//!     cluster.restart(0)?;
+//!     cluster.restart(2)?;
+//!     Ok(())
+//! }
+//! ```
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Environment variable that overrides the `redis-server` binary to use.
+const BINARY_ENV: &str = "REDQUORUM_REDIS_SERVER";
+/// How long a freshly spawned server gets to answer `PING`.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between readiness probes.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Fresh ports tried by `start` when a server exits early (port race).
+const START_ATTEMPTS: usize = 5;
+/// Attempts made by `restart` when the fixed port is briefly unavailable.
+const RESTART_ATTEMPTS: usize = 20;
+/// Pause between `restart` attempts.
+const RESTART_BACKOFF: Duration = Duration::from_millis(100);
+/// Number of log lines included in [`TestkitError::NotReady`].
+const LOG_TAIL_LINES: usize = 30;
+/// Name of each node's log file inside its data directory.
+const LOG_FILE: &str = "redis.log";
+
+/// Errors returned by [`LocalCluster`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TestkitError {
+    /// No usable `redis-server` binary was found.
+    #[error(
+        "redis-server was not found on PATH (or at $REDQUORUM_REDIS_SERVER); install it with \
+         `sudo apt-get install redis-server` or point REDQUORUM_REDIS_SERVER at the binary"
+    )]
+    RedisServerMissing,
+    /// A node index was out of range.
+    #[error("no node with index {index}: the cluster has {len} node(s)")]
+    NoSuchNode {
+        /// The index that was asked for.
+        index: usize,
+        /// Number of nodes in the cluster.
+        len: usize,
+    },
+    /// The operation needs a running node, but it was killed or has exited.
+    #[error("node {index} is not running (killed or exited); call restart({index}) first")]
+    NotRunning {
+        /// Index of the node.
+        index: usize,
+    },
+    /// An I/O operation (creating dirs, spawning, signalling, ...) failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the testkit was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A `redis-server` did not answer `PING` in time or exited during startup.
+    #[error("redis-server on 127.0.0.1:{port} did not become ready; tail of its log:\n{log_tail}")]
+    NotReady {
+        /// Port the server was started on (the last one tried).
+        port: u16,
+        /// The last lines of the node's `redis.log`.
+        log_tail: String,
+    },
+}
+
+fn io_error(context: impl Into<String>, source: io::Error) -> TestkitError {
+    TestkitError::Io {
+        context: context.into(),
+        source,
+    }
+}
+
+/// Builder for a [`LocalCluster`]; see [`LocalCluster::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct LocalClusterBuilder {
+    nodes: usize,
+    appendonly: bool,
+}
+
+impl Default for LocalClusterBuilder {
+    fn default() -> Self {
+        Self {
+            nodes: 5,
+            appendonly: false,
+        }
+    }
+}
+
+impl LocalClusterBuilder {
+    /// Number of independent `redis-server` processes (default 5).
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    /// Persist with `--appendonly yes --appendfsync always` (default `false`:
+    /// no persistence at all, so a restarted node comes back empty).
+    pub fn appendonly(mut self, enabled: bool) -> Self {
+        self.appendonly = enabled;
+        self
+    }
+
+    /// Starts every node and waits until each answers `PING`.
+    ///
+    /// On error, the nodes started so far are killed and the temp dir removed.
+    pub fn start(self) -> Result<LocalCluster, TestkitError> {
+        let binary = resolve_binary(std::env::var_os(BINARY_ENV), std::env::var_os("PATH"))?;
+        let root = create_root_dir()?;
+        // Built before any process exists, so `Drop` cleans up on early return.
+        let mut cluster = LocalCluster {
+            binary,
+            appendonly: self.appendonly,
+            root,
+            nodes: Vec::with_capacity(self.nodes),
+        };
+        for index in 0..self.nodes {
+            let dir = cluster.root.join(format!("node-{index}"));
+            fs::create_dir(&dir).map_err(|e| io_error(format!("creating {}", dir.display()), e))?;
+            let (port, child) = cluster.launch_on_free_port(&dir)?;
+            cluster.nodes.push(Node {
+                port,
+                dir,
+                state: Mutex::new(NodeState {
+                    child: Some(child),
+                    paused: false,
+                }),
+            });
+        }
+        Ok(cluster)
+    }
+}
+
+/// A set of independent local `redis-server` processes for tests.
+///
+/// Nodes are addressed by index `0..len()`. An index out of range yields
+/// [`TestkitError::NoSuchNode`] (or `false` from [`is_running`](Self::is_running)),
+/// never a panic. Dropping the cluster resumes paused nodes, SIGKILLs and reaps
+/// every process and deletes the data directories.
+#[derive(Debug)]
+pub struct LocalCluster {
+    binary: PathBuf,
+    appendonly: bool,
+    root: PathBuf,
+    nodes: Vec<Node>,
+}
+
+#[derive(Debug)]
+struct Node {
+    /// Fixed for the node's lifetime; `restart` reuses it.
+    port: u16,
+    dir: PathBuf,
+    state: Mutex<NodeState>,
+}
+
+#[derive(Debug)]
+struct NodeState {
+    /// `None` once killed (or observed to have exited).
+    child: Option<Child>,
+    /// Whether we sent SIGSTOP without a matching SIGCONT.
+    paused: bool,
+}
+
+impl NodeState {
+    /// The pid of the live process, reaping it if it has exited on its own.
+    fn live_pid(&mut self) -> Option<u32> {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
+            Ok(None) => Some(child.id()),
+            Ok(Some(_)) | Err(_) => {
+                self.child = None;
+                self.paused = false;
+                None
+            }
+        }
+    }
+}
+
+impl LocalCluster {
+    /// Returns a builder (5 nodes, no persistence by default).
+    #[must_use = "the builder does nothing until `.start()` is called"]
+    pub fn builder() -> LocalClusterBuilder {
+        LocalClusterBuilder::default()
+    }
+
+    /// Starts `n` nodes with default settings; shortcut for
+    /// `LocalCluster::builder().nodes(n).start()`.
+    pub fn start(n: usize) -> Result<LocalCluster, TestkitError> {
+        Self::builder().nodes(n).start()
+    }
+
+    /// `redis://127.0.0.1:<port>` for every node, in index order.
+    #[must_use]
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| node_url(n.port)).collect()
+    }
+
+    /// `redis://127.0.0.1:<port>` of node `index`.
+    pub fn url(&self, index: usize) -> Result<String, TestkitError> {
+        Ok(node_url(self.node(index)?.port))
+    }
+
+    /// Port of node `index` (unchanged across restarts).
+    pub fn port(&self, index: usize) -> Result<u16, TestkitError> {
+        Ok(self.node(index)?.port)
+    }
+
+    /// Number of nodes (running or not).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the cluster has no nodes at all.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Crashes node `index` with SIGKILL and reaps it. Data not persisted is
+    /// lost. Killing a node that is not running is a no-op.
+    pub fn kill(&self, index: usize) -> Result<(), TestkitError> {
+        let node = self.node(index)?;
+        let mut state = lock(&node.state);
+        state.paused = false; // SIGKILL also ends a stopped process
+        if let Some(mut child) = state.child.take() {
+            // Err only if it was already reaped; `wait` below is what matters.
+            let _ = child.kill();
+            child
+                .wait()
+                .map_err(|e| io_error(format!("waiting for killed node {index}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Starts node `index` again on the same port and data directory and waits
+    /// until it answers `PING`. A running (or paused) node is killed first.
+    /// Retries for about two seconds if the port is briefly unavailable.
+    pub fn restart(&self, index: usize) -> Result<(), TestkitError> {
+        self.kill(index)?;
+        let node = self.node(index)?;
+        let mut state = lock(&node.state);
+        for attempt in 1..=RESTART_ATTEMPTS {
+            match self.launch(node.port, &node.dir)? {
+                Launch::Ready(child) => {
+                    state.child = Some(child);
+                    state.paused = false;
+                    return Ok(());
+                }
+                Launch::Exited if attempt < RESTART_ATTEMPTS => thread::sleep(RESTART_BACKOFF),
+                Launch::Exited | Launch::TimedOut => break,
+            }
+        }
+        Err(not_ready(node.port, &node.dir))
+    }
+
+    /// Freezes node `index` with SIGSTOP: it keeps its port and connections
+    /// are accepted by the kernel, but nothing is answered (a partition or a
+    /// long GC pause, as seen by clients). Pausing a paused node is a no-op.
+    pub fn pause(&self, index: usize) -> Result<(), TestkitError> {
+        let node = self.node(index)?;
+        let mut state = lock(&node.state);
+        let pid = state.live_pid().ok_or(TestkitError::NotRunning { index })?;
+        if !state.paused {
+            send_signal(pid, "STOP")?;
+            state.paused = true;
+            wait_for_proc_state(pid, true);
+        }
+        Ok(())
+    }
+
+    /// Continues node `index` with SIGCONT after [`pause`](Self::pause).
+    /// Resuming a node that is not paused (or not running) is a no-op.
+    pub fn resume(&self, index: usize) -> Result<(), TestkitError> {
+        let node = self.node(index)?;
+        let mut state = lock(&node.state);
+        if let Some(pid) = state.live_pid() {
+            if state.paused {
+                send_signal(pid, "CONT")?;
+                state.paused = false;
+                wait_for_proc_state(pid, false);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether node `index`'s process is alive (paused nodes count as alive).
+    /// `false` for an out-of-range index.
+    #[must_use]
+    pub fn is_running(&self, index: usize) -> bool {
+        self.node(index)
+            .map(|node| lock(&node.state).live_pid().is_some())
+            .unwrap_or(false)
+    }
+
+    /// Contents of node `index`'s `redis.log` (all of its runs, appended).
+    pub fn log(&self, index: usize) -> Result<String, TestkitError> {
+        let path = self.node(index)?.dir.join(LOG_FILE);
+        fs::read(&path)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .map_err(|e| io_error(format!("reading {}", path.display()), e))
+    }
+
+    fn node(&self, index: usize) -> Result<&Node, TestkitError> {
+        self.nodes.get(index).ok_or(TestkitError::NoSuchNode {
+            index,
+            len: self.nodes.len(),
+        })
+    }
+
+    /// Picks free ports until a server comes up (another process may grab a
+    /// port between our probe and redis binding it).
+    fn launch_on_free_port(&self, dir: &Path) -> Result<(u16, Child), TestkitError> {
+        let mut port = free_port()?;
+        for attempt in 1..=START_ATTEMPTS {
+            match self.launch(port, dir)? {
+                Launch::Ready(child) => return Ok((port, child)),
+                Launch::Exited if attempt < START_ATTEMPTS => port = free_port()?,
+                Launch::Exited | Launch::TimedOut => break,
+            }
+        }
+        Err(not_ready(port, dir))
+    }
+
+    /// Spawns one server and waits for it to become ready.
+    fn launch(&self, port: u16, dir: &Path) -> Result<Launch, TestkitError> {
+        let log_path = dir.join(LOG_FILE);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| io_error(format!("opening {}", log_path.display()), e))?;
+        // Startup errors that happen before redis opens its logfile (bad
+        // arguments, ...) go to stdout/stderr, so send those to the log too.
+        let log_err = log
+            .try_clone()
+            .map_err(|e| io_error(format!("opening {}", log_path.display()), e))?;
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--port")
+            .arg(port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", if self.appendonly { "yes" } else { "no" }]);
+        if self.appendonly {
+            cmd.args(["--appendfsync", "always"]);
+        }
+        cmd.arg("--dir")
+            .arg(dir)
+            .args(["--daemonize", "no", "--protected-mode", "no"])
+            .arg("--logfile")
+            .arg(&log_path)
+            .args(["--maxmemory-policy", "noeviction"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err));
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(TestkitError::RedisServerMissing)
+            }
+            Err(e) => return Err(io_error(format!("spawning {}", self.binary.display()), e)),
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(None) => {}
+                Ok(Some(_)) => return Ok(Launch::Exited),
+                Err(e) => {
+                    kill_and_reap(&mut child);
+                    return Err(io_error(format!("polling redis-server on port {port}"), e));
+                }
+            }
+            if is_ready(port, child.id()) {
+                return Ok(Launch::Ready(child));
+            }
+            if Instant::now() >= deadline {
+                kill_and_reap(&mut child);
+                return Ok(Launch::TimedOut);
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        // Must not panic: this also runs while a failed test unwinds.
+        for node in &self.nodes {
+            let mut state = lock(&node.state);
+            if let Some(mut child) = state.child.take() {
+                if state.paused {
+                    let _ = send_signal(child.id(), "CONT");
+                }
+                kill_and_reap(&mut child);
+            }
+            state.paused = false;
+        }
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+enum Launch {
+    Ready(Child),
+    /// The process exited during startup (usually: port already in use).
+    Exited,
+    /// Still running but not ready by the deadline (already killed).
+    TimedOut,
+}
+
+fn lock(state: &Mutex<NodeState>) -> MutexGuard<'_, NodeState> {
+    // A panic while holding the lock cannot leave `NodeState` inconsistent.
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn node_url(port: u16) -> String {
+    format!("redis://127.0.0.1:{port}")
+}
+
+fn kill_and_reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn not_ready(port: u16, dir: &Path) -> TestkitError {
+    TestkitError::NotReady {
+        port,
+        log_tail: log_tail(&dir.join(LOG_FILE)),
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+        }
+        Err(e) => format!("<could not read {}: {e}>", path.display()),
+    }
+}
+
+/// `$REDQUORUM_REDIS_SERVER` if set (and non-empty), else `redis-server` on `PATH`.
+fn resolve_binary(
+    override_path: Option<OsString>,
+    path_var: Option<OsString>,
+) -> Result<PathBuf, TestkitError> {
+    if let Some(explicit) = override_path.filter(|p| !p.is_empty()) {
+        let explicit = PathBuf::from(explicit);
+        return if is_executable(&explicit) {
+            Ok(explicit)
+        } else {
+            Err(TestkitError::RedisServerMissing)
+        };
+    }
+    let path_var = path_var.ok_or(TestkitError::RedisServerMissing)?;
+    std::env::split_paths(&path_var)
+        .map(|dir| dir.join("redis-server"))
+        .find(|candidate| is_executable(candidate))
+        .ok_or(TestkitError::RedisServerMissing)
+}
+
+fn is_executable(path: &Path) -> bool {
+    let Ok(meta) = fs::metadata(path) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        meta.is_file() && meta.permissions().mode() & 0o111 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        meta.is_file()
+    }
+}
+
+fn create_root_dir() -> Result<PathBuf, TestkitError> {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let base = std::env::temp_dir();
+    let pid = std::process::id();
+    loop {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = base.join(format!("redquorum-{pid}-{n}-{nanos}"));
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            // Left over from an earlier process with the same pid: try another name.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_error(format!("creating {}", dir.display()), e)),
+        }
+    }
+}
+
+fn free_port() -> Result<u16, TestkitError> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(|e| io_error("finding a free port on 127.0.0.1", e))
+}
+
+/// `PING` answers `+PONG` and the server on `port` is our process `pid` (not
+/// some other server that won a port race against it).
+fn is_ready(port: u16, pid: u32) -> bool {
+    let probe = || -> io::Result<bool> {
+        let stream = connect(port, Duration::from_millis(500))?;
+        let mut reader = BufReader::new(stream);
+        reader.get_mut().write_all(b"PING\r\nINFO server\r\n")?;
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if !line.starts_with("+PONG") {
+            return Ok(false); // e.g. -LOADING while replaying the AOF
+        }
+        line.clear();
+        reader.read_line(&mut line)?;
+        let Some(len) = line
+            .strip_prefix('$')
+            .and_then(|n| n.trim_end().parse::<usize>().ok())
+        else {
+            return Ok(false);
+        };
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body)?;
+        let expected = format!("process_id:{pid}");
+        Ok(String::from_utf8_lossy(&body)
+            .lines()
+            .any(|l| l.trim_end() == expected))
+    };
+    probe().unwrap_or(false)
+}
+
+fn connect(port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    Ok(stream)
+}
+
+/// Sends `SIG<signal>` via the `kill` binary, falling back to the shell builtin.
+fn send_signal(pid: u32, signal: &str) -> Result<(), TestkitError> {
+    let context = || format!("sending SIG{signal} to pid {pid}");
+    let quiet = |cmd: &mut Command| {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+    };
+    let status = match quiet(
+        Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string()),
+    ) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => quiet(
+            Command::new("sh")
+                .args(["-c", "kill -s \"$1\" \"$2\"", "sh", signal])
+                .arg(pid.to_string()),
+        ),
+        other => other,
+    }
+    .map_err(|e| io_error(context(), e))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io_error(
+            context(),
+            io::Error::other(format!("`kill` exited with {status}")),
+        ))
+    }
+}
+
+/// Best effort (Linux only): wait up to 1 s until `/proc/<pid>/stat` shows the
+/// process as stopped (or no longer stopped), so callers observe the effect.
+fn wait_for_proc_state(pid: u32, stopped: bool) {
+    let path = format!("/proc/{pid}/stat");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        let Ok(mut file) = File::open(&path) else {
+            return;
+        };
+        let mut stat = String::new();
+        if file.read_to_string(&mut stat).is_err() {
+            return;
+        }
+        // Format: "<pid> (<comm>) <state> ...", and comm may contain ')'.
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].trim_start().chars().next());
+        match state {
+            Some('T' | 't') if stopped => return,
+            Some('T' | 't') => {}
+            Some(_) if !stopped => return,
+            Some(_) => {}
+            None => return,
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends one inline command and returns the first reply line.
+    fn command(port: u16, cmd: &str, timeout: Duration) -> io::Result<String> {
+        let stream = connect(port, timeout)?;
+        let mut reader = BufReader::new(stream);
+        reader
+            .get_mut()
+            .write_all(format!("{cmd}\r\n").as_bytes())?;
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        Ok(line.trim_end().to_owned())
+    }
+
+    fn pings(port: u16) -> bool {
+        command(port, "PING", Duration::from_millis(200)).is_ok_and(|reply| reply == "+PONG")
+    }
+
+    fn pid(cluster: &LocalCluster, index: usize) -> u32 {
+        lock(&cluster.nodes[index].state)
+            .child
+            .as_ref()
+            .expect("node is running")
+            .id()
+    }
+
+    #[test]
+    fn lifecycle_kill_restart_pause_resume() -> Result<(), TestkitError> {
+        let cluster = LocalCluster::start(3)?;
+        assert_eq!(cluster.len(), 3);
+        assert!(!cluster.is_empty());
+        for (i, url) in cluster.urls().into_iter().enumerate() {
+            let port = cluster.port(i)?;
+            assert!(pings(port), "node {i} should answer PING");
+            assert!(cluster.is_running(i));
+            assert_eq!(cluster.url(i)?, format!("redis://127.0.0.1:{port}"));
+            assert_eq!(url, cluster.url(i)?);
+            assert!(cluster.log(i)?.contains("Ready to accept connections"));
+        }
+
+        let port = cluster.port(1)?;
+        cluster.kill(1)?;
+        assert!(!cluster.is_running(1));
+        assert!(!pings(port));
+        cluster.kill(1)?; // no-op
+        assert!(matches!(
+            cluster.pause(1),
+            Err(TestkitError::NotRunning { index: 1 })
+        ));
+
+        cluster.restart(1)?;
+        assert!(cluster.is_running(1));
+        assert_eq!(cluster.port(1)?, port);
+        assert!(pings(port));
+
+        let port = cluster.port(2)?;
+        cluster.pause(2)?;
+        assert!(cluster.is_running(2), "a paused node is still alive");
+        assert!(!pings(port), "a paused node must not answer");
+        cluster.resume(2)?;
+        assert!(pings(port));
+        cluster.resume(2)?; // no-op
+        Ok(())
+    }
+
+    #[test]
+    fn out_of_range_index_is_an_error() -> Result<(), TestkitError> {
+        let cluster = LocalCluster::start(1)?;
+        let no_such = |r: Result<(), TestkitError>| {
+            matches!(r, Err(TestkitError::NoSuchNode { index: 7, len: 1 }))
+        };
+        assert!(no_such(cluster.kill(7)));
+        assert!(no_such(cluster.restart(7)));
+        assert!(no_such(cluster.pause(7)));
+        assert!(no_such(cluster.resume(7)));
+        assert!(no_such(cluster.url(7).map(drop)));
+        assert!(no_such(cluster.port(7).map(drop)));
+        assert!(no_such(cluster.log(7).map(drop)));
+        assert!(!cluster.is_running(7));
+        let message = cluster.kill(7).map_err(|e| e.to_string()).err();
+        assert_eq!(
+            message.as_deref(),
+            Some("no node with index 7: the cluster has 1 node(s)")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn drop_kills_processes_and_removes_dir() -> Result<(), TestkitError> {
+        let cluster = LocalCluster::builder().nodes(2).start()?;
+        let pids = [pid(&cluster, 0), pid(&cluster, 1)];
+        let root = cluster.root.clone();
+        cluster.pause(1)?; // drop must cope with stopped processes
+        for pid in pids {
+            assert!(Path::new(&format!("/proc/{pid}")).exists());
+        }
+        drop(cluster);
+        for pid in pids {
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "pid {pid} survived drop"
+            );
+        }
+        assert!(!root.exists(), "{} survived drop", root.display());
+        Ok(())
+    }
+
+    #[test]
+    fn appendonly_survives_restart() -> Result<(), TestkitError> {
+        let cluster = LocalCluster::builder().nodes(1).appendonly(true).start()?;
+        let port = cluster.port(0)?;
+        let timeout = Duration::from_secs(2);
+        let set = command(port, "SET testkit-key v1", timeout).map_err(|e| io_error("SET", e))?;
+        assert_eq!(set, "+OK");
+        cluster.kill(0)?;
+        cluster.restart(0)?;
+        let get = command(port, "GET testkit-key", timeout).map_err(|e| io_error("GET", e))?;
+        assert_eq!(
+            get, "$2",
+            "value should survive a crash with appendfsync always"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn binary_resolution() {
+        let missing = resolve_binary(Some("/nonexistent/redis-server".into()), None);
+        assert!(matches!(missing, Err(TestkitError::RedisServerMissing)));
+        let empty_path = resolve_binary(None, Some("/nonexistent-dir".into()));
+        assert!(matches!(empty_path, Err(TestkitError::RedisServerMissing)));
+        let message = TestkitError::RedisServerMissing.to_string();
+        assert!(message.contains("sudo apt-get install redis-server"));
+        if Path::new("/usr/bin/redis-server").exists() {
+            let found = resolve_binary(None, Some("/nonexistent-dir:/usr/bin".into()));
+            assert_eq!(found.ok(), Some(PathBuf::from("/usr/bin/redis-server")));
+        }
+    }
+}
