@@ -153,13 +153,13 @@ impl Nodes {
     async fn eval(&self, i: usize, script: &redis::Script, cmd: &Cmd) -> Result<Value, NodeCause> {
         let mut conn = self.nodes[i].conn.clone();
         self.bounded(self.timeout, async move {
-            match conn.send_packed_command(cmd).await {
+            match cmd.query_async::<Value>(&mut conn).await {
                 Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                     script
                         .load_async(&mut conn)
                         .await
                         .map_err(|e| redis_cause(&e))?;
-                    conn.send_packed_command(cmd)
+                    cmd.query_async::<Value>(&mut conn)
                         .await
                         .map_err(|e| redis_cause(&e))
                 }
@@ -203,11 +203,9 @@ impl Nodes {
         let mut conn = self.nodes[i].conn.clone();
         let cmd = redis::cmd("GET").arg(key).to_owned();
         self.bounded(self.timeout, async move {
-            let v = conn
-                .send_packed_command(&cmd)
+            cmd.query_async::<Option<String>>(&mut conn)
                 .await
-                .map_err(|e| redis_cause(&e))?;
-            redis::from_redis_value::<Option<String>>(v).map_err(|e| protocol(format!("GET: {e}")))
+                .map_err(|e| redis_cause(&e))
         })
         .await
     }
@@ -216,7 +214,8 @@ impl Nodes {
     pub(crate) async fn ping(&self, i: usize, timeout: Duration) -> Result<(), NodeCause> {
         let mut conn = self.nodes[i].conn.clone();
         self.bounded(timeout, async move {
-            conn.send_packed_command(&redis::cmd("PING"))
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
                 .await
                 .map(drop)
                 .map_err(|e| redis_cause(&e))

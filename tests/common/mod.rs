@@ -1,0 +1,75 @@
+//! Shared set-up for the integration tests: real redis-server processes via the testkit.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use redquorum::testkit::LocalCluster;
+use redquorum::{RedLock, RedLockBuilder, Retry};
+
+/// Starts `n` real redis-server processes, failing the test with the testkit's message
+/// (which says how to install redis-server) if that is impossible.
+pub fn cluster(n: usize) -> LocalCluster {
+    LocalCluster::start(n).unwrap_or_else(|e| panic!("cannot start {n} redis-server processes: {e}"))
+}
+
+/// A builder for `cluster` with settings that tolerate a loaded 2-core CI machine:
+/// a generous node timeout and quick polling.
+pub fn builder(cluster: &LocalCluster) -> RedLockBuilder {
+    RedLock::builder()
+        .nodes(cluster.urls())
+        .ttl(Duration::from_secs(5))
+        .node_timeout(Duration::from_millis(250))
+        .retry(Retry::exponential(Duration::from_millis(2), Duration::from_millis(20)))
+}
+
+pub async fn locks(cluster: &LocalCluster) -> RedLock {
+    builder(cluster).build().await.expect("build RedLock")
+}
+
+/// A plain synchronous connection to node `i`, to look at what the lock left there.
+pub fn conn(cluster: &LocalCluster, i: usize) -> redis::Connection {
+    let url = cluster.url(i).expect("node index");
+    redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .expect("connect to node")
+}
+
+/// The value of `key` on node `i`.
+pub fn get(cluster: &LocalCluster, i: usize, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query(&mut conn(cluster, i)).expect("GET")
+}
+
+/// Remaining TTL of `key` on node `i` in ms (-2 absent, -1 no expiry).
+pub fn pttl(cluster: &LocalCluster, i: usize, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query(&mut conn(cluster, i)).expect("PTTL")
+}
+
+/// Every key on every running node.
+pub fn all_keys(cluster: &LocalCluster) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for i in 0..cluster.len() {
+        if !cluster.is_running(i) {
+            continue;
+        }
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn(cluster, i)).expect("KEYS");
+        out.extend(keys.into_iter().map(|k| (i, k)));
+    }
+    out
+}
+
+/// Waits (polling, bounded) until no node holds any key: background releases are spawned
+/// tasks with no completion signal visible to the caller.
+pub async fn wait_until_no_keys(cluster: &LocalCluster, within: Duration) -> Vec<(usize, String)> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let keys = all_keys(cluster);
+        if keys.is_empty() || tokio::time::Instant::now() >= deadline {
+            return keys;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub fn ctx(timeout_ms: u64) -> redquorum::Context {
+    redquorum::Context::with_timeout(Duration::from_millis(timeout_ms))
+}

@@ -1,0 +1,53 @@
+//! Mutual exclusion: no two holders at once, between instances and between tasks.
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_exclude_each_other() {
+    let c = cluster(3);
+    let a = locks(&c).await;
+    let b = locks(&c).await;
+    let held = a.try_acquire("job").await.expect("no error").expect("free");
+    assert!(b.try_acquire("job").await.expect("no error").is_none());
+    held.release().await.expect("release");
+    let again = b.try_acquire("job").await.expect("no error").expect("free after release");
+    assert!(a.try_acquire("job").await.expect("no error").is_none());
+    again.release().await.expect("release");
+}
+
+/// A counter incremented with a read, a yield and a write (not atomic) stays exact only if the
+/// lock really excludes: 4 instances × 8 tasks × 25 increments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_atomic_counter_stays_exact_under_contention() {
+    let c = cluster(5);
+    let counter = Arc::new(AtomicUsize::new(0));
+    let inside = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let locks = locks(&c).await;
+        for _ in 0..8 {
+            let (locks, counter, inside) = (locks.clone(), counter.clone(), inside.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..25 {
+                    let guard = locks.acquire(&ctx(30_000), "counter").await.expect("acquire");
+                    assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
+                    let read = counter.load(Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    counter.store(read + 1, Ordering::SeqCst);
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    guard.release().await.expect("release");
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.expect("task panicked");
+    }
+    assert_eq!(counter.load(Ordering::SeqCst), 4 * 8 * 25);
+    assert!(wait_until_no_keys(&c, Duration::from_secs(2)).await.is_empty());
+}

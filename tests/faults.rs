@@ -1,0 +1,137 @@
+//! A minority of dead or frozen masters does not stop locking; a majority does, promptly.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use redquorum::{Error, NodeCause};
+use tokio::time::Instant;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_five_killed_still_acquires_and_releases() {
+    let c = cluster(5);
+    let locks = locks(&c).await;
+    c.kill(1).expect("kill");
+    c.kill(3).expect("kill");
+    for round in 0..20 {
+        let g = locks.acquire(&ctx(5_000), "k").await.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(g.granted_nodes(), 3);
+        let other = locks.try_acquire("k").await.expect("a majority answers");
+        assert!(other.is_none(), "second holder with 2 nodes down");
+        g.release().await.expect("release with 3 of 5");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_of_five_killed_returns_no_quorum_before_the_deadline() {
+    let c = cluster(5);
+    let locks = locks(&c).await;
+    for i in [0, 2, 4] {
+        c.kill(i).expect("kill");
+    }
+    let started = Instant::now();
+    let err = locks.acquire(&ctx(10_000), "k").await.expect_err("no majority");
+    let waited = started.elapsed();
+    match &err {
+        Error::NoQuorum { ok, required, nodes, causes, .. } => {
+            assert_eq!((*required, *nodes), (3, 5));
+            assert!(*ok <= 2);
+            assert_eq!(causes.len(), 3, "one cause per dead node: {causes:?}");
+        }
+        other => panic!("expected NoQuorum, got {other:?}"),
+    }
+    assert!(err.to_string().contains("majority"), "{err}");
+    assert!(waited < Duration::from_secs(5), "waited {waited:?} for a dead cluster");
+    // Nothing left on the two live nodes.
+    assert!(wait_until_no_keys(&c, Duration::from_secs(2)).await.is_empty());
+}
+
+/// A SIGSTOPped master answers nothing: early quorum means acquire does not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_does_not_slow_acquisition() {
+    let c = cluster(5);
+    let locks = builder(&c)
+        .node_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .expect("build");
+    c.pause(2).expect("pause");
+    let started = Instant::now();
+    for _ in 0..10 {
+        let g = locks.acquire(&ctx(10_000), "k").await.expect("acquire");
+        g.release().await.expect("release");
+    }
+    // Ten rounds with a 2 s node timeout: far under one timeout means nobody waited for node 2.
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    c.resume(2).expect("resume");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_with_a_minority_down_works_and_the_node_joins_later() {
+    let c = cluster(3);
+    c.kill(0).expect("kill");
+    let locks = locks(&c).await;
+    let g = locks.try_acquire("k").await.expect("ok").expect("free");
+    assert_eq!(g.granted_nodes(), 2);
+    g.release().await.expect("release");
+    c.restart(0).expect("restart");
+    // The connection to node 0 comes back by itself.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let g = locks.try_acquire("k").await.expect("ok").expect("free");
+        // Give the straggler a moment to report whether it granted.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let granted = g.granted_nodes();
+        g.release().await.expect("release");
+        if granted == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 0 never rejoined");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_with_a_majority_down_fails_with_causes() {
+    let c = cluster(3);
+    c.kill(0).expect("kill");
+    c.kill(1).expect("kill");
+    let err = builder(&c)
+        .connect_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .expect_err("majority down");
+    match err {
+        Error::NoQuorum { op: "connect", ok: 1, required: 2, causes, .. } => {
+            assert_eq!(causes.len(), 2);
+            assert!(causes.iter().all(|f| f.node.starts_with("127.0.0.1:")));
+        }
+        other => panic!("expected NoQuorum on connect, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_majority_times_out_per_node_not_per_deadline() {
+    let c = cluster(3);
+    let locks = builder(&c)
+        .node_timeout(Duration::from_millis(100))
+        .build()
+        .await
+        .expect("build");
+    c.pause(0).expect("pause");
+    c.pause(1).expect("pause");
+    let started = Instant::now();
+    let err = locks.try_acquire("k").await.expect_err("majority frozen");
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    match err {
+        Error::NoQuorum { causes, .. } => {
+            assert!(causes.iter().all(|f| f.cause == NodeCause::Timeout), "{causes:?}")
+        }
+        other => panic!("expected NoQuorum, got {other:?}"),
+    }
+    c.resume(0).expect("resume");
+    c.resume(1).expect("resume");
+    // After the freeze, the undo sent during it has landed and the lock is free again.
+    let g = locks.acquire(&ctx(5_000), "k").await.expect("acquire after resume");
+    g.release().await.expect("release");
+}

@@ -1,0 +1,155 @@
+//! acquire waits while the lock is held, ends at the deadline, on cancellation, or when the
+//! retry budget runs out.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use redquorum::{Context, Error, Retry};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_acquire_returns_none_while_held() {
+    let c = cluster(3);
+    let locks = locks(&c).await;
+    let g = locks.try_acquire("k").await.expect("ok").expect("free");
+    for _ in 0..3 {
+        assert!(locks.try_acquire("k").await.expect("ok").is_none());
+    }
+    assert!(g.validity() > Duration::from_secs(4));
+    g.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_waits_then_succeeds_after_release() {
+    let c = cluster(3);
+    let locks = locks(&c).await;
+    let holder = locks.try_acquire("k").await.expect("ok").expect("free");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let waiter = {
+        let locks = locks.clone();
+        tokio::spawn(async move {
+            tx.send(()).expect("test alive");
+            let started = Instant::now();
+            let g = locks.acquire(&ctx(10_000), "k").await;
+            (g, started.elapsed())
+        })
+    };
+    rx.await.expect("waiter started");
+    tokio::time::sleep(Duration::from_millis(100)).await; // the holder works for a while
+    holder.release().await.expect("release");
+    let (g, waited) = waiter.await.expect("no panic");
+    let g = g.expect("acquired after release");
+    assert!(waited >= Duration::from_millis(90), "acquired while held: {waited:?}");
+    assert!(waited < Duration::from_secs(5), "took until the deadline: {waited:?}");
+    g.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_times_out_at_the_deadline_while_held() {
+    let c = cluster(3);
+    let locks = locks(&c).await;
+    let _holder = locks.try_acquire("k").await.expect("ok").expect("free");
+    let started = Instant::now();
+    let err = locks.acquire(&ctx(300), "k").await.expect_err("held");
+    let waited = started.elapsed();
+    match &err {
+        Error::Timeout { key, attempts, .. } => {
+            assert_eq!(key, "k");
+            assert!(*attempts > 1, "it retried: {attempts}");
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(err.is_timeout() && err.is_retryable());
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(waited < Duration::from_millis(900), "{waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_context_fails_without_waiting() {
+    let c = cluster(3);
+    let locks = locks(&c).await;
+    let ctx = Context::with_deadline(Instant::now() - Duration::from_millis(1));
+    assert!(matches!(
+        locks.acquire(&ctx, "k").await,
+        Err(Error::Timeout { attempts: 0, .. })
+    ));
+    assert!(all_keys(&c).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_budget_ends_the_wait() {
+    let c = cluster(3);
+    let holder_locks = locks(&c).await;
+    let _holder = holder_locks.try_acquire("k").await.expect("ok").expect("free");
+    let locks = builder(&c)
+        .retry(Retry::exponential(Duration::from_millis(1), Duration::from_millis(5)).max_attempts(3))
+        .build()
+        .await
+        .expect("build");
+    match locks.acquire(&ctx(10_000), "k").await {
+        Err(Error::RetriesExhausted { attempts: 3, .. }) => {}
+        other => panic!("expected RetriesExhausted after 3 attempts, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_ends_the_wait_and_leaves_nothing() {
+    let c = cluster(3);
+    let locks = locks(&c).await;
+    let holder = locks.try_acquire("k").await.expect("ok").expect("free");
+    let token = CancellationToken::new();
+    let ctx = Context::with_timeout(Duration::from_secs(30)).with_cancel(token.clone());
+    let waiter = {
+        let locks = locks.clone();
+        tokio::spawn(async move { locks.acquire(&ctx, "k").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cancelled_at = Instant::now();
+    token.cancel();
+    let res = waiter.await.expect("no panic");
+    assert!(matches!(res, Err(Error::Cancelled { .. })), "{res:?}");
+    assert!(cancelled_at.elapsed() < Duration::from_secs(1));
+    holder.release().await.expect("release");
+    assert!(wait_until_no_keys(&c, Duration::from_secs(2)).await.is_empty());
+}
+
+/// Dropping an acquire future at any point (here: by a timeout racing it, many times over at
+/// varied moments) leaves no key behind once the spawned undo has run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_acquire_leaves_no_key_behind() {
+    let c = cluster(5);
+    let locks = locks(&c).await;
+    let mut completed = 0;
+    for i in 0..200u64 {
+        let cut = Duration::from_micros(i * 7 % 400);
+        let key = format!("drop-{i}");
+        match tokio::time::timeout(cut, locks.acquire(&ctx(5_000), &key)).await {
+            Ok(Ok(g)) => {
+                completed += 1;
+                g.release().await.expect("release");
+            }
+            Ok(Err(e)) => panic!("{e}"),
+            Err(_) => {} // dropped mid-flight
+        }
+    }
+    let left = wait_until_no_keys(&c, Duration::from_secs(3)).await;
+    assert!(left.is_empty(), "keys left behind: {left:?}");
+    assert!(completed < 200, "no acquire was ever cut short; the test proves nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_guard_releases() {
+    let c = cluster(3);
+    let locks = locks(&c).await;
+    let key = locks.redis_key("scoped").expect("key");
+    {
+        let _g = locks.try_acquire("scoped").await.expect("ok").expect("free");
+        assert!((0..3).all(|i| get(&c, i, &key).is_some()));
+    }
+    // The release runs in a spawned task; acquire waits for it.
+    let g = locks.acquire(&ctx(2_000), "scoped").await.expect("released by drop");
+    g.release().await.expect("release");
+    assert!(wait_until_no_keys(&c, Duration::from_secs(2)).await.is_empty());
+}
