@@ -284,15 +284,14 @@ impl RedLockBuilder {
                 "namespace is empty; pick a prefix that no other data in these Redis servers uses",
             ));
         }
-        let owner = match &self.owner {
-            Some(o) if o.is_empty() => {
-                return Err(Error::config(
+        let owner =
+            match &self.owner {
+                Some(o) if o.is_empty() => return Err(Error::config(
                     "owner label is empty; use something that names this process, e.g. host:pid",
-                ))
-            }
-            Some(o) => o.as_str().into(),
-            None => default_owner().into(),
-        };
+                )),
+                Some(o) => o.as_str().into(),
+                None => default_owner().into(),
+            };
         if specs.len() % 2 == 0 {
             tracing::warn!(
                 nodes = specs.len(),
@@ -315,7 +314,11 @@ impl RedLockBuilder {
 
 /// Checks that a lease of `ttl` can have positive validity after the drift allowance and one
 /// node timeout.
-pub(crate) fn check_ttl(ttl: Duration, drift_factor: f64, node_timeout: Duration) -> Result<(), Error> {
+pub(crate) fn check_ttl(
+    ttl: Duration,
+    drift_factor: f64,
+    node_timeout: Duration,
+) -> Result<(), Error> {
     if quorum::validity(ttl, node_timeout, drift_factor).is_none() {
         return Err(Error::config(format!(
             "ttl {ttl:?} leaves no validity after the drift allowance ({:?}) and one node timeout \
@@ -372,12 +375,16 @@ mod tests {
         assert!(reason(three().nodes(["not a url"])).contains("not a valid Redis URL"));
         assert!(reason(three().ttl(Duration::ZERO)).contains("at least 1 ms"));
         assert!(reason(three().ttl(Duration::from_millis(20))).contains("leaves no validity"));
-        assert!(reason(three().ttl(Duration::from_secs(86_400 * 400))).contains("longer than a year"));
+        assert!(
+            reason(three().ttl(Duration::from_secs(86_400 * 400))).contains("longer than a year")
+        );
         assert!(reason(three().drift_factor(0.5)).contains("drift_factor"));
         assert!(reason(three().drift_factor(f64::NAN)).contains("drift_factor"));
         assert!(reason(three().drift_factor(-0.1)).contains("drift_factor"));
         assert!(reason(three().node_timeout(Duration::ZERO)).contains("node_timeout"));
-        assert!(reason(three().node_timeout(Duration::from_secs(10))).contains("leaves no validity"));
+        assert!(
+            reason(three().node_timeout(Duration::from_secs(10))).contains("leaves no validity")
+        );
         assert!(reason(three().max_in_flight(2)).contains("max_in_flight"));
         assert!(reason(three().connect_timeout(Duration::ZERO)).contains("connect_timeout"));
         assert!(reason(three().namespace("")).contains("namespace"));
@@ -392,7 +399,10 @@ mod tests {
 
     #[test]
     fn default_node_timeout_scales_with_ttl() {
-        assert_eq!(default_node_timeout(Duration::from_secs(20)), Duration::from_millis(100));
+        assert_eq!(
+            default_node_timeout(Duration::from_secs(20)),
+            Duration::from_millis(100)
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! [`LockGuard`]: a held lock, released explicitly or on drop.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -199,6 +199,7 @@ impl LockGuard {
     /// If the future is dropped before it completes, the guard's drop spawns the release again.
     pub async fn release(mut self) -> Result<(), Error> {
         let shared = self.lock.shared().clone();
+        self.states.mark_released();
         let round = shared.release(&self.redis_key, &self.value).await;
         self.released = true;
         let outcome = round.outcome("release", &self.key);
@@ -210,6 +211,7 @@ impl LockGuard {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         if !self.released {
+            self.states.mark_released();
             spawn_release(
                 self.lock.shared().clone(),
                 self.redis_key.clone(),
@@ -220,9 +222,16 @@ impl Drop for LockGuard {
 }
 
 /// What each node said to the round that granted a guard, updated by stragglers after the
-/// decision.
+/// decision, and whether the guard has been let go (so a straggler that grants afterwards
+/// releases its node itself instead of leaving the key there for a whole TTL).
 #[derive(Debug, Clone)]
-pub(crate) struct NodeStates(Arc<[AtomicU8]>);
+pub(crate) struct NodeStates(Arc<States>);
+
+#[derive(Debug)]
+struct States {
+    nodes: Box<[AtomicU8]>,
+    released: AtomicBool,
+}
 
 const UNKNOWN: u8 = 0;
 const GRANTED: u8 = 1;
@@ -231,7 +240,10 @@ const FAILED: u8 = 3;
 
 impl NodeStates {
     pub(crate) fn new(n: usize) -> Self {
-        NodeStates((0..n).map(|_| AtomicU8::new(UNKNOWN)).collect())
+        NodeStates(Arc::new(States {
+            nodes: (0..n).map(|_| AtomicU8::new(UNKNOWN)).collect(),
+            released: AtomicBool::new(false),
+        }))
     }
 
     /// Records node `i`'s reply and returns its vote.
@@ -241,16 +253,28 @@ impl NodeStates {
             Ok(Grant::Held { .. }) => (REFUSED, Vote::No),
             Err(_) => (FAILED, Vote::Failed),
         };
-        if let Some(slot) = self.0.get(i) {
-            slot.store(state, Ordering::Relaxed);
+        if let Some(slot) = self.0.nodes.get(i) {
+            slot.store(state, Ordering::SeqCst);
         }
         vote
     }
 
     pub(crate) fn granted(&self) -> usize {
         self.0
+            .nodes
             .iter()
-            .filter(|s| s.load(Ordering::Relaxed) == GRANTED)
+            .filter(|s| s.load(Ordering::SeqCst) == GRANTED)
             .count()
+    }
+
+    /// Marks the guard as let go. Called before the release round is sent: a straggler whose
+    /// grant is recorded after this sees it and releases its node; one recorded before it is
+    /// reached by the release round, which is sent later.
+    pub(crate) fn mark_released(&self) {
+        self.0.released.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_released(&self) -> bool {
+        self.0.released.load(Ordering::SeqCst)
     }
 }

@@ -83,7 +83,9 @@ enum Attempt {
     Granted(LockGuard),
     /// Held by someone else (or our grant came too late to be valid). `holder_left`: when a
     /// majority could be free again, if known.
-    Busy { holder_left: Option<Duration> },
+    Busy {
+        holder_left: Option<Duration>,
+    },
     /// A majority of nodes did not answer.
     Unreachable(Error),
 }
@@ -100,9 +102,8 @@ impl RedLock {
     }
 
     pub(crate) async fn connect(config: Config, specs: Vec<NodeSpec>) -> Result<Self, Error> {
-        let nodes = Nodes::new(specs, config.node_timeout, config.max_in_flight).map_err(|f| {
-            Error::config(format!("node {} cannot be used: {}", f.0, f.1))
-        })?;
+        let nodes = Nodes::new(specs, config.node_timeout, config.max_in_flight)
+            .map_err(|f| Error::config(format!("node {} cannot be used: {}", f.0, f.1)))?;
         let prefix = format!("{}:{DEFAULT_GROUP}:", config.namespace).into();
         let shared = Arc::new(Shared { nodes, config });
         // First contact: wait for a majority of PINGs, not for every node.
@@ -199,7 +200,9 @@ impl RedLock {
     /// [`Error::Config`] for an empty key.
     pub fn redis_key(&self, key: &str) -> Result<String, Error> {
         if key.is_empty() {
-            return Err(Error::config("lock key is empty; name the resource you are locking"));
+            return Err(Error::config(
+                "lock key is empty; name the resource you are locking",
+            ));
         }
         Ok(format!("{}{key}", self.prefix))
     }
@@ -360,18 +363,35 @@ impl RedLock {
             if let Some(validity) = quorum::validity(config.ttl, elapsed, config.drift_factor) {
                 undo.disarm();
                 if !pending.is_empty() {
-                    // Let stragglers land and record whether they granted.
-                    let states = states.clone();
+                    // Let stragglers land and record whether they granted; one that grants
+                    // after the guard was let go releases its node itself.
+                    let (shared, states, key, value) =
+                        (shared.clone(), states.clone(), full.clone(), value.clone());
                     tokio::spawn(async move {
+                        let mut late = Vec::new();
                         quorum::until(&mut pending, |(i, reply)| {
-                            states.record(i, &reply);
+                            if states.record(i, &reply) == Vote::Yes && states.is_released() {
+                                late.push(i);
+                            }
                             false
                         })
                         .await;
+                        if !late.is_empty() {
+                            let cmd = release_cmd(&key, &value);
+                            for i in late {
+                                let _ = shared.nodes.owned(i, &RELEASE, &cmd).await;
+                            }
+                        }
                     });
                 }
                 let expires_at = start + validity + elapsed;
-                tracing::debug!(key, granted = tally.yes, ?elapsed, ?validity, "lock acquired");
+                tracing::debug!(
+                    key,
+                    granted = tally.yes,
+                    ?elapsed,
+                    ?validity,
+                    "lock acquired"
+                );
                 return Attempt::Granted(LockGuard::new(
                     self.clone(),
                     key.into(),
@@ -524,9 +544,7 @@ impl Shared {
 
     /// Releases `value` from `key` on every node; used by guards and to undo failed rounds.
     pub(crate) async fn release(self: &Arc<Self>, key: &str, value: &str) -> OwnedRound {
-        let mut cmd = node::evalsha(&RELEASE, key);
-        cmd.arg(value);
-        self.owned_round(&RELEASE, cmd).await
+        self.owned_round(&RELEASE, release_cmd(key, value)).await
     }
 
     /// `GET key` on every node: the distinct values with their counts.
@@ -584,7 +602,10 @@ impl OwnedRound {
         if t.yes >= t.required() {
             Ok(())
         } else if self.other > 0 {
-            Err(Error::NotOwner { op, key: key.into() })
+            Err(Error::NotOwner {
+                op,
+                key: key.into(),
+            })
         } else if t.answered() < t.required() {
             Err(Error::NoQuorum {
                 op,
@@ -595,7 +616,10 @@ impl OwnedRound {
                 causes: self.causes,
             })
         } else {
-            Err(Error::NotHeld { op, key: key.into() })
+            Err(Error::NotHeld {
+                op,
+                key: key.into(),
+            })
         }
     }
 }
@@ -627,7 +651,11 @@ pub(crate) fn spawn_release(shared: Arc<Shared>, key: Arc<str>, value: Arc<str>)
         Ok(rt) => {
             rt.spawn(async move {
                 let round = shared.release(&key, &value).await;
-                tracing::debug!(key = &*key, released = round.tally.yes, "background release done");
+                tracing::debug!(
+                    key = &*key,
+                    released = round.tally.yes,
+                    "background release done"
+                );
             });
         }
         Err(_) => tracing::warn!(
@@ -635,6 +663,13 @@ pub(crate) fn spawn_release(shared: Arc<Shared>, key: Arc<str>, value: Arc<str>)
             "no tokio runtime to release the lock on; it will expire after its TTL"
         ),
     }
+}
+
+/// `EVALSHA release 1 key value`.
+fn release_cmd(key: &str, value: &str) -> redis::Cmd {
+    let mut cmd = node::evalsha(&RELEASE, key);
+    cmd.arg(value);
+    cmd
 }
 
 /// Whole milliseconds of `d`, at least 1.
@@ -678,7 +713,11 @@ mod tests {
         ));
         assert!(matches!(
             round(2, 0, 0, 3).outcome("release", "k"),
-            Err(Error::NoQuorum { ok: 2, required: 3, .. })
+            Err(Error::NoQuorum {
+                ok: 2,
+                required: 3,
+                ..
+            })
         ));
     }
 

@@ -24,7 +24,9 @@ pub(crate) static EXTEND: LazyLock<redis::Script> =
 pub(crate) enum Grant {
     Granted,
     /// Another value holds the key for `pttl` more (None: the key has no expiry).
-    Held { pttl: Option<Duration> },
+    Held {
+        pttl: Option<Duration>,
+    },
 }
 
 /// One node's answer to a compare-and-delete or compare-and-extend.
@@ -265,7 +267,10 @@ mod tests {
         let spec = NodeSpec::parse("redis://:pw@127.0.0.1:7001/3").expect("valid url");
         assert_eq!(&*spec.addr, "127.0.0.1:7001/3");
         let err = NodeSpec::parse("http://:pw@nowhere").expect_err("not redis");
-        assert!(err.contains("not a valid Redis URL") && !err.contains("pw"), "{err}");
+        assert!(
+            err.contains("not a valid Redis URL") && !err.contains("pw"),
+            "{err}"
+        );
     }
 
     #[test]

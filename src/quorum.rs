@@ -207,7 +207,10 @@ mod tests {
         );
         assert_eq!(validity(ttl, Duration::from_millis(988), 0.01), None);
         assert_eq!(validity(ttl, Duration::from_secs(5), 0.01), None);
-        assert_eq!(validity(Duration::from_millis(2), Duration::ZERO, 0.0), None);
+        assert_eq!(
+            validity(Duration::from_millis(2), Duration::ZERO, 0.0),
+            None
+        );
     }
 
     #[test]
@@ -232,7 +235,8 @@ mod tests {
             if d != Decision::Pending {
                 // A decision is final: no further vote may contradict it.
                 assert!(
-                    d == Decision::Reached || t.yes + (t.nodes - t.yes - t.no - t.failed) < t.required(),
+                    d == Decision::Reached
+                        || t.yes + (t.nodes - t.yes - t.no - t.failed) < t.required(),
                     "{t:?}"
                 );
                 return;

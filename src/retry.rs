@@ -144,7 +144,10 @@ mod tests {
         assert_eq!(ceilings.len(), expected.len());
         for (got, want) in ceilings.iter().zip(expected) {
             // backon multiplies in f32: allow a microsecond of rounding.
-            assert!(got.abs_diff(want) <= Duration::from_micros(1), "{got:?} vs {want:?}");
+            assert!(
+                got.abs_diff(want) <= Duration::from_micros(1),
+                "{got:?} vs {want:?}"
+            );
         }
     }
 

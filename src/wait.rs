@@ -74,10 +74,7 @@ impl Waiter {
 /// 5 nodes, majority 3; refused with 40, 10, 90 ms left; 2 others free:
 /// one more must free up → the smallest lease, 10 ms.
 /// ```
-pub(crate) fn majority_free_in(
-    nodes: usize,
-    pttls: &mut [Option<Duration>],
-) -> Option<Duration> {
+pub(crate) fn majority_free_in(nodes: usize, pttls: &mut [Option<Duration>]) -> Option<Duration> {
     let required = crate::quorum::majority(nodes);
     let free = nodes - pttls.len();
     if free >= required {

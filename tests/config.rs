@@ -15,7 +15,11 @@ async fn config_error(b: redquorum::RedLockBuilder) -> String {
 }
 
 fn nodes() -> redquorum::RedLockBuilder {
-    RedLock::builder().nodes(["redis://127.0.0.1:1", "redis://127.0.0.1:2", "redis://127.0.0.1:3"])
+    RedLock::builder().nodes([
+        "redis://127.0.0.1:1",
+        "redis://127.0.0.1:2",
+        "redis://127.0.0.1:3",
+    ])
 }
 
 #[tokio::test]
@@ -24,13 +28,22 @@ async fn every_config_error() {
     let cases: Vec<(redquorum::RedLockBuilder, &str)> = vec![
         (RedLock::builder(), "no nodes"),
         (RedLock::builder().nodes(empty), "no nodes"),
-        (RedLock::builder().nodes(["redis://127.0.0.1:1", "redis://127.0.0.1:1"]), "more than once"),
-        (RedLock::builder().nodes(vec![String::from("nonsense")]), "not a valid Redis URL"),
+        (
+            RedLock::builder().nodes(["redis://127.0.0.1:1", "redis://127.0.0.1:1"]),
+            "more than once",
+        ),
+        (
+            RedLock::builder().nodes(vec![String::from("nonsense")]),
+            "not a valid Redis URL",
+        ),
         (nodes().ttl(Duration::ZERO), "at least 1 ms"),
         (nodes().ttl(Duration::from_millis(22)), "leaves no validity"),
         (nodes().drift_factor(0.9), "drift_factor"),
         (nodes().node_timeout(Duration::ZERO), "node_timeout"),
-        (nodes().node_timeout(Duration::from_secs(11)), "leaves no validity"),
+        (
+            nodes().node_timeout(Duration::from_secs(11)),
+            "leaves no validity",
+        ),
         (nodes().max_in_flight(0), "max_in_flight"),
         (nodes().connect_timeout(Duration::ZERO), "connect_timeout"),
         (nodes().namespace(""), "namespace"),
@@ -38,7 +51,10 @@ async fn every_config_error() {
     ];
     for (builder, needle) in cases {
         let reason = config_error(builder).await;
-        assert!(reason.contains(needle), "{reason:?} should mention {needle:?}");
+        assert!(
+            reason.contains(needle),
+            "{reason:?} should mention {needle:?}"
+        );
     }
 }
 

@@ -15,7 +15,11 @@ async fn two_instances_exclude_each_other() {
     let held = a.try_acquire("job").await.expect("no error").expect("free");
     assert!(b.try_acquire("job").await.expect("no error").is_none());
     held.release().await.expect("release");
-    let again = b.try_acquire("job").await.expect("no error").expect("free after release");
+    let again = b
+        .try_acquire("job")
+        .await
+        .expect("no error")
+        .expect("free after release");
     assert!(a.try_acquire("job").await.expect("no error").is_none());
     again.release().await.expect("release");
 }
@@ -34,8 +38,15 @@ async fn non_atomic_counter_stays_exact_under_contention() {
             let (locks, counter, inside) = (locks.clone(), counter.clone(), inside.clone());
             tasks.push(tokio::spawn(async move {
                 for _ in 0..25 {
-                    let guard = locks.acquire(&ctx(30_000), "counter").await.expect("acquire");
-                    assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
+                    let guard = locks
+                        .acquire(&ctx(30_000), "counter")
+                        .await
+                        .expect("acquire");
+                    assert_eq!(
+                        inside.fetch_add(1, Ordering::SeqCst),
+                        0,
+                        "two holders at once"
+                    );
                     let read = counter.load(Ordering::SeqCst);
                     tokio::task::yield_now().await;
                     counter.store(read + 1, Ordering::SeqCst);
@@ -49,5 +60,7 @@ async fn non_atomic_counter_stays_exact_under_contention() {
         t.await.expect("task panicked");
     }
     assert_eq!(counter.load(Ordering::SeqCst), 4 * 8 * 25);
-    assert!(wait_until_no_keys(&c, Duration::from_secs(2)).await.is_empty());
+    assert!(wait_until_no_keys(&c, Duration::from_secs(2))
+        .await
+        .is_empty());
 }

@@ -14,7 +14,10 @@ async fn two_of_five_killed_still_acquires_and_releases() {
     c.kill(1).expect("kill");
     c.kill(3).expect("kill");
     for round in 0..20 {
-        let g = locks.acquire(&ctx(5_000), "k").await.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let g = locks
+            .acquire(&ctx(5_000), "k")
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
         assert_eq!(g.granted_nodes(), 3);
         let other = locks.try_acquire("k").await.expect("a majority answers");
         assert!(other.is_none(), "second holder with 2 nodes down");
@@ -30,10 +33,19 @@ async fn three_of_five_killed_returns_no_quorum_before_the_deadline() {
         c.kill(i).expect("kill");
     }
     let started = Instant::now();
-    let err = locks.acquire(&ctx(10_000), "k").await.expect_err("no majority");
+    let err = locks
+        .acquire(&ctx(10_000), "k")
+        .await
+        .expect_err("no majority");
     let waited = started.elapsed();
     match &err {
-        Error::NoQuorum { ok, required, nodes, causes, .. } => {
+        Error::NoQuorum {
+            ok,
+            required,
+            nodes,
+            causes,
+            ..
+        } => {
             assert_eq!((*required, *nodes), (3, 5));
             assert!(*ok <= 2);
             assert_eq!(causes.len(), 3, "one cause per dead node: {causes:?}");
@@ -41,9 +53,14 @@ async fn three_of_five_killed_returns_no_quorum_before_the_deadline() {
         other => panic!("expected NoQuorum, got {other:?}"),
     }
     assert!(err.to_string().contains("majority"), "{err}");
-    assert!(waited < Duration::from_secs(5), "waited {waited:?} for a dead cluster");
+    assert!(
+        waited < Duration::from_secs(5),
+        "waited {waited:?} for a dead cluster"
+    );
     // Nothing left on the two live nodes.
-    assert!(wait_until_no_keys(&c, Duration::from_secs(2)).await.is_empty());
+    assert!(wait_until_no_keys(&c, Duration::from_secs(2))
+        .await
+        .is_empty());
 }
 
 /// A SIGSTOPped master answers nothing: early quorum means acquire does not wait for it.
@@ -62,7 +79,11 @@ async fn a_paused_node_does_not_slow_acquisition() {
         g.release().await.expect("release");
     }
     // Ten rounds with a 2 s node timeout: far under one timeout means nobody waited for node 2.
-    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     c.resume(2).expect("resume");
 }
 
@@ -102,7 +123,13 @@ async fn build_with_a_majority_down_fails_with_causes() {
         .await
         .expect_err("majority down");
     match err {
-        Error::NoQuorum { op: "connect", ok: 1, required: 2, causes, .. } => {
+        Error::NoQuorum {
+            op: "connect",
+            ok: 1,
+            required: 2,
+            causes,
+            ..
+        } => {
             assert_eq!(causes.len(), 2);
             assert!(causes.iter().all(|f| f.node.starts_with("127.0.0.1:")));
         }
@@ -122,16 +149,47 @@ async fn paused_majority_times_out_per_node_not_per_deadline() {
     c.pause(1).expect("pause");
     let started = Instant::now();
     let err = locks.try_acquire("k").await.expect_err("majority frozen");
-    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     match err {
         Error::NoQuorum { causes, .. } => {
-            assert!(causes.iter().all(|f| f.cause == NodeCause::Timeout), "{causes:?}")
+            assert!(
+                causes.iter().all(|f| f.cause == NodeCause::Timeout),
+                "{causes:?}"
+            )
         }
         other => panic!("expected NoQuorum, got {other:?}"),
     }
     c.resume(0).expect("resume");
     c.resume(1).expect("resume");
     // After the freeze, the undo sent during it has landed and the lock is free again.
-    let g = locks.acquire(&ctx(5_000), "k").await.expect("acquire after resume");
+    let g = locks
+        .acquire(&ctx(5_000), "k")
+        .await
+        .expect("acquire after resume");
     g.release().await.expect("release");
+}
+
+/// A node that comes back while a round is in flight may answer after the grant was decided and
+/// even after the guard was released (its request and the release both wait for the reconnect,
+/// and either may go first). Its grant must not outlive the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_straggler_grant_is_released_too() {
+    for round in 0..5 {
+        let c = cluster(3);
+        c.kill(0).expect("kill");
+        let locks = locks(&c).await; // 5 s lease, 250 ms node timeout
+        let g = locks.try_acquire("k").await.expect("ok").expect("free");
+        g.release().await.expect("release");
+        // Node 0's acquire and release are both still waiting for its connection.
+        c.restart(0).expect("restart");
+        let left = wait_until_no_keys(&c, Duration::from_secs(1)).await;
+        assert!(
+            left.is_empty(),
+            "round {round}: key outlived its release: {left:?}"
+        );
+    }
 }

@@ -27,7 +27,10 @@ async fn release_of_an_expired_lock_is_not_held() {
     }
     assert_eq!(g.validity(), Duration::ZERO);
     let err = g.release().await.expect_err("expired");
-    assert!(matches!(err, Error::NotHeld { op: "release", .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::NotHeld { op: "release", .. }),
+        "{err:?}"
+    );
     assert!(err.is_lost());
 }
 
@@ -38,13 +41,19 @@ async fn release_after_another_owner_took_it_is_not_owner_and_leaves_their_key()
     let b = locks(&c).await; // 5 s lease
     let stale = a.try_acquire("k").await.expect("ok").expect("free");
     let ctx = ctx(5_000);
-    let fresh = b.acquire(&ctx, "k").await.expect("acquired after a's lease ran out");
+    let fresh = b
+        .acquire(&ctx, "k")
+        .await
+        .expect("acquired after a's lease ran out");
     let key = b.redis_key("k").expect("key");
     let before: Vec<_> = (0..3).map(|i| get(&c, i, &key)).collect();
     assert!(before.iter().all(|v| v.as_deref() == Some(fresh.value())));
 
     let err = stale.release().await.expect_err("not ours any more");
-    assert!(matches!(err, Error::NotOwner { op: "release", .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::NotOwner { op: "release", .. }),
+        "{err:?}"
+    );
     let after: Vec<_> = (0..3).map(|i| get(&c, i, &key)).collect();
     assert_eq!(before, after, "the other owner's key was touched");
     assert!(fresh.is_held().await.expect("query"));
@@ -66,7 +75,9 @@ async fn extend_keeps_the_lock_past_its_first_lease() {
     }
     // 600 ms in, twice the TTL: still ours on every node.
     assert!((0..5).all(|i| get(&c, i, &key).as_deref() == Some(g.value())));
-    g.extend(Duration::from_secs(5)).await.expect("longer lease");
+    g.extend(Duration::from_secs(5))
+        .await
+        .expect("longer lease");
     assert!(pttl(&c, 0, &key) > 4_000);
     assert!(g.is_held().await.expect("query"));
     g.release().await.expect("release");
@@ -80,7 +91,10 @@ async fn extend_after_expiry_fails_and_touches_nothing() {
     let mut g = locks.try_acquire("k").await.expect("ok").expect("free");
     let taken = other.acquire(&ctx(5_000), "k").await.expect("after expiry");
     let err = g.extend(Duration::from_secs(5)).await.expect_err("expired");
-    assert!(matches!(err, Error::NotHeld { op: "extend", .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::NotHeld { op: "extend", .. }),
+        "{err:?}"
+    );
     assert!(taken.is_held().await.expect("query"));
     let key = other.redis_key("k").expect("key");
     assert!((0..3).all(|i| get(&c, i, &key).as_deref() == Some(taken.value())));
@@ -93,7 +107,10 @@ async fn extend_rejects_a_lease_without_validity() {
     let locks = locks(&c).await;
     let mut g = locks.try_acquire("k").await.expect("ok").expect("free");
     let before = g.expires_at();
-    let err = g.extend(Duration::from_millis(10)).await.expect_err("too short");
+    let err = g
+        .extend(Duration::from_millis(10))
+        .await
+        .expect_err("too short");
     assert!(matches!(err, Error::Config { .. }), "{err:?}");
     assert_eq!(g.expires_at(), before);
     g.release().await.expect("release");
@@ -107,12 +124,25 @@ async fn extend_without_a_majority_fails_and_keeps_what_it_has() {
     let before = g.expires_at();
     c.kill(0).expect("kill");
     c.kill(1).expect("kill");
-    let err = g.extend(Duration::from_secs(5)).await.expect_err("minority");
-    assert!(matches!(err, Error::NoQuorum { op: "extend", .. }), "{err:?}");
-    assert_eq!(g.expires_at(), before, "validity must not grow without a majority");
+    let err = g
+        .extend(Duration::from_secs(5))
+        .await
+        .expect_err("minority");
+    assert!(
+        matches!(err, Error::NoQuorum { op: "extend", .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        g.expires_at(),
+        before,
+        "validity must not grow without a majority"
+    );
     // The surviving node still holds our key: a failed extend unlocks nothing.
     let key = locks.redis_key("k").expect("key");
     assert_eq!(get(&c, 2, &key).as_deref(), Some(g.value()));
-    assert!(g.is_held().await.is_err(), "cannot tell with one node of three");
+    assert!(
+        g.is_held().await.is_err(),
+        "cannot tell with one node of three"
+    );
     drop(g);
 }

@@ -12,14 +12,39 @@ async fn groups_are_isolated_and_share_connections() {
     let locks = locks(&c).await;
     let billing = locks.group("billing").expect("group");
     let shipping = locks.group("shipping").expect("group");
-    let a = billing.try_acquire("invoice-7").await.expect("ok").expect("free");
-    let b = shipping.try_acquire("invoice-7").await.expect("ok").expect("other group");
-    let d = locks.try_acquire("invoice-7").await.expect("ok").expect("default group");
-    assert!(billing.try_acquire("invoice-7").await.expect("ok").is_none());
-    assert_eq!(billing.redis_key("invoice-7").expect("key"), "redquorum:billing:invoice-7");
-    assert_eq!(locks.redis_key("invoice-7").expect("key"), "redquorum:default:invoice-7");
+    let a = billing
+        .try_acquire("invoice-7")
+        .await
+        .expect("ok")
+        .expect("free");
+    let b = shipping
+        .try_acquire("invoice-7")
+        .await
+        .expect("ok")
+        .expect("other group");
+    let d = locks
+        .try_acquire("invoice-7")
+        .await
+        .expect("ok")
+        .expect("default group");
+    assert!(billing
+        .try_acquire("invoice-7")
+        .await
+        .expect("ok")
+        .is_none());
+    assert_eq!(
+        billing.redis_key("invoice-7").expect("key"),
+        "redquorum:billing:invoice-7"
+    );
+    assert_eq!(
+        locks.redis_key("invoice-7").expect("key"),
+        "redquorum:default:invoice-7"
+    );
     // A group named like a prefix of a key cannot collide: ':' is not allowed in group names.
-    assert!(matches!(locks.group("billing:x"), Err(Error::Config { .. })));
+    assert!(matches!(
+        locks.group("billing:x"),
+        Err(Error::Config { .. })
+    ));
     assert!(matches!(locks.group(""), Err(Error::Config { .. })));
     for g in [a, b, d] {
         g.release().await.expect("release");
@@ -36,13 +61,20 @@ async fn owner_and_is_locked_follow_the_majority() {
 
     let g = locks.try_acquire("k").await.expect("ok").expect("free");
     assert!(observer.is_locked("k").await.expect("query"));
-    assert_eq!(observer.owner("k").await.expect("query").as_deref(), Some("worker-1"));
+    assert_eq!(
+        observer.owner("k").await.expect("query").as_deref(),
+        Some("worker-1")
+    );
     assert!(g.is_held().await.expect("query"));
     assert!(g.value().ends_with(":worker-1"));
 
     // A value on a single node (a minority) is not a holder.
     let key = locks.redis_key("m").expect("key");
-    let _: () = redis::cmd("SET").arg(&key).arg("x:stray").query(&mut conn(&c, 0)).expect("SET");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("x:stray")
+        .query(&mut conn(&c, 0))
+        .expect("SET");
     assert!(!observer.is_locked("m").await.expect("query"));
 
     g.release().await.expect("release");
@@ -53,7 +85,12 @@ async fn owner_and_is_locked_follow_the_majority() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn is_held_turns_false_when_another_owner_takes_over() {
     let c = cluster(3);
-    let short = builder(&c).ttl(Duration::from_millis(300)).node_timeout(Duration::from_millis(100)).build().await.expect("build");
+    let short = builder(&c)
+        .ttl(Duration::from_millis(300))
+        .node_timeout(Duration::from_millis(100))
+        .build()
+        .await
+        .expect("build");
     let other = locks(&c).await;
     let g = short.try_acquire("k").await.expect("ok").expect("free");
     assert!(g.is_held().await.expect("query"));
@@ -79,9 +116,18 @@ async fn namespace_prefixes_every_key() {
 async fn empty_keys_are_rejected_before_any_io() {
     let c = cluster(3);
     let locks = locks(&c).await;
-    assert!(matches!(locks.try_acquire("").await, Err(Error::Config { .. })));
-    assert!(matches!(locks.acquire(&ctx(100), "").await, Err(Error::Config { .. })));
-    assert!(matches!(locks.is_locked("").await, Err(Error::Config { .. })));
+    assert!(matches!(
+        locks.try_acquire("").await,
+        Err(Error::Config { .. })
+    ));
+    assert!(matches!(
+        locks.acquire(&ctx(100), "").await,
+        Err(Error::Config { .. })
+    ));
+    assert!(matches!(
+        locks.is_locked("").await,
+        Err(Error::Config { .. })
+    ));
     assert!(matches!(locks.owner("").await, Err(Error::Config { .. })));
     assert!(all_keys(&c).is_empty());
 }

@@ -41,8 +41,14 @@ async fn acquire_waits_then_succeeds_after_release() {
     holder.release().await.expect("release");
     let (g, waited) = waiter.await.expect("no panic");
     let g = g.expect("acquired after release");
-    assert!(waited >= Duration::from_millis(90), "acquired while held: {waited:?}");
-    assert!(waited < Duration::from_secs(5), "took until the deadline: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(90),
+        "acquired while held: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "took until the deadline: {waited:?}"
+    );
     g.release().await.expect("release");
 }
 
@@ -82,9 +88,15 @@ async fn expired_context_fails_without_waiting() {
 async fn retry_budget_ends_the_wait() {
     let c = cluster(3);
     let holder_locks = locks(&c).await;
-    let _holder = holder_locks.try_acquire("k").await.expect("ok").expect("free");
+    let _holder = holder_locks
+        .try_acquire("k")
+        .await
+        .expect("ok")
+        .expect("free");
     let locks = builder(&c)
-        .retry(Retry::exponential(Duration::from_millis(1), Duration::from_millis(5)).max_attempts(3))
+        .retry(
+            Retry::exponential(Duration::from_millis(1), Duration::from_millis(5)).max_attempts(3),
+        )
         .build()
         .await
         .expect("build");
@@ -112,7 +124,9 @@ async fn cancellation_ends_the_wait_and_leaves_nothing() {
     assert!(matches!(res, Err(Error::Cancelled { .. })), "{res:?}");
     assert!(cancelled_at.elapsed() < Duration::from_secs(1));
     holder.release().await.expect("release");
-    assert!(wait_until_no_keys(&c, Duration::from_secs(2)).await.is_empty());
+    assert!(wait_until_no_keys(&c, Duration::from_secs(2))
+        .await
+        .is_empty());
 }
 
 /// Dropping an acquire future at any point (here: by a timeout racing it, many times over at
@@ -136,7 +150,10 @@ async fn dropped_acquire_leaves_no_key_behind() {
     }
     let left = wait_until_no_keys(&c, Duration::from_secs(3)).await;
     assert!(left.is_empty(), "keys left behind: {left:?}");
-    assert!(completed < 200, "no acquire was ever cut short; the test proves nothing");
+    assert!(
+        completed < 200,
+        "no acquire was ever cut short; the test proves nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,11 +162,20 @@ async fn dropping_the_guard_releases() {
     let locks = locks(&c).await;
     let key = locks.redis_key("scoped").expect("key");
     {
-        let _g = locks.try_acquire("scoped").await.expect("ok").expect("free");
+        let _g = locks
+            .try_acquire("scoped")
+            .await
+            .expect("ok")
+            .expect("free");
         assert!((0..3).all(|i| get(&c, i, &key).is_some()));
     }
     // The release runs in a spawned task; acquire waits for it.
-    let g = locks.acquire(&ctx(2_000), "scoped").await.expect("released by drop");
+    let g = locks
+        .acquire(&ctx(2_000), "scoped")
+        .await
+        .expect("released by drop");
     g.release().await.expect("release");
-    assert!(wait_until_no_keys(&c, Duration::from_secs(2)).await.is_empty());
+    assert!(wait_until_no_keys(&c, Duration::from_secs(2))
+        .await
+        .is_empty());
 }

@@ -9,7 +9,8 @@ use redquorum::{RedLock, RedLockBuilder, Retry};
 /// Starts `n` real redis-server processes, failing the test with the testkit's message
 /// (which says how to install redis-server) if that is impossible.
 pub fn cluster(n: usize) -> LocalCluster {
-    LocalCluster::start(n).unwrap_or_else(|e| panic!("cannot start {n} redis-server processes: {e}"))
+    LocalCluster::start(n)
+        .unwrap_or_else(|e| panic!("cannot start {n} redis-server processes: {e}"))
 }
 
 /// A builder for `cluster` with settings that tolerate a loaded 2-core CI machine:
@@ -19,7 +20,10 @@ pub fn builder(cluster: &LocalCluster) -> RedLockBuilder {
         .nodes(cluster.urls())
         .ttl(Duration::from_secs(5))
         .node_timeout(Duration::from_millis(250))
-        .retry(Retry::exponential(Duration::from_millis(2), Duration::from_millis(20)))
+        .retry(Retry::exponential(
+            Duration::from_millis(2),
+            Duration::from_millis(20),
+        ))
 }
 
 pub async fn locks(cluster: &LocalCluster) -> RedLock {
@@ -36,12 +40,18 @@ pub fn conn(cluster: &LocalCluster, i: usize) -> redis::Connection {
 
 /// The value of `key` on node `i`.
 pub fn get(cluster: &LocalCluster, i: usize, key: &str) -> Option<String> {
-    redis::cmd("GET").arg(key).query(&mut conn(cluster, i)).expect("GET")
+    redis::cmd("GET")
+        .arg(key)
+        .query(&mut conn(cluster, i))
+        .expect("GET")
 }
 
 /// Remaining TTL of `key` on node `i` in ms (-2 absent, -1 no expiry).
 pub fn pttl(cluster: &LocalCluster, i: usize, key: &str) -> i64 {
-    redis::cmd("PTTL").arg(key).query(&mut conn(cluster, i)).expect("PTTL")
+    redis::cmd("PTTL")
+        .arg(key)
+        .query(&mut conn(cluster, i))
+        .expect("PTTL")
 }
 
 /// Every key on every running node.
@@ -51,7 +61,10 @@ pub fn all_keys(cluster: &LocalCluster) -> Vec<(usize, String)> {
         if !cluster.is_running(i) {
             continue;
         }
-        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn(cluster, i)).expect("KEYS");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query(&mut conn(cluster, i))
+            .expect("KEYS");
         out.extend(keys.into_iter().map(|k| (i, k)));
     }
     out
