@@ -28,7 +28,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 1. Uncontended latency: one task, acquire + release.
     let locks = build(1024).await?;
     for _ in 0..200 {
-        locks.try_acquire("warm").await?.ok_or("held")?.release().await?;
+        locks
+            .try_acquire("warm")
+            .await?
+            .ok_or("held")?
+            .release()
+            .await?;
     }
     let mut samples = Vec::with_capacity(5_000);
     for _ in 0..5_000 {
@@ -57,9 +62,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let key = format!("bench-{t}");
                     let mut n = 0u64;
                     while Instant::now() < deadline {
-                        let g = locks.try_acquire(&key).await?.ok_or(redquorum::Error::Config {
-                            reason: "distinct key was held".into(),
-                        })?;
+                        let g = locks
+                            .try_acquire(&key)
+                            .await?
+                            .ok_or(redquorum::Error::Config {
+                                reason: "distinct key was held".into(),
+                            })?;
                         g.release().await?;
                         n += 1;
                     }

@@ -117,8 +117,9 @@ pub(crate) struct Config {
 
 impl RedLockBuilder {
     /// The Redis masters, as URLs the redis crate understands: `redis://host:port`,
-    /// `redis://user:password@host:port/db`, `rediss://` for TLS (needs the redis crate's TLS
-    /// feature). Use independent masters (no replication between them); 3 or 5 is typical.
+    /// `redis://user:password@host:port/db`, `rediss://` for TLS (add
+    /// `redis = { version = "1", features = ["tokio-rustls-comp"] }` to your Cargo.toml; cargo
+    /// unifies the feature into this crate's redis dependency). Use independent masters (no replication between them); 3 or 5 is typical.
     /// Replaces any nodes given before.
     pub fn nodes<I, S>(mut self, urls: I) -> Self
     where

@@ -51,6 +51,14 @@ pub(crate) struct NodeSpec {
 impl NodeSpec {
     pub(crate) fn parse(url: &str) -> Result<Self, String> {
         let client = Client::open(url).map_err(|e| {
+            if url.starts_with("rediss://") && e.to_string().contains("TLS") {
+                return format!(
+                    "node URL {:?} asks for TLS but the redis crate was built without it; add \
+                     `redis = {{ version = \"1\", features = [\"tokio-rustls-comp\"] }}` (or \
+                     \"tokio-native-tls-comp\") to your Cargo.toml",
+                    redact(url)
+                );
+            }
             format!(
                 "node URL {:?} is not a valid Redis URL ({e}); use redis://[user:password@]host:port[/db] \
                  or rediss:// for TLS",
