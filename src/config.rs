@@ -9,6 +9,7 @@ use crate::lock::RedLock;
 use crate::node::NodeSpec;
 use crate::quorum;
 use crate::retry::Retry;
+use crate::wait::WaitStrategy;
 
 /// Default lease per acquisition.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
@@ -51,6 +52,7 @@ pub fn default_node_timeout(ttl: Duration) -> Duration {
 /// | [`owner`](Self::owner) | `host:pid` | label stored with each grant |
 /// | [`namespace`](Self::namespace) | `redquorum` | key prefix |
 /// | [`connect_timeout`](Self::connect_timeout) | 2 s | how long `build()` waits for a majority |
+/// | [`wait_strategy`](Self::wait_strategy) | PubSub + polling | how a waiter learns of a release |
 ///
 /// # Examples
 ///
@@ -84,6 +86,7 @@ pub struct RedLockBuilder {
     owner: Option<String>,
     namespace: String,
     connect_timeout: Duration,
+    wait_strategy: WaitStrategy,
 }
 
 impl Default for RedLockBuilder {
@@ -98,6 +101,7 @@ impl Default for RedLockBuilder {
             owner: None,
             namespace: DEFAULT_NAMESPACE.to_owned(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            wait_strategy: WaitStrategy::default(),
         }
     }
 }
@@ -113,6 +117,7 @@ pub(crate) struct Config {
     pub(crate) connect_timeout: Duration,
     pub(crate) node_timeout: Duration,
     pub(crate) max_in_flight: usize,
+    pub(crate) wait_strategy: WaitStrategy,
 }
 
 impl RedLockBuilder {
@@ -203,6 +208,15 @@ impl RedLockBuilder {
     /// 2 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// How `acquire` waits while the lock is held elsewhere.
+    ///
+    /// # Default
+    /// [`WaitStrategy::PubSub`]: woken by release notifications, with polling underneath.
+    pub fn wait_strategy(mut self, strategy: WaitStrategy) -> Self {
+        self.wait_strategy = strategy;
         self
     }
 
@@ -308,6 +322,7 @@ impl RedLockBuilder {
             connect_timeout: self.connect_timeout,
             node_timeout,
             max_in_flight: self.max_in_flight,
+            wait_strategy: self.wait_strategy,
         };
         Ok((config, specs))
     }

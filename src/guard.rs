@@ -10,6 +10,7 @@ use crate::config::check_ttl;
 use crate::error::{Error, NodeCause};
 use crate::lock::{millis, spawn_release, RedLock};
 use crate::node::{self, Grant, EXTEND};
+use crate::queue::Ticket;
 use crate::quorum::{self, Vote};
 
 /// A lock held on a majority of nodes.
@@ -45,6 +46,8 @@ pub struct LockGuard {
     expires_at: Instant,
     states: NodeStates,
     released: bool,
+    /// This process's turn for the key; handed to the next local waiter after release.
+    ticket: Option<Ticket>,
 }
 
 impl std::fmt::Debug for LockGuard {
@@ -74,7 +77,13 @@ impl LockGuard {
             expires_at,
             states,
             released: false,
+            ticket: None,
         }
+    }
+
+    pub(crate) fn with_ticket(mut self, ticket: Ticket) -> Self {
+        self.ticket = Some(ticket);
+        self
     }
 
     /// The key as passed to `acquire`.
@@ -216,6 +225,7 @@ impl Drop for LockGuard {
                 self.lock.shared().clone(),
                 self.redis_key.clone(),
                 self.value.clone(),
+                self.ticket.take(),
             );
         }
     }

@@ -8,11 +8,13 @@ mod error;
 mod guard;
 mod lock;
 mod node;
+mod queue;
 pub mod quorum;
 mod retry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod wait;
+mod wake;
 
 pub use config::RedLockBuilder;
 pub use context::Context;
@@ -20,3 +22,4 @@ pub use error::{Error, NodeCause, NodeFailure};
 pub use guard::LockGuard;
 pub use lock::{RedLock, UNREACHABLE_ATTEMPTS};
 pub use retry::{Delays, Retry};
+pub use wait::WaitStrategy;

@@ -11,8 +11,10 @@ use crate::context::Context;
 use crate::error::{Error, NodeCause, NodeFailure};
 use crate::guard::{LockGuard, NodeStates};
 use crate::node::{self, Grant, NodeSpec, Nodes, Owned, ACQUIRE, RELEASE};
+use crate::queue::{Queues, Ticket};
 use crate::quorum::{self, Decision, Tally, Vote};
-use crate::wait::{self, WaitEnd, Waiter};
+use crate::wait::{self, Busy, WaitEnd, Waiter};
+use crate::wake::Wakeups;
 
 /// After this many consecutive attempts in which a majority of nodes could not be reached,
 /// `acquire` stops waiting and returns [`Error::NoQuorum`]: waiting is for a lock held by
@@ -63,6 +65,8 @@ pub struct RedLock {
 pub(crate) struct Shared {
     pub(crate) nodes: Nodes,
     pub(crate) config: Config,
+    pub(crate) queues: Arc<Queues>,
+    pub(crate) wakeups: Wakeups,
 }
 
 impl std::fmt::Debug for RedLock {
@@ -81,11 +85,8 @@ impl std::fmt::Debug for RedLock {
 /// The result of one acquisition round.
 enum Attempt {
     Granted(LockGuard),
-    /// Held by someone else (or our grant came too late to be valid). `holder_left`: when a
-    /// majority could be free again, if known.
-    Busy {
-        holder_left: Option<Duration>,
-    },
+    /// Held by someone else (or our grant came too late to be valid).
+    Busy(Busy),
     /// A majority of nodes did not answer.
     Unreachable(Error),
 }
@@ -102,10 +103,17 @@ impl RedLock {
     }
 
     pub(crate) async fn connect(config: Config, specs: Vec<NodeSpec>) -> Result<Self, Error> {
+        let clients = specs.iter().map(|s| s.client.clone()).collect();
         let nodes = Nodes::new(specs, config.node_timeout, config.max_in_flight)
             .map_err(|f| Error::config(format!("node {} cannot be used: {}", f.0, f.1)))?;
         let prefix = format!("{}:{DEFAULT_GROUP}:", config.namespace).into();
-        let shared = Arc::new(Shared { nodes, config });
+        let wakeups = Wakeups::new(clients, config.node_timeout);
+        let shared = Arc::new(Shared {
+            nodes,
+            config,
+            queues: Arc::default(),
+            wakeups,
+        });
         // First contact: wait for a majority of PINGs, not for every node.
         let n = shared.nodes.len();
         let timeout = shared.config.connect_timeout;
@@ -239,57 +247,74 @@ impl RedLock {
     pub async fn acquire(&self, ctx: &Context, key: &str) -> Result<LockGuard, Error> {
         let full: Arc<str> = self.redis_key(key)?.into();
         let started = Instant::now();
-        let mut waiter = Waiter::new(self.shared.config.retry.delays());
+        let timeout = |attempts| Error::Timeout {
+            key: key.into(),
+            waited: started.elapsed(),
+            attempts,
+        };
+        if ctx.is_expired() {
+            return Err(timeout(0));
+        }
+        // Local waiters of the same key queue here, first come first served; only the head
+        // talks to Redis.
+        let mut ticket = self.shared.queues.join(&full);
+        tokio::select! {
+            biased;
+            () = ctx.cancelled() => return Err(Error::Cancelled { key: key.into() }),
+            () = ticket.turn() => {}
+            () = tokio::time::sleep_until(ctx.deadline()) => return Err(timeout(0)),
+        }
+        let config = &self.shared.config;
+        let mut waiter = Waiter::new(
+            config.retry.delays(),
+            config.wait_strategy,
+            &self.shared.wakeups,
+            &full,
+            ticket.take_subscription(),
+        );
         let mut attempts = 0u32;
         let mut unreachable = 0u32;
         let mut last_error = None;
-        loop {
+        let result = loop {
             if ctx.is_cancelled() {
-                return Err(Error::Cancelled { key: key.into() });
+                break Err(Error::Cancelled { key: key.into() });
             }
             if ctx.is_expired() {
-                return Err(last_error.unwrap_or_else(|| Error::Timeout {
-                    key: key.into(),
-                    waited: started.elapsed(),
-                    attempts,
-                }));
+                break Err(last_error.unwrap_or_else(|| timeout(attempts)));
             }
             attempts += 1;
-            let holder_left = match self.attempt(key, &full).await {
-                Attempt::Granted(guard) => return Ok(guard),
-                Attempt::Busy { holder_left } => {
+            waiter.before_attempt();
+            let busy = match self.attempt(key, &full).await {
+                Attempt::Granted(guard) => break Ok(guard),
+                Attempt::Busy(busy) => {
                     unreachable = 0;
                     last_error = None;
-                    holder_left
+                    busy
                 }
                 Attempt::Unreachable(e) => {
                     unreachable += 1;
                     if unreachable >= UNREACHABLE_ATTEMPTS {
-                        return Err(e);
+                        break Err(e);
                     }
                     last_error = Some(e);
-                    None
+                    Busy::default()
                 }
             };
-            tracing::debug!(key, attempts, ?holder_left, "lock busy; waiting to retry");
-            match waiter.wait(ctx, holder_left).await {
+            tracing::debug!(key, attempts, ?busy, "lock busy; waiting to retry");
+            match waiter.wait(ctx, busy).await {
                 WaitEnd::Retry => {}
-                WaitEnd::Cancelled => return Err(Error::Cancelled { key: key.into() }),
-                WaitEnd::Deadline => {
-                    return Err(last_error.unwrap_or_else(|| Error::Timeout {
-                        key: key.into(),
-                        waited: started.elapsed(),
-                        attempts,
-                    }))
-                }
+                WaitEnd::Cancelled => break Err(Error::Cancelled { key: key.into() }),
+                WaitEnd::Deadline => break Err(last_error.unwrap_or_else(|| timeout(attempts))),
                 WaitEnd::Exhausted => {
-                    return Err(last_error.unwrap_or_else(|| Error::RetriesExhausted {
+                    break Err(last_error.unwrap_or_else(|| Error::RetriesExhausted {
                         key: key.into(),
                         attempts,
                     }))
                 }
             }
-        }
+        };
+        ticket.keep_subscription(waiter.into_subscription());
+        result.map(|guard| guard.with_ticket(ticket))
     }
 
     /// One attempt, no waiting: `Some(guard)` if acquired, `None` if somebody else holds it.
@@ -312,9 +337,14 @@ impl RedLock {
     /// ```
     pub async fn try_acquire(&self, key: &str) -> Result<Option<LockGuard>, Error> {
         let full: Arc<str> = self.redis_key(key)?.into();
+        let mut ticket = self.shared.queues.join(&full);
+        if !ticket.try_turn() {
+            // Held, or about to be, by another task of this process.
+            return Ok(None);
+        }
         match self.attempt(key, &full).await {
-            Attempt::Granted(guard) => Ok(Some(guard)),
-            Attempt::Busy { .. } => Ok(None),
+            Attempt::Granted(guard) => Ok(Some(guard.with_ticket(ticket))),
+            Attempt::Busy(_) => Ok(None),
             Attempt::Unreachable(e) => Err(e),
         }
     }
@@ -402,7 +432,7 @@ impl RedLock {
                 ));
             }
             tracing::warn!(key, ?elapsed, ttl = ?config.ttl, "grant came too late to leave any validity; undoing");
-            return Attempt::Busy { holder_left: None };
+            return Attempt::Busy(Busy::default());
         }
         // `undo` is dropped here: the partial grant is released on every node.
         if tally.failed > quorum::tolerated_failures(n) {
@@ -415,9 +445,10 @@ impl RedLock {
                 causes,
             });
         }
-        Attempt::Busy {
+        Attempt::Busy(Busy {
             holder_left: wait::majority_free_in(n, &mut pttls),
-        }
+            split: tally.yes > 0,
+        })
     }
 
     /// Whether lock `key` is held: the same owner's value is on a majority of nodes.
@@ -640,17 +671,25 @@ impl Undo {
 impl Drop for Undo {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
-            spawn_release(shared, self.key.clone(), self.value.clone());
+            spawn_release(shared, self.key.clone(), self.value.clone(), None);
         }
     }
 }
 
 /// Releases in the background on the current runtime; with no runtime the keys expire by TTL.
-pub(crate) fn spawn_release(shared: Arc<Shared>, key: Arc<str>, value: Arc<str>) {
+/// The local queue `ticket`, if any, is handed on only after the release round, so the next
+/// local waiter finds the key gone.
+pub(crate) fn spawn_release(
+    shared: Arc<Shared>,
+    key: Arc<str>,
+    value: Arc<str>,
+    ticket: Option<Ticket>,
+) {
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {
             rt.spawn(async move {
                 let round = shared.release(&key, &value).await;
+                drop(ticket);
                 tracing::debug!(
                     key = &*key,
                     released = round.tally.yes,

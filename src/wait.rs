@@ -9,6 +9,28 @@ use tokio::time::Instant;
 
 use crate::context::Context;
 use crate::retry::Delays;
+use crate::wake::{Subscription, Wakeups};
+
+/// How a waiter learns that the lock may be free again.
+///
+/// ```
+/// use redquorum::{RedLock, WaitStrategy};
+/// let b = RedLock::builder().wait_strategy(WaitStrategy::Poll);
+/// # drop(b);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WaitStrategy {
+    /// Subscribe to the key's release channel on every node (one shared PubSub connection per
+    /// node) and retry at once when any node announces a release; also retry when the holder's
+    /// lease runs out and, as a safety net for lost notifications, after each backoff interval
+    /// of the retry policy.
+    #[default]
+    PubSub,
+    /// Retry after each backoff interval of the retry policy (or when the holder's lease runs
+    /// out), with no subscription: a spin lock with backoff.
+    Poll,
+}
 
 /// Why a wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,31 +45,80 @@ pub(crate) enum WaitEnd {
     Exhausted,
 }
 
-/// Polls with the retry policy's backoff: sleeps for the next delay, cut short by the deadline
-/// or cancellation.
+/// What the waiter knows after a failed attempt.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Busy {
+    /// How long until the holder's lease has run out on enough nodes for a majority.
+    pub(crate) holder_left: Option<Duration>,
+    /// Some nodes granted us but not a majority: another process is contending right now.
+    pub(crate) split: bool,
+}
+
+/// Passes the time between attempts for one `acquire`.
 pub(crate) struct Waiter {
     delays: Delays,
+    /// PubSub: the hub and the channel to subscribe to.
+    wake: Option<(Wakeups, String)>,
+    sub: Option<Subscription>,
 }
 
 impl Waiter {
-    pub(crate) fn new(delays: Delays) -> Self {
-        Waiter { delays }
+    pub(crate) fn new(
+        delays: Delays,
+        strategy: WaitStrategy,
+        wakeups: &Wakeups,
+        redis_key: &str,
+        sub: Option<Subscription>,
+    ) -> Self {
+        let wake = match strategy {
+            WaitStrategy::PubSub => Some((wakeups.clone(), crate::wake::channel(redis_key))),
+            WaitStrategy::Poll => None,
+        };
+        Waiter { delays, wake, sub }
+    }
+
+    /// Called right before each attempt: notifications seen so far are accounted for by it.
+    pub(crate) fn before_attempt(&mut self) {
+        if let Some(sub) = &mut self.sub {
+            sub.mark_seen();
+        }
+    }
+
+    /// The subscription, to hand on to the next local waiter of the same key.
+    pub(crate) fn into_subscription(self) -> Option<Subscription> {
+        self.sub
     }
 
     /// Waits until the next attempt should be made.
     ///
-    /// `holder_left` is how long the current holder's lease still runs on enough nodes for a
-    /// majority, when the last attempt learned it; polling never needs to sleep past it.
+    /// With PubSub, the first failed attempt subscribes and returns at once: the retry that
+    /// follows re-checks after the subscription is in place, so a release in between cannot be
+    /// missed. Later waits end at the first of: a release notification, the holder's lease
+    /// running out, the next backoff interval, the deadline, cancellation.
     ///
     /// # Cancel safety
-    /// Cancel safe: it only sleeps.
-    pub(crate) async fn wait(&mut self, ctx: &Context, holder_left: Option<Duration>) -> WaitEnd {
+    /// Cancel safe: it only sleeps (and subscribes).
+    pub(crate) async fn wait(&mut self, ctx: &Context, busy: Busy) -> WaitEnd {
+        if self.sub.is_none() {
+            if let Some((hub, channel)) = &self.wake {
+                // The re-check after subscribing is an attempt of the retry policy.
+                if self.delays.next().is_none() {
+                    return WaitEnd::Exhausted;
+                }
+                self.sub = Some(hub.subscribe(channel).await);
+                return if ctx.is_cancelled() {
+                    WaitEnd::Cancelled
+                } else {
+                    WaitEnd::Retry
+                };
+            }
+        }
         let Some(delay) = self.delays.next() else {
             return WaitEnd::Exhausted;
         };
         // Wake when the holder's lease runs out if that comes first (plus a millisecond so the
         // key is gone when we arrive). A zero hint is ignored: it would make contenders spin.
-        let delay = match holder_left {
+        let delay = match busy.holder_left {
             Some(left) if !left.is_zero() => delay.min(left + Duration::from_millis(1)),
             _ => delay,
         };
@@ -58,9 +129,24 @@ impl Waiter {
         } else {
             (wake, WaitEnd::Retry)
         };
+        let notified = async {
+            match &mut self.sub {
+                Some(sub) => {
+                    sub.notified().await;
+                    // Contenders in other processes woken by the same message: spread them out
+                    // a little after a split vote so one of them wins the next round.
+                    if busy.split {
+                        let jitter = Duration::from_micros(fastrand::u64(0..1_000));
+                        tokio::time::sleep(jitter).await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             () = ctx.cancelled() => WaitEnd::Cancelled,
+            () = notified => WaitEnd::Retry,
             () = tokio::time::sleep_until(until) => end,
         }
     }
@@ -93,6 +179,18 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    fn poll(delays: Delays) -> Waiter {
+        let hub = Wakeups::new(Vec::new(), MS);
+        Waiter::new(delays, WaitStrategy::Poll, &hub, "k", None)
+    }
+
+    fn left(d: Duration) -> Busy {
+        Busy {
+            holder_left: Some(d),
+            split: false,
+        }
+    }
+
     #[test]
     fn majority_free_in_picks_the_needed_lease() {
         let mut p = [Some(40 * MS), Some(10 * MS), Some(90 * MS)];
@@ -111,10 +209,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn wait_sleeps_at_most_the_backoff_ceiling() {
         let retry = Retry::exponential(100 * MS, 100 * MS);
-        let mut w = Waiter::new(retry.delays_seeded(1));
+        let mut w = poll(retry.delays_seeded(1));
         let ctx = Context::with_timeout(Duration::from_secs(60));
         let start = Instant::now();
-        assert_eq!(w.wait(&ctx, None).await, WaitEnd::Retry);
+        assert_eq!(w.wait(&ctx, Busy::default()).await, WaitEnd::Retry);
         assert!(start.elapsed() <= 100 * MS);
     }
 
@@ -122,10 +220,10 @@ mod tests {
     async fn wait_stops_at_the_deadline() {
         let retry = Retry::exponential(Duration::from_secs(10), Duration::from_secs(10));
         // Seeded so the jittered delay is well above the deadline.
-        let mut w = Waiter::new(retry.delays_seeded(3));
+        let mut w = poll(retry.delays_seeded(3));
         let ctx = Context::with_timeout(5 * MS);
         let start = Instant::now();
-        let end = w.wait(&ctx, None).await;
+        let end = w.wait(&ctx, Busy::default()).await;
         // Either the jitter picked < 5 ms (retry) or the deadline ended it at exactly 5 ms.
         if end == WaitEnd::Deadline {
             assert_eq!(start.elapsed(), 5 * MS);
@@ -137,16 +235,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn wait_is_cut_short_by_the_holder_lease() {
         let retry = Retry::exponential(Duration::from_secs(10), Duration::from_secs(10));
-        let mut w = Waiter::new(retry.delays_seeded(9));
+        let mut w = poll(retry.delays_seeded(9));
         let ctx = Context::with_timeout(Duration::from_secs(60));
         let start = Instant::now();
-        assert_eq!(w.wait(&ctx, Some(3 * MS)).await, WaitEnd::Retry);
+        assert_eq!(w.wait(&ctx, left(3 * MS)).await, WaitEnd::Retry);
         assert!(start.elapsed() <= 4 * MS);
         // A zero hint does not turn polling into spinning.
         let retry = Retry::exponential(50 * MS, 50 * MS);
-        let mut w = Waiter::new(retry.delays_seeded(4));
+        let mut w = poll(retry.delays_seeded(4));
         let start = Instant::now();
-        assert_eq!(w.wait(&ctx, Some(Duration::ZERO)).await, WaitEnd::Retry);
+        assert_eq!(w.wait(&ctx, left(Duration::ZERO)).await, WaitEnd::Retry);
         let delay = retry.delays_seeded(4).next().expect("unlimited");
         // The timer wheel rounds up to the next millisecond.
         assert!(start.elapsed() >= delay && start.elapsed() <= delay + MS);
@@ -156,15 +254,15 @@ mod tests {
     async fn cancellation_wins() {
         let token = tokio_util::sync::CancellationToken::new();
         let ctx = Context::with_timeout(Duration::from_secs(60)).with_cancel(token.clone());
-        let mut w = Waiter::new(Retry::default().delays());
+        let mut w = poll(Retry::default().delays());
         token.cancel();
-        assert_eq!(w.wait(&ctx, None).await, WaitEnd::Cancelled);
+        assert_eq!(w.wait(&ctx, Busy::default()).await, WaitEnd::Cancelled);
     }
 
     #[tokio::test]
     async fn exhausted_policy_ends_the_wait() {
         let ctx = Context::with_timeout(Duration::from_secs(60));
-        let mut w = Waiter::new(Retry::default().max_attempts(1).delays());
-        assert_eq!(w.wait(&ctx, None).await, WaitEnd::Exhausted);
+        let mut w = poll(Retry::default().max_attempts(1).delays());
+        assert_eq!(w.wait(&ctx, Busy::default()).await, WaitEnd::Exhausted);
     }
 }

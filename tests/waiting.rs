@@ -56,7 +56,12 @@ async fn acquire_waits_then_succeeds_after_release() {
 async fn acquire_times_out_at_the_deadline_while_held() {
     let c = cluster(3);
     let locks = locks(&c).await;
-    let _holder = locks.try_acquire("k").await.expect("ok").expect("free");
+    let other_process = self::locks(&c).await;
+    let _holder = other_process
+        .try_acquire("k")
+        .await
+        .expect("ok")
+        .expect("free");
     let started = Instant::now();
     let err = locks.acquire(&ctx(300), "k").await.expect_err("held");
     let waited = started.elapsed();
@@ -70,6 +75,22 @@ async fn acquire_times_out_at_the_deadline_while_held() {
     assert!(err.is_timeout() && err.is_retryable());
     assert!(waited >= Duration::from_millis(300), "{waited:?}");
     assert!(waited < Duration::from_millis(900), "{waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_holder_makes_local_waiters_time_out_without_redis_traffic() {
+    let c = cluster(3);
+    let locks = locks(&c).await;
+    let _holder = locks.try_acquire("k").await.expect("ok").expect("free");
+    let commands = total_commands(&c);
+    let started = Instant::now();
+    let err = locks.acquire(&ctx(200), "k").await.expect_err("held");
+    assert!(matches!(err, Error::Timeout { attempts: 0, .. }), "{err:?}");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    // Only the INFO calls of total_commands itself reached the nodes.
+    assert_eq!(total_commands(&c), commands + 3);
+    // try_acquire does not queue: it says "held" at once.
+    assert!(locks.try_acquire("k").await.expect("ok").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,3 +86,20 @@ pub async fn wait_until_no_keys(cluster: &LocalCluster, within: Duration) -> Vec
 pub fn ctx(timeout_ms: u64) -> redquorum::Context {
     redquorum::Context::with_timeout(Duration::from_millis(timeout_ms))
 }
+
+/// Sum of `total_commands_processed` over the running nodes (each call adds one INFO per node).
+pub fn total_commands(cluster: &LocalCluster) -> u64 {
+    (0..cluster.len())
+        .filter(|i| cluster.is_running(*i))
+        .map(|i| {
+            let info: String = redis::cmd("INFO")
+                .arg("stats")
+                .query(&mut conn(cluster, i))
+                .expect("INFO");
+            info.lines()
+                .find_map(|l| l.strip_prefix("total_commands_processed:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .expect("total_commands_processed in INFO")
+        })
+        .sum()
+}
