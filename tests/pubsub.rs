@@ -1,0 +1,307 @@
+//! Waiting without spinning: release notifications wake waiters at once; polling and the
+//! holder's lease keep them live when a notification is lost.
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use redquorum::testkit::LocalCluster;
+use redquorum::{Context, Error, RedLock, Retry, WaitStrategy};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// A RedLock whose polling safety net is seconds long: a wake-up within milliseconds can only
+/// come from a notification (or the holder's lease running out).
+async fn slow_poller(c: &LocalCluster) -> RedLock {
+    builder(c)
+        .retry(Retry::exponential(
+            Duration::from_secs(3),
+            Duration::from_secs(3),
+        ))
+        .build()
+        .await
+        .expect("build")
+}
+
+fn numsub(c: &LocalCluster, i: usize, channel: &str) -> i64 {
+    let (_, n): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query(&mut conn(c, i))
+        .expect("PUBSUB NUMSUB");
+    n
+}
+
+fn channels(c: &LocalCluster, i: usize) -> Vec<String> {
+    redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .query(&mut conn(c, i))
+        .expect("PUBSUB CHANNELS")
+}
+
+/// Waits until every node reports `want` subscribers on `channel` (subscription changes are
+/// applied by background tasks; there is no signal to wait on from outside).
+async fn until_numsub(c: &LocalCluster, channel: &str, want: i64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if (0..c.len()).all(|i| numsub(c, i, channel) == want) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_wakes_the_waiter_at_once() {
+    let c = cluster(5);
+    let holder = locks(&c).await;
+    let waiter = slow_poller(&c).await;
+    let channel = format!("{}:released", holder.redis_key("k").expect("key"));
+    for _ in 0..5 {
+        let g = holder.try_acquire("k").await.expect("ok").expect("free");
+        let task = {
+            let waiter = waiter.clone();
+            tokio::spawn(async move { waiter.acquire(&ctx(10_000), "k").await })
+        };
+        // Released only once the waiter is subscribed everywhere: the hand-off is then a
+        // notification's work.
+        assert!(
+            until_numsub(&c, &channel, 1).await,
+            "waiter never subscribed"
+        );
+        let released = Instant::now();
+        g.release().await.expect("release");
+        let got = task.await.expect("no panic").expect("acquired");
+        let handoff = released.elapsed();
+        assert!(
+            handoff < Duration::from_millis(500),
+            "woken by polling, not by the release: {handoff:?}"
+        );
+        got.release().await.expect("release");
+    }
+    assert!(
+        until_numsub(&c, &channel, 0).await,
+        "subscription left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_notification_is_covered_by_polling_and_the_subscription_recovers() {
+    let c = cluster(3);
+    let holder = locks(&c).await;
+    // Poll every ~300 ms: slower than a notification, much faster than the 5 s lease.
+    let waiter = builder(&c)
+        .retry(Retry::exponential(
+            Duration::from_millis(300),
+            Duration::from_millis(300),
+        ))
+        .build()
+        .await
+        .expect("build");
+    let channel = format!("{}:released", holder.redis_key("k").expect("key"));
+    let g = holder.try_acquire("k").await.expect("ok").expect("free");
+    let task = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.acquire(&ctx(10_000), "k").await })
+    };
+    assert!(until_numsub(&c, &channel, 1).await);
+    // Kill every subscription connection: the release below publishes to nobody.
+    for i in 0..3 {
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut conn(&c, i))
+            .expect("CLIENT KILL");
+    }
+    g.release().await.expect("release");
+    let got = task.await.expect("no panic").expect("acquired by polling");
+    // The subscriptions come back by themselves while a waiter needs them.
+    let again = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.acquire(&ctx(10_000), "k").await })
+    };
+    assert!(
+        until_numsub(&c, &channel, 1).await,
+        "subscription did not recover"
+    );
+    got.release().await.expect("release");
+    again
+        .await
+        .expect("no panic")
+        .expect("acquired")
+        .release()
+        .await
+        .expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_holder_is_succeeded_when_its_lease_ends_not_a_poll_later() {
+    let c = cluster(3);
+    let crashed = builder(&c)
+        .ttl(Duration::from_millis(800))
+        .build()
+        .await
+        .expect("build");
+    let waiter = slow_poller(&c).await;
+    let g = crashed.try_acquire("k").await.expect("ok").expect("free");
+    let lease_ends = Instant::now() + Duration::from_millis(800);
+    std::mem::forget(g); // the holder dies without releasing
+    let got = waiter
+        .acquire(&ctx(10_000), "k")
+        .await
+        .expect("acquired after expiry");
+    let late = Instant::now().saturating_duration_since(lease_ends);
+    assert!(
+        late < Duration::from_millis(500),
+        "acquired {late:?} after the lease ended"
+    );
+    got.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_hundred_local_waiters_acquire_once_each_in_order() {
+    let c = cluster(3);
+    let locks = locks(&c).await;
+    let other = common::locks(&c).await;
+    let channel = format!("{}:released", locks.redis_key("k").expect("key"));
+    let blocker = other.try_acquire("k").await.expect("ok").expect("free");
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let (locks, order) = (locks.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let g = locks.acquire(&ctx(30_000), "k").await?;
+            order.lock().expect("no poison").push(i);
+            g.release().await
+        }));
+        // Current-thread runtime: task i reaches the queue before task i+1 is spawned.
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        until_numsub(&c, &channel, 1).await,
+        "one subscription per node for all 100"
+    );
+    blocker.release().await.expect("release");
+    for t in tasks {
+        t.await.expect("no panic").expect("acquire and release");
+    }
+    assert_eq!(
+        *order.lock().expect("no poison"),
+        (0..100).collect::<Vec<_>>()
+    );
+    assert!(until_numsub(&c, &channel, 0).await, "subscription leaked");
+    assert!((0..3).all(|i| channels(&c, i).is_empty()));
+    assert!(wait_until_no_keys(&c, Duration::from_secs(2))
+        .await
+        .is_empty());
+}
+
+fn connected_clients(c: &LocalCluster, i: usize) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut conn(c, i))
+        .expect("CLIENT LIST");
+    list.lines().count() - 1 // minus this query's own connection
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_waiters_on_a_thousand_keys_use_constant_connections() {
+    let c = cluster(3);
+    // Leases far longer than the test, so every waiter really waits until cancelled.
+    let locks = builder(&c)
+        .ttl(Duration::from_secs(120))
+        .build()
+        .await
+        .expect("build");
+    let other = builder(&c)
+        .ttl(Duration::from_secs(120))
+        .build()
+        .await
+        .expect("build");
+    let keys: Vec<String> = (0..1000).map(|k| format!("many-{k}")).collect();
+    let mut held = Vec::new();
+    for k in &keys {
+        held.push(other.try_acquire(k).await.expect("ok").expect("free"));
+    }
+    let token = CancellationToken::new();
+    let ctx = Context::with_timeout(Duration::from_secs(60)).with_cancel(token.clone());
+    let mut tasks = Vec::new();
+    for w in 0..10_000 {
+        let (locks, ctx, key) = (locks.clone(), ctx.clone(), keys[w % 1000].clone());
+        tasks.push(tokio::spawn(async move { locks.acquire(&ctx, &key).await }));
+    }
+    // Every key's head is subscribed: 1000 channels per node.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (0..3).any(|i| channels(&c, i).len() < 1000) {
+        assert!(Instant::now() < deadline, "heads never subscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Two connections per node for `locks` (commands, pubsub), one for `other`.
+    for i in 0..3 {
+        assert_eq!(connected_clients(&c, i), 3, "node {i}");
+    }
+    token.cancel();
+    for t in tasks {
+        let res = t.await.expect("no panic");
+        assert!(matches!(res, Err(Error::Cancelled { .. })), "{res:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (0..3).any(|i| !channels(&c, i).is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "subscriptions left after cancellation"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(held);
+    assert!(wait_until_no_keys(&c, Duration::from_secs(5))
+        .await
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_while_waiting_unsubscribes_and_leaves_nothing() {
+    let c = cluster(3);
+    let holder = locks(&c).await;
+    let waiter = slow_poller(&c).await;
+    let channel = format!("{}:released", holder.redis_key("k").expect("key"));
+    let g = holder.try_acquire("k").await.expect("ok").expect("free");
+    let err = waiter.acquire(&ctx(300), "k").await.expect_err("held");
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert!(
+        until_numsub(&c, &channel, 0).await,
+        "subscription left after the deadline"
+    );
+    g.release().await.expect("release");
+    assert!(wait_until_no_keys(&c, Duration::from_secs(2))
+        .await
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_strategy_never_subscribes() {
+    let c = cluster(3);
+    let holder = locks(&c).await;
+    let waiter = builder(&c)
+        .wait_strategy(WaitStrategy::Poll)
+        .build()
+        .await
+        .expect("build");
+    let g = holder.try_acquire("k").await.expect("ok").expect("free");
+    let task = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.acquire(&ctx(10_000), "k").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await; // the waiter polls meanwhile
+    assert!((0..3).all(|i| channels(&c, i).is_empty()));
+    g.release().await.expect("release");
+    task.await
+        .expect("no panic")
+        .expect("acquired by polling")
+        .release()
+        .await
+        .expect("release");
+}
