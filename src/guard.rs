@@ -136,7 +136,8 @@ impl LockGuard {
         if ours >= tally.required() {
             return Ok(!self.validity().is_zero());
         }
-        if tally.answered() < tally.required() {
+        // The nodes that did not answer may still hold our value.
+        if ours + tally.failed >= tally.required() {
             return Err(Error::NoQuorum {
                 op: "query",
                 key: self.key.to_string(),
@@ -176,16 +177,18 @@ impl LockGuard {
                 key: self.key.to_string(),
             });
         }
+        // The lease the nodes get, in whole milliseconds; validity is computed from it.
+        let lease = Duration::from_millis(millis(ttl));
         let start = Instant::now();
         let mut cmd = node::evalsha(&EXTEND, &self.redis_key);
-        cmd.arg(&*self.value).arg(millis(ttl));
-        let round = shared.owned_round(&EXTEND, cmd).await;
+        cmd.arg(&*self.value).arg(millis(lease));
+        let round = shared.owned_round(&EXTEND, cmd, None, None).await;
         let decided = Instant::now();
         round.outcome(op, &self.key)?;
-        let validity = quorum::validity(ttl, decided - start, config.drift_factor);
-        match validity {
-            Some(_) if decided < self.expires_at => {
-                self.expires_at = start + (ttl - quorum::drift(ttl, config.drift_factor));
+        // The majority must have confirmed while the old lease was still trusted.
+        match quorum::validity(lease, decided - start, config.drift_factor) {
+            Some(validity) if decided < self.expires_at => {
+                self.expires_at = decided + validity;
                 tracing::debug!(key = &*self.key, validity = ?self.validity(), "lock extended");
                 Ok(())
             }
@@ -208,8 +211,13 @@ impl LockGuard {
     /// If the future is dropped before it completes, the guard's drop spawns the release again.
     pub async fn release(mut self) -> Result<(), Error> {
         let shared = self.lock.shared().clone();
-        self.states.mark_released();
-        let round = shared.release(&self.redis_key, &self.value).await;
+        let announce = self.ticket.as_ref().is_none_or(Ticket::announce_release);
+        let round = shared
+            .release_guard(&self.redis_key, &self.value, &self.states, announce)
+            .await;
+        if let (true, Some(ticket)) = (announce, &self.ticket) {
+            ticket.announced(round.listeners);
+        }
         self.released = true;
         let outcome = round.outcome("release", &self.key);
         tracing::debug!(key = &*self.key, ok = outcome.is_ok(), "lock released");
@@ -220,26 +228,34 @@ impl LockGuard {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         if !self.released {
-            self.states.mark_released();
             spawn_release(
                 self.lock.shared().clone(),
                 self.redis_key.clone(),
                 self.value.clone(),
+                Some(self.states.clone()),
                 self.ticket.take(),
             );
         }
     }
 }
 
-/// What each node said to the round that granted a guard, updated by stragglers after the
-/// decision, and whether the guard has been let go (so a straggler that grants afterwards
-/// releases its node itself instead of leaving the key there for a whole TTL).
+/// What each node said to the round that granted a guard (updated by stragglers after the
+/// decision), and the bookkeeping that keeps a straggling acquire from outliving the release.
+///
+/// A straggler's request can be overtaken by the release on its node (both wait for a
+/// reconnect, and either may be sent first), so its SET may land after the DEL. The node then
+/// needs one more release exactly when both happened: the straggler's reply (granted, or no
+/// reply at all) came after the guard was let go, *and* the release did not delete our value
+/// there. Whichever of the two observers comes second sees the other's bit (`fetch_or`) and
+/// sends that release; replies heard before the guard was let go need nothing, as the release
+/// is sent after them on the same connection.
 #[derive(Debug, Clone)]
 pub(crate) struct NodeStates(Arc<States>);
 
 #[derive(Debug)]
 struct States {
-    nodes: Box<[AtomicU8]>,
+    votes: Box<[AtomicU8]>,
+    late: Box<[AtomicU8]>,
     released: AtomicBool,
 }
 
@@ -248,10 +264,17 @@ const GRANTED: u8 = 1;
 const REFUSED: u8 = 2;
 const FAILED: u8 = 3;
 
+/// The acquire's reply (granted or none) was heard after the guard was let go.
+const ACQUIRED_LATE: u8 = 1;
+/// The release did not delete our value on this node.
+const RELEASE_MISSED: u8 = 2;
+
 impl NodeStates {
     pub(crate) fn new(n: usize) -> Self {
+        let zeros = || (0..n).map(|_| AtomicU8::new(UNKNOWN)).collect();
         NodeStates(Arc::new(States {
-            nodes: (0..n).map(|_| AtomicU8::new(UNKNOWN)).collect(),
+            votes: zeros(),
+            late: zeros(),
             released: AtomicBool::new(false),
         }))
     }
@@ -263,7 +286,7 @@ impl NodeStates {
             Ok(Grant::Held { .. }) => (REFUSED, Vote::No),
             Err(_) => (FAILED, Vote::Failed),
         };
-        if let Some(slot) = self.0.nodes.get(i) {
+        if let Some(slot) = self.0.votes.get(i) {
             slot.store(state, Ordering::SeqCst);
         }
         vote
@@ -271,20 +294,34 @@ impl NodeStates {
 
     pub(crate) fn granted(&self) -> usize {
         self.0
-            .nodes
+            .votes
             .iter()
             .filter(|s| s.load(Ordering::SeqCst) == GRANTED)
             .count()
     }
 
-    /// Marks the guard as let go. Called before the release round is sent: a straggler whose
-    /// grant is recorded after this sees it and releases its node; one recorded before it is
-    /// reached by the release round, which is sent later.
+    /// Marks the guard as let go; called before the release round is sent.
     pub(crate) fn mark_released(&self) {
         self.0.released.store(true, Ordering::SeqCst);
     }
 
-    pub(crate) fn is_released(&self) -> bool {
-        self.0.released.load(Ordering::SeqCst)
+    /// A straggler's reply: whether node `i` now needs one more release.
+    pub(crate) fn acquired_late(&self, i: usize, reply: &Result<Grant, NodeCause>) -> bool {
+        let maybe_set = !matches!(reply, Ok(Grant::Held { .. }));
+        maybe_set
+            && self.0.released.load(Ordering::SeqCst)
+            && self.flag(i, ACQUIRED_LATE) & RELEASE_MISSED != 0
+    }
+
+    /// The release did not delete our value on node `i`: whether it needs one more release.
+    pub(crate) fn release_missed(&self, i: usize) -> bool {
+        self.flag(i, RELEASE_MISSED) & ACQUIRED_LATE != 0
+    }
+
+    fn flag(&self, i: usize, bit: u8) -> u8 {
+        self.0
+            .late
+            .get(i)
+            .map_or(0, |f| f.fetch_or(bit, Ordering::SeqCst))
     }
 }

@@ -258,11 +258,16 @@ impl RedLock {
         // Local waiters of the same key queue here, first come first served; only the head
         // talks to Redis.
         let mut ticket = self.shared.queues.join(&full);
-        tokio::select! {
+        let hold_back = tokio::select! {
             biased;
             () = ctx.cancelled() => return Err(Error::Cancelled { key: key.into() }),
-            () = ticket.turn() => {}
+            hold_back = ticket.turn() => hold_back,
             () = tokio::time::sleep_until(ctx.deadline()) => return Err(timeout(0)),
+        };
+        if hold_back {
+            // Waiters of other processes were just told of the release: let them go first.
+            let pause = Duration::from_micros(fastrand::u64(500..2_000));
+            tokio::time::sleep(pause.min(ctx.remaining())).await;
         }
         let config = &self.shared.config;
         let mut waiter = Waiter::new(
@@ -355,8 +360,10 @@ impl RedLock {
         let config = &shared.config;
         let n = shared.nodes.len();
         let value: Arc<str> = format!("{}:{}", uuid::Uuid::new_v4().simple(), config.owner).into();
+        // The lease the nodes get, in whole milliseconds; validity is computed from it.
+        let lease = Duration::from_millis(millis(config.ttl));
         let mut cmd = node::evalsha(&ACQUIRE, full);
-        cmd.arg(&*value).arg(millis(config.ttl));
+        cmd.arg(&*value).arg(millis(lease));
         let cmd = Arc::new(cmd);
 
         // Armed until the grant is handed to a guard: a failed or dropped round is undone.
@@ -384,37 +391,39 @@ impl RedLock {
                 Ok(Grant::Held { pttl }) => pttls.push(pttl),
                 Err(cause) => causes.push(shared.failure(i, cause)),
             }
-            tally.decision() != Decision::Pending
+            match tally.decision() {
+                Decision::Reached => true,
+                // Lost, but tell "held elsewhere" from "too few nodes answered": wait for
+                // enough answers (each bounded by the node timeout) to know which.
+                Decision::Impossible => tally.answered() >= tally.required(),
+                Decision::Pending => false,
+            }
         })
         .await;
         let elapsed = start.elapsed();
 
         if tally.decision() == Decision::Reached {
-            if let Some(validity) = quorum::validity(config.ttl, elapsed, config.drift_factor) {
+            if let Some(validity) = quorum::validity(lease, elapsed, config.drift_factor) {
                 undo.disarm();
                 if !pending.is_empty() {
-                    // Let stragglers land and record whether they granted; one that grants
-                    // after the guard was let go releases its node itself.
+                    // Let stragglers land and record whether they granted. One that may have
+                    // granted after the guard was let go is released again (see NodeStates).
                     let (shared, states, key, value) =
                         (shared.clone(), states.clone(), full.clone(), value.clone());
                     tokio::spawn(async move {
                         let mut late = Vec::new();
                         quorum::until(&mut pending, |(i, reply)| {
-                            if states.record(i, &reply) == Vote::Yes && states.is_released() {
+                            states.record(i, &reply);
+                            if states.acquired_late(i, &reply) {
                                 late.push(i);
                             }
                             false
                         })
                         .await;
-                        if !late.is_empty() {
-                            let cmd = release_cmd(&key, &value);
-                            for i in late {
-                                let _ = shared.nodes.owned(i, &RELEASE, &cmd).await;
-                            }
-                        }
+                        shared.release_nodes(&key, &value, late).await;
                     });
                 }
-                let expires_at = start + validity + elapsed;
+                let expires_at = start + elapsed + validity;
                 tracing::debug!(
                     key,
                     granted = tally.yes,
@@ -435,7 +444,7 @@ impl RedLock {
             return Attempt::Busy(Busy::default());
         }
         // `undo` is dropped here: the partial grant is released on every node.
-        if tally.failed > quorum::tolerated_failures(n) {
+        if tally.answered() < tally.required() {
             return Attempt::Unreachable(Error::NoQuorum {
                 op: "acquire",
                 key: key.into(),
@@ -497,13 +506,14 @@ impl RedLock {
     async fn majority_value(&self, key: &str) -> Result<Option<String>, Error> {
         let full = self.redis_key(key)?;
         let (values, tally, causes) = self.shared.query(&full).await;
-        if let Some((v, _)) = values
-            .into_iter()
-            .find(|(_, count)| *count >= tally.required())
-        {
-            return Ok(Some(v));
+        let best = values.iter().max_by_key(|(_, count)| *count);
+        if let Some((v, count)) = best {
+            if *count >= tally.required() {
+                return Ok(Some(v.clone()));
+            }
         }
-        if tally.answered() < tally.required() {
+        // The nodes that did not answer could have given some value a majority.
+        if best.map_or(0, |(_, c)| *c) + tally.failed >= tally.required() {
             return Err(Error::NoQuorum {
                 op: "query",
                 key: key.into(),
@@ -529,13 +539,19 @@ impl Shared {
         }
     }
 
-    /// Runs a compare-and-delete or compare-and-extend on every node, deciding as soon as a
-    /// majority agrees either way; stragglers are finished in the background so the change
-    /// still reaches slow nodes.
+    /// Runs a compare-and-delete or compare-and-extend on every node. Decides as soon as a
+    /// majority did it; otherwise hears every node (each bounded by the node timeout) so the
+    /// outcome does not depend on the order of replies. Stragglers are finished in the
+    /// background so the change still reaches slow nodes.
+    ///
+    /// With `states` (a guard's release), every node where the release did not delete our
+    /// value is checked against a straggling acquire that may have landed after it.
     pub(crate) async fn owned_round(
         self: &Arc<Self>,
         script: &'static redis::Script,
         cmd: redis::Cmd,
+        states: Option<NodeStates>,
+        key_value: Option<(Arc<str>, Arc<str>)>,
     ) -> OwnedRound {
         let n = self.nodes.len();
         let cmd = Arc::new(cmd);
@@ -549,11 +565,24 @@ impl Shared {
         let mut round = OwnedRound {
             tally: Tally::new(n),
             other: 0,
+            listeners: 0,
             causes: Vec::new(),
         };
+        let mut late = Vec::new();
+        let missed = move |i: usize, reply: &Result<Owned, NodeCause>, late: &mut Vec<usize>| {
+            if let Some(states) = &states {
+                if !matches!(reply, Ok(Owned::Done { .. })) && states.release_missed(i) {
+                    late.push(i);
+                }
+            }
+        };
         quorum::until(&mut pending, |(i, reply)| {
+            missed(i, &reply, &mut late);
             match reply {
-                Ok(Owned::Done) => round.tally.record(Vote::Yes),
+                Ok(Owned::Done { listeners }) => {
+                    round.tally.record(Vote::Yes);
+                    round.listeners = round.listeners.max(listeners);
+                }
                 Ok(Owned::Absent) => round.tally.record(Vote::No),
                 Ok(Owned::Other) => {
                     round.tally.record(Vote::No);
@@ -564,18 +593,67 @@ impl Shared {
                     round.causes.push(self.failure(i, cause));
                 }
             }
-            round.tally.decision() != Decision::Pending
+            round.tally.decision() == Decision::Reached
         })
         .await;
+        if let Some((key, value)) = &key_value {
+            self.release_nodes(key, value, std::mem::take(&mut late))
+                .await;
+        }
         if !pending.is_empty() {
-            tokio::spawn(async move { quorum::until(&mut pending, |_| false).await });
+            let shared = self.clone();
+            tokio::spawn(async move {
+                quorum::until(&mut pending, |(i, reply)| {
+                    missed(i, &reply, &mut late);
+                    false
+                })
+                .await;
+                if let Some((key, value)) = &key_value {
+                    shared.release_nodes(key, value, late).await;
+                }
+            });
         }
         round
     }
 
-    /// Releases `value` from `key` on every node; used by guards and to undo failed rounds.
+    /// Releases `value` from `key` on every node; used to undo failed rounds.
     pub(crate) async fn release(self: &Arc<Self>, key: &str, value: &str) -> OwnedRound {
-        self.owned_round(&RELEASE, release_cmd(key, value)).await
+        self.owned_round(&RELEASE, release_cmd(key, value, false), None, None)
+            .await
+    }
+
+    /// A guard's release: like [`release`](Self::release), and also catches straggling
+    /// acquires that landed after it (see [`NodeStates`]).
+    pub(crate) async fn release_guard(
+        self: &Arc<Self>,
+        key: &Arc<str>,
+        value: &Arc<str>,
+        states: &NodeStates,
+        announce: bool,
+    ) -> OwnedRound {
+        states.mark_released();
+        self.owned_round(
+            &RELEASE,
+            release_cmd(key, value, announce),
+            Some(states.clone()),
+            Some((key.clone(), value.clone())),
+        )
+        .await
+    }
+
+    /// Releases `value` from `key` on the given nodes (one request each, in parallel).
+    async fn release_nodes(&self, key: &str, value: &str, nodes: Vec<usize>) {
+        if nodes.is_empty() {
+            return;
+        }
+        let cmd = release_cmd(key, value, true);
+        let cmd = &cmd;
+        futures::future::join_all(
+            nodes
+                .into_iter()
+                .map(|i| async move { self.nodes.owned(i, &RELEASE, cmd).await }),
+        )
+        .await;
     }
 
     /// `GET key` on every node: the distinct values with their counts.
@@ -622,22 +700,20 @@ pub(crate) struct OwnedRound {
     pub(crate) tally: Tally,
     /// Nodes where another value held the key.
     pub(crate) other: usize,
+    /// The most subscribers a release announcement reached on one node.
+    pub(crate) listeners: u32,
     pub(crate) causes: Vec<NodeFailure>,
 }
 
 impl OwnedRound {
-    /// The typed outcome: Ok when a majority did it; otherwise NotOwner if another owner holds
-    /// the key somewhere, NoQuorum if too few nodes answered, else NotHeld.
+    /// The typed outcome: Ok when a majority did it; NoQuorum when the nodes that did not
+    /// answer could still have made it a majority; otherwise NotOwner if another owner holds the
+    /// key somewhere, else NotHeld.
     pub(crate) fn outcome(self, op: &'static str, key: &str) -> Result<(), Error> {
         let t = self.tally;
         if t.yes >= t.required() {
             Ok(())
-        } else if self.other > 0 {
-            Err(Error::NotOwner {
-                op,
-                key: key.into(),
-            })
-        } else if t.answered() < t.required() {
+        } else if t.yes + t.failed >= t.required() {
             Err(Error::NoQuorum {
                 op,
                 key: key.into(),
@@ -645,6 +721,11 @@ impl OwnedRound {
                 required: t.required(),
                 nodes: t.nodes,
                 causes: self.causes,
+            })
+        } else if self.other > 0 {
+            Err(Error::NotOwner {
+                op,
+                key: key.into(),
             })
         } else {
             Err(Error::NotHeld {
@@ -671,43 +752,80 @@ impl Undo {
 impl Drop for Undo {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
-            spawn_release(shared, self.key.clone(), self.value.clone(), None);
+            spawn_release(shared, self.key.clone(), self.value.clone(), None, None);
         }
     }
 }
 
-/// Releases in the background on the current runtime; with no runtime the keys expire by TTL.
-/// The local queue `ticket`, if any, is handed on only after the release round, so the next
-/// local waiter finds the key gone.
+/// Releases in the background on the current runtime, retrying nodes that did not answer for
+/// up to about two seconds; with no runtime the keys expire by TTL. With `states` (a guard)
+/// late straggling grants are caught too. The local queue `ticket`, if any, is handed on only
+/// after the first round, so the next local waiter finds the key gone.
 pub(crate) fn spawn_release(
     shared: Arc<Shared>,
     key: Arc<str>,
     value: Arc<str>,
+    states: Option<NodeStates>,
     ticket: Option<Ticket>,
 ) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) => {
-            rt.spawn(async move {
-                let round = shared.release(&key, &value).await;
-                drop(ticket);
-                tracing::debug!(
-                    key = &*key,
-                    released = round.tally.yes,
-                    "background release done"
-                );
-            });
-        }
-        Err(_) => tracing::warn!(
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(
             key = &*key,
             "no tokio runtime to release the lock on; it will expire after its TTL"
-        ),
-    }
+        );
+        return;
+    };
+    rt.spawn(async move {
+        let announce = ticket.as_ref().is_none_or(Ticket::announce_release);
+        let round = match &states {
+            Some(states) => shared.release_guard(&key, &value, states, announce).await,
+            None => shared.release(&key, &value).await,
+        };
+        if let (true, Some(ticket)) = (announce, &ticket) {
+            ticket.announced(round.listeners);
+        }
+        drop(ticket);
+        if round.tally.failed == 0 {
+            return;
+        }
+        // Some node did not answer in time (down, frozen, reconnecting): try it again with a
+        // longer timeout, a few times. Compare-and-delete makes repeats harmless.
+        let cmd = release_cmd(&key, &value, states.is_some());
+        let patience = shared.nodes.timeout().max(Duration::from_millis(500));
+        let mut left: Vec<usize> = (0..shared.nodes.len()).collect();
+        for pause in [50, 200, 800] {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            let replies = futures::future::join_all(left.iter().map(|&i| {
+                let cmd = &cmd;
+                let shared = &shared;
+                async move {
+                    (
+                        i,
+                        shared.nodes.owned_within(i, &RELEASE, cmd, patience).await,
+                    )
+                }
+            }))
+            .await;
+            left = replies
+                .into_iter()
+                .filter_map(|(i, r)| r.is_err().then_some(i))
+                .collect();
+            if left.is_empty() {
+                return;
+            }
+        }
+        tracing::debug!(
+            key = &*key,
+            nodes = left.len(),
+            "release did not reach every node; the rest expire by TTL"
+        );
+    });
 }
 
-/// `EVALSHA release 1 key value`.
-fn release_cmd(key: &str, value: &str) -> redis::Cmd {
+/// `EVALSHA release 1 key value publish`: a holder's release publishes, an undo does not.
+fn release_cmd(key: &str, value: &str, publish: bool) -> redis::Cmd {
     let mut cmd = node::evalsha(&RELEASE, key);
-    cmd.arg(value);
+    cmd.arg(value).arg(if publish { "1" } else { "0" });
     cmd
 }
 
@@ -735,6 +853,7 @@ mod tests {
         OwnedRound {
             tally,
             other,
+            listeners: 0,
             causes: Vec::new(),
         }
     }

@@ -32,8 +32,9 @@ pub(crate) enum Grant {
 /// One node's answer to a compare-and-delete or compare-and-extend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Owned {
-    /// Our value was there and the change was made.
-    Done,
+    /// Our value was there and the change was made (a release also says how many
+    /// subscribers its announcement reached).
+    Done { listeners: u32 },
     /// No key at all.
     Absent,
     /// Another value holds the key; it was left untouched.
@@ -160,9 +161,15 @@ impl Nodes {
     }
 
     /// Sends a prepared EVALSHA of `script` to node `i`, loading the script on NOSCRIPT.
-    async fn eval(&self, i: usize, script: &redis::Script, cmd: &Cmd) -> Result<Value, NodeCause> {
+    async fn eval(
+        &self,
+        i: usize,
+        script: &redis::Script,
+        cmd: &Cmd,
+        timeout: Duration,
+    ) -> Result<Value, NodeCause> {
         let mut conn = self.nodes[i].conn.clone();
-        self.bounded(self.timeout, async move {
+        self.bounded(timeout, async move {
             match cmd.query_async::<Value>(&mut conn).await {
                 Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                     script
@@ -180,7 +187,7 @@ impl Nodes {
     }
 
     pub(crate) async fn acquire(&self, i: usize, cmd: &Cmd) -> Result<Grant, NodeCause> {
-        let reply = self.eval(i, &ACQUIRE, cmd).await?;
+        let reply = self.eval(i, &ACQUIRE, cmd, self.timeout).await?;
         match redis::from_redis_value::<(i64, i64)>(reply) {
             Ok((1, _)) => Ok(Grant::Granted),
             Ok((0, pttl)) => Ok(Grant::Held {
@@ -198,9 +205,22 @@ impl Nodes {
         script: &redis::Script,
         cmd: &Cmd,
     ) -> Result<Owned, NodeCause> {
-        let reply = self.eval(i, script, cmd).await?;
+        self.owned_within(i, script, cmd, self.timeout).await
+    }
+
+    /// [`owned`](Self::owned) with another timeout (background clean-up is not in a hurry).
+    pub(crate) async fn owned_within(
+        &self,
+        i: usize,
+        script: &redis::Script,
+        cmd: &Cmd,
+        timeout: Duration,
+    ) -> Result<Owned, NodeCause> {
+        let reply = self.eval(i, script, cmd, timeout).await?;
         match redis::from_redis_value::<i64>(reply) {
-            Ok(1) => Ok(Owned::Done),
+            Ok(n @ 1..) => Ok(Owned::Done {
+                listeners: u32::try_from(n - 1).unwrap_or(u32::MAX),
+            }),
             Ok(0) => Ok(Owned::Absent),
             Ok(-1) => Ok(Owned::Other),
             Ok(other) => Err(protocol(format!("script returned {other}"))),

@@ -23,7 +23,17 @@ struct Entry {
     /// The release subscription, passed from head to head while the key has local waiters, so
     /// a stream of local waiters subscribes once (dropped, i.e. unsubscribed, with the entry).
     sub: Option<Subscription>,
+    /// Consecutive releases handed straight to a local waiter without telling other processes.
+    streak: u32,
+    /// The next local head should let waiters of other processes (just told) try first.
+    yield_next: bool,
 }
+
+/// How many times in a row a release goes straight to the next local waiter without a
+/// notification for other processes (which would only collide with it). After that the
+/// release is announced and the local head holds back for a moment, so other processes'
+/// waiters get their turn too.
+pub(crate) const LOCAL_STREAK: u32 = 8;
 
 /// A place in the queue of one key: the key's turn is ours once we hold the permit.
 pub(crate) struct Ticket {
@@ -41,6 +51,8 @@ impl Queues {
             slot: Arc::new(Semaphore::new(1)),
             tickets: 0,
             sub: None,
+            streak: 0,
+            yield_next: false,
         });
         entry.tickets += 1;
         let slot = entry.slot.clone();
@@ -65,14 +77,44 @@ impl Queues {
 }
 
 impl Ticket {
-    /// Waits for our turn: first come, first served (tokio's semaphore is fair).
+    /// Waits for our turn: first come, first served (tokio's semaphore is fair). Returns
+    /// whether to hold back briefly because the previous holder invited other processes.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped wait loses its place and nothing else.
-    pub(crate) async fn turn(&mut self) {
+    pub(crate) async fn turn(&mut self) -> bool {
         if self.permit.is_none() {
             // The semaphore is never closed.
             self.permit = self.slot.clone().acquire_owned().await.ok();
+        }
+        self.queues
+            .lock()
+            .get_mut(&self.key)
+            .is_some_and(|e| std::mem::take(&mut e.yield_next))
+    }
+
+    /// Called by the holder as it releases: whether the release should be announced to other
+    /// processes. Not while local waiters are queued (they take over at once), except every
+    /// [`LOCAL_STREAK`]-th time.
+    pub(crate) fn announce_release(&self) -> bool {
+        let mut keys = self.queues.lock();
+        let Some(e) = keys.get_mut(&self.key) else {
+            return true;
+        };
+        if e.tickets > 1 && e.streak < LOCAL_STREAK {
+            e.streak += 1;
+            return false;
+        }
+        e.streak = 0;
+        true
+    }
+
+    /// After an announced release: if it reached subscribers of other processes (more than our
+    /// own subscription) and a local waiter is next, that waiter holds back for a moment.
+    pub(crate) fn announced(&self, listeners: u32) {
+        if let Some(e) = self.queues.lock().get_mut(&self.key) {
+            let ours = u32::from(e.sub.is_some());
+            e.yield_next = e.tickets > 1 && listeners > ours;
         }
     }
 

@@ -224,11 +224,13 @@ mod tests {
         let ctx = Context::with_timeout(5 * MS);
         let start = Instant::now();
         let end = w.wait(&ctx, Busy::default()).await;
-        // Either the jitter picked < 5 ms (retry) or the deadline ended it at exactly 5 ms.
-        if end == WaitEnd::Deadline {
+        let delay = retry.delays_seeded(3).next().expect("unlimited");
+        if delay >= 5 * MS {
+            assert_eq!(end, WaitEnd::Deadline);
             assert_eq!(start.elapsed(), 5 * MS);
         } else {
-            assert!(start.elapsed() < 5 * MS);
+            assert_eq!(end, WaitEnd::Retry);
+            assert!(start.elapsed() < 6 * MS);
         }
     }
 

@@ -111,12 +111,6 @@ impl Wakeups {
         }
         sub
     }
-
-    /// Channels currently subscribed by local waiters.
-    #[cfg(test)]
-    pub(crate) fn channels(&self) -> usize {
-        lock(&self.0.channels).len()
-    }
 }
 
 /// A waiter's interest in one channel; the last one dropped unsubscribes the nodes.

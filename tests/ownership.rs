@@ -131,3 +131,31 @@ async fn empty_keys_are_rejected_before_any_io() {
     assert!(matches!(locks.owner("").await, Err(Error::Config { .. })));
     assert!(all_keys(&c).is_empty());
 }
+
+/// The lock is on nodes 0 and 1 of 3, node 2 is empty (restarted without persistence) and
+/// node 0 is frozen: nobody can tell whether the lock is free, so the answer is NoQuorum, not
+/// "free".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undetermined_majority_is_no_quorum_not_free() {
+    let c = cluster(3);
+    let locks = locks(&c).await;
+    let observer = common::locks(&c).await;
+    let g = locks.try_acquire("k").await.expect("ok").expect("free");
+    c.restart(2).expect("restart");
+    let key = locks.redis_key("k").expect("key");
+    assert_eq!(get(&c, 2, &key), None);
+    // Make sure the observer's connection to node 2 is back before freezing node 0.
+    while observer.is_locked("warm-up").await.is_err() {}
+    c.pause(0).expect("pause");
+    let locked = observer.is_locked("k").await;
+    let owner = observer.owner("k").await;
+    let held = g.is_held().await;
+    c.resume(0).expect("resume");
+    assert!(
+        matches!(locked, Err(Error::NoQuorum { op: "query", .. })),
+        "{locked:?}"
+    );
+    assert!(matches!(owner, Err(Error::NoQuorum { .. })), "{owner:?}");
+    assert!(matches!(held, Err(Error::NoQuorum { .. })), "{held:?}");
+    g.release().await.expect("release");
+}

@@ -2,6 +2,8 @@
 //! retry budget runs out.
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -25,29 +27,33 @@ async fn try_acquire_returns_none_while_held() {
 async fn acquire_waits_then_succeeds_after_release() {
     let c = cluster(3);
     let locks = locks(&c).await;
-    let holder = locks.try_acquire("k").await.expect("ok").expect("free");
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    let other_process = common::locks(&c).await;
+    let holder = other_process
+        .try_acquire("k")
+        .await
+        .expect("ok")
+        .expect("free");
+    let released = Arc::new(AtomicBool::new(false));
     let waiter = {
-        let locks = locks.clone();
+        let (locks, released) = (locks.clone(), released.clone());
         tokio::spawn(async move {
-            tx.send(()).expect("test alive");
-            let started = Instant::now();
             let g = locks.acquire(&ctx(10_000), "k").await;
-            (g, started.elapsed())
+            (g, released.load(Ordering::SeqCst))
         })
     };
-    rx.await.expect("waiter started");
-    tokio::time::sleep(Duration::from_millis(100)).await; // the holder works for a while
+    // The waiter is waiting once it has subscribed to the release channel.
+    let channel = format!("{}:released", locks.redis_key("k").expect("key"));
+    assert!(
+        until_numsub(&c, &channel, 1).await,
+        "waiter never started waiting"
+    );
+    released.store(true, Ordering::SeqCst);
     holder.release().await.expect("release");
-    let (g, waited) = waiter.await.expect("no panic");
+    let (g, after_release) = waiter.await.expect("no panic");
     let g = g.expect("acquired after release");
     assert!(
-        waited >= Duration::from_millis(90),
-        "acquired while held: {waited:?}"
-    );
-    assert!(
-        waited < Duration::from_secs(5),
-        "took until the deadline: {waited:?}"
+        after_release,
+        "acquired while the other holder still held it"
     );
     g.release().await.expect("release");
 }
@@ -131,19 +137,33 @@ async fn retry_budget_ends_the_wait() {
 async fn cancellation_ends_the_wait_and_leaves_nothing() {
     let c = cluster(3);
     let locks = locks(&c).await;
-    let holder = locks.try_acquire("k").await.expect("ok").expect("free");
+    let other_process = common::locks(&c).await;
+    let holder = other_process
+        .try_acquire("k")
+        .await
+        .expect("ok")
+        .expect("free");
     let token = CancellationToken::new();
     let ctx = Context::with_timeout(Duration::from_secs(30)).with_cancel(token.clone());
     let waiter = {
         let locks = locks.clone();
         tokio::spawn(async move { locks.acquire(&ctx, "k").await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Cancel only once the waiter is really waiting (subscribed after its first attempt).
+    let channel = format!("{}:released", locks.redis_key("k").expect("key"));
+    assert!(
+        until_numsub(&c, &channel, 1).await,
+        "waiter never started waiting"
+    );
     let cancelled_at = Instant::now();
     token.cancel();
     let res = waiter.await.expect("no panic");
     assert!(matches!(res, Err(Error::Cancelled { .. })), "{res:?}");
     assert!(cancelled_at.elapsed() < Duration::from_secs(1));
+    assert!(
+        until_numsub(&c, &channel, 0).await,
+        "subscription left after cancellation"
+    );
     holder.release().await.expect("release");
     assert!(wait_until_no_keys(&c, Duration::from_secs(2))
         .await

@@ -1,11 +1,15 @@
--- Delete the lock only if this owner's value still holds it, and announce the release to
--- waiters subscribed to "<key>:released" (costs nothing measurable when nobody listens).
--- KEYS[1]: lock key; ARGV[1]: the owner's value.
--- Returns 1 deleted, 0 key absent, -1 held by another value (left untouched).
+-- Delete the lock only if this owner's value still holds it. A holder's release (ARGV[2] = "1")
+-- also announces it to waiters subscribed to "<key>:released"; undoing a failed attempt does
+-- not, or contenders woken together would collide again and again.
+-- KEYS[1]: lock key; ARGV[1]: the owner's value; ARGV[2]: "1" to publish.
+-- Returns 1 + the number of subscribers told when deleted, 0 key absent, -1 held by another
+-- value (left untouched).
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', KEYS[1] .. ':released', '')
+  if ARGV[2] == '1' then
+    return 1 + redis.call('PUBLISH', KEYS[1] .. ':released', '')
+  end
   return 1
 elseif current == false then
   return 0

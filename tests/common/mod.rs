@@ -103,3 +103,32 @@ pub fn total_commands(cluster: &LocalCluster) -> u64 {
         })
         .sum()
 }
+
+pub fn numsub(c: &LocalCluster, i: usize, channel: &str) -> i64 {
+    let (_, n): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query(&mut conn(c, i))
+        .expect("PUBSUB NUMSUB");
+    n
+}
+
+pub fn channels(c: &LocalCluster, i: usize) -> Vec<String> {
+    redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .query(&mut conn(c, i))
+        .expect("PUBSUB CHANNELS")
+}
+
+/// Waits until every node reports `want` subscribers on `channel` (subscription changes are
+/// applied by background tasks; there is no signal to wait on from outside).
+pub async fn until_numsub(c: &LocalCluster, channel: &str, want: i64) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        if (0..c.len()).all(|i| numsub(c, i, channel) == want) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}

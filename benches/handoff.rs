@@ -1,0 +1,179 @@
+//! Hand-off under contention on N = 5 masters: tasks contend for one key, each holding it for
+//! 1 ms. Reports acquisitions per second and Redis commands per acquisition (from INFO stats
+//! `total_commands_processed`), in one process (8 tasks) and across 4 processes × 4 tasks.
+//!
+//! ```text
+//! cargo bench --features testkit --bench handoff [-- SECONDS]
+//! ```
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use redquorum::testkit::LocalCluster;
+use redquorum::{Context, RedLock, WaitStrategy};
+use tokio::time::Instant;
+
+const HOLD: Duration = Duration::from_millis(1);
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(pos) = args.iter().position(|a| a == "--child") {
+        // Child process: <urls> <tasks> <secs> <strategy>; prints its acquisition count.
+        let urls: Vec<String> = args[pos + 1].split(',').map(str::to_owned).collect();
+        let tasks: usize = args[pos + 2].parse()?;
+        let secs: u64 = args[pos + 3].parse()?;
+        let strategy = strategy(&args[pos + 4]);
+        println!("{}", contend(&urls, tasks, secs, strategy).await?);
+        return Ok(());
+    }
+    let secs: u64 = args
+        .iter()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(5);
+    let cluster = LocalCluster::start(5)?;
+    let urls = cluster.urls();
+    println!("hand-off, N=5, 1 ms hold, {secs} s per run");
+    for name in ["pubsub", "poll"] {
+        let before = commands(&cluster)?;
+        let n = contend(&urls, 8, secs, strategy(name)).await?;
+        let cmds = delta(before, commands(&cluster)?);
+        report(&format!("1 process  x 8 tasks, {name}"), n, cmds, secs);
+        if std::env::var("HANDOFF_DETAIL").is_ok() {
+            for url in cluster.urls() {
+                let mut conn = redis::Client::open(url)?.get_connection()?;
+                let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut conn)?;
+                println!(
+                    "{}",
+                    stats
+                        .lines()
+                        .filter(|l| l.starts_with("cmdstat"))
+                        .map(|l| l.split(",usec=").next().unwrap_or(l))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
+        }
+
+        let before = commands(&cluster)?;
+        let exe = std::env::current_exe()?;
+        let children: Vec<_> = (0..4)
+            .map(|_| {
+                Command::new(&exe)
+                    .args(["--child", &urls.join(","), "4", &secs.to_string(), name])
+                    .stdout(Stdio::piped())
+                    .spawn()
+            })
+            .collect::<Result<_, _>>()?;
+        let mut n = 0;
+        for child in children {
+            let out = child.wait_with_output()?;
+            n += String::from_utf8_lossy(&out.stdout).trim().parse::<u64>()?;
+        }
+        let cmds = delta(before, commands(&cluster)?);
+        report(&format!("4 processes x 4 tasks, {name}"), n, cmds, secs);
+    }
+    Ok(())
+}
+
+fn strategy(name: &str) -> WaitStrategy {
+    if name == "poll" {
+        WaitStrategy::Poll
+    } else {
+        WaitStrategy::PubSub
+    }
+}
+
+fn report(label: &str, acquisitions: u64, (commands, requests): (u64, u64), secs: u64) {
+    let per = |x: u64| x as f64 / acquisitions.max(1) as f64;
+    println!(
+        "  {label:<30} {:>7.0} acquisitions/s  {:>5.1} requests/acquisition  {:>5.1} commands/acquisition",
+        acquisitions as f64 / secs as f64,
+        per(requests),
+        per(commands),
+    );
+}
+
+/// `tasks` tasks on one RedLock contend for one key for `secs` seconds.
+async fn contend(
+    urls: &[String],
+    tasks: usize,
+    secs: u64,
+    strategy: WaitStrategy,
+) -> Result<u64, redquorum::Error> {
+    let locks = RedLock::builder()
+        .nodes(urls)
+        .ttl(Duration::from_secs(10))
+        .wait_strategy(strategy)
+        .build()
+        .await?;
+    let end = Instant::now() + Duration::from_secs(secs);
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let locks = locks.clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < end {
+                    let ctx = Context::with_deadline(end);
+                    match locks.acquire(&ctx, "handoff").await {
+                        Ok(g) => {
+                            std::thread::sleep(HOLD); // the critical section
+                            g.release().await?;
+                            n += 1;
+                        }
+                        Err(e) if e.is_timeout() => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for h in handles {
+        total += h.await.map_err(|e| redquorum::Error::Config {
+            reason: e.to_string(),
+        })??;
+    }
+    Ok(total)
+}
+
+fn delta(before: (u64, u64), after: (u64, u64)) -> (u64, u64) {
+    (after.0 - before.0, after.1 - before.1)
+}
+
+/// Commands the scripts run inside Redis; the benchmark never sends them directly.
+const SCRIPT_INTERNAL: [&str; 6] = ["set", "get", "del", "pexpire", "publish", "pttl"];
+
+/// Over all nodes: `total_commands_processed` (which counts the commands scripts run too) and
+/// the requests clients sent (that total minus the script-internal commands, from
+/// `INFO commandstats`).
+fn commands(cluster: &LocalCluster) -> Result<(u64, u64), Box<dyn std::error::Error>> {
+    let (mut total, mut internal) = (0, 0);
+    for url in cluster.urls() {
+        let mut conn = redis::Client::open(url)?.get_connection()?;
+        let info: String = redis::cmd("INFO").arg("stats").query(&mut conn)?;
+        total += info
+            .lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or("no total_commands_processed in INFO")?;
+        let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut conn)?;
+        for line in stats.lines() {
+            let Some((name, rest)) = line
+                .strip_prefix("cmdstat_")
+                .and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            if SCRIPT_INTERNAL.contains(&name) {
+                internal += rest
+                    .strip_prefix("calls=")
+                    .and_then(|r| r.split(',').next())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or("unparsable commandstats line")?;
+            }
+        }
+    }
+    Ok((total, total - internal))
+}
