@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::check_ttl;
+use tokio_util::sync::CancellationToken;
+
 use crate::error::{Error, NodeCause};
-use crate::lock::{millis, spawn_release, RedLock};
-use crate::node::{self, Grant, EXTEND};
+use crate::lease::Lease;
+use crate::lock::spawn_release;
+use crate::node::Grant;
 use crate::queue::Ticket;
-use crate::quorum::{self, Vote};
+use crate::quorum::Vote;
 
 /// A lock held on a majority of nodes.
 ///
@@ -39,11 +41,7 @@ use crate::quorum::{self, Vote};
 /// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard {
-    lock: RedLock,
-    key: Box<str>,
-    redis_key: Arc<str>,
-    value: Arc<str>,
-    expires_at: Instant,
+    lease: Lease,
     states: NodeStates,
     released: bool,
     /// This process's turn for the key; handed to the next local waiter after release.
@@ -53,47 +51,38 @@ pub struct LockGuard {
 impl std::fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LockGuard")
-            .field("key", &self.key)
+            .field("key", &self.key())
             .field("validity", &self.validity())
             .field("granted_nodes", &self.granted_nodes())
+            .field("fencing_token", &self.fencing_token())
             .finish_non_exhaustive()
     }
 }
 
 impl LockGuard {
-    pub(crate) fn new(
-        lock: RedLock,
-        key: Box<str>,
-        redis_key: Arc<str>,
-        value: Arc<str>,
-        expires_at: Instant,
-        states: NodeStates,
-    ) -> Self {
+    pub(crate) fn new(lease: Lease, states: NodeStates) -> Self {
         LockGuard {
-            lock,
-            key,
-            redis_key,
-            value,
-            expires_at,
+            lease,
             states,
             released: false,
             ticket: None,
         }
     }
 
-    pub(crate) fn with_ticket(mut self, ticket: Ticket) -> Self {
+    pub(crate) fn with_ticket(mut self, mut ticket: Ticket) -> Self {
+        ticket.hold(&self.lease);
         self.ticket = Some(ticket);
         self
     }
 
     /// The key as passed to `acquire`.
     pub fn key(&self) -> &str {
-        &self.key
+        &self.lease.0.key
     }
 
     /// The unique value this acquisition stored on the nodes (`<uuid>:<owner>`).
     pub fn value(&self) -> &str {
-        &self.value
+        &self.lease.0.value
     }
 
     /// How long the lock is still safe to act under: `ttl − elapsed − drift` since the round
@@ -103,12 +92,33 @@ impl LockGuard {
     /// faster than `drift_factor` allows and that this process is not paused between reading
     /// it and acting on it.
     pub fn validity(&self) -> Duration {
-        self.expires_at.saturating_duration_since(Instant::now())
+        self.lease.validity()
     }
 
     /// The instant the validity runs out.
     pub fn expires_at(&self) -> Instant {
-        self.expires_at
+        self.lease.expires_at()
+    }
+
+    /// The fencing token of this acquisition, when fencing is on (see [`Lease::fencing_token`]).
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.lease.fencing_token()
+    }
+
+    /// A cheap handle on this lock's lease (validity, lost signal, fencing token) to hand to
+    /// the work done under it.
+    pub fn lease(&self) -> Lease {
+        self.lease.clone()
+    }
+
+    /// A token cancelled when the lock can no longer be trusted; see [`Lease::lost`].
+    pub fn lost(&self) -> CancellationToken {
+        self.lease.lost()
+    }
+
+    /// Renews the lease in the background until release or drop; see [`Lease::keep_alive`].
+    pub fn keep_alive(&self) {
+        self.lease.keep_alive();
     }
 
     /// Nodes known to have granted this lock: the majority that decided, plus any straggler that
@@ -117,7 +127,8 @@ impl LockGuard {
         self.states.granted()
     }
 
-    /// Whether the lock is still ours: validity left and our value on a majority of nodes.
+    /// Whether the lock is still ours: validity left and our value on a majority of nodes. A
+    /// `false` answer also fires [`lost`](Self::lost).
     ///
     /// # Errors
     /// [`Error::NoQuorum`] when too few nodes answer to tell.
@@ -125,28 +136,31 @@ impl LockGuard {
     /// # Cancel safety
     /// Read only: dropping it changes nothing.
     pub async fn is_held(&self) -> Result<bool, Error> {
+        let state = &self.lease.0;
         if self.validity().is_zero() {
+            state.lose("its validity ran out");
             return Ok(false);
         }
-        let (values, tally, causes) = self.lock.shared().query(&self.redis_key).await;
+        let (values, tally, causes) = state.shared.query(&state.redis_key).await;
         let ours = values
             .iter()
-            .find(|(v, _)| **v == *self.value)
+            .find(|(v, _)| **v == *state.value)
             .map_or(0, |(_, c)| *c);
-        if ours >= tally.required() {
-            return Ok(!self.validity().is_zero());
+        if ours >= tally.required() && !self.validity().is_zero() {
+            return Ok(true);
         }
         // The nodes that did not answer may still hold our value.
-        if ours + tally.failed >= tally.required() {
+        if ours + tally.failed >= tally.required() && !self.validity().is_zero() {
             return Err(Error::NoQuorum {
                 op: "query",
-                key: self.key.to_string(),
+                key: self.key().to_owned(),
                 ok: tally.answered(),
                 required: tally.required(),
                 nodes: tally.nodes,
                 causes,
             });
         }
+        state.lose("our value is no longer on a majority of nodes");
         Ok(false)
     }
 
@@ -160,43 +174,15 @@ impl LockGuard {
     /// # Errors
     /// - [`Error::Config`]: `ttl` too short to leave validity (nothing is sent).
     /// - [`Error::NotHeld`]: the validity had already run out, or our value is gone from too
-    ///   many nodes.
-    /// - [`Error::NotOwner`]: another owner holds the key on some node and we lack a majority.
+    ///   many nodes (fires [`lost`](Self::lost)).
+    /// - [`Error::NotOwner`]: another owner holds the key on some node and we lack a majority
+    ///   (fires [`lost`](Self::lost)).
     /// - [`Error::NoQuorum`]: too few nodes answered.
     ///
     /// # Cancel safety
     /// If dropped, some nodes may have been extended; the guard keeps its old validity.
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), Error> {
-        let shared = self.lock.shared().clone();
-        let config = &shared.config;
-        check_ttl(ttl, config.drift_factor, config.node_timeout)?;
-        let op = "extend";
-        if self.validity().is_zero() {
-            return Err(Error::NotHeld {
-                op,
-                key: self.key.to_string(),
-            });
-        }
-        // The lease the nodes get, in whole milliseconds; validity is computed from it.
-        let lease = Duration::from_millis(millis(ttl));
-        let start = Instant::now();
-        let mut cmd = node::evalsha(&EXTEND, &self.redis_key);
-        cmd.arg(&*self.value).arg(millis(lease));
-        let round = shared.owned_round(&EXTEND, cmd, None, None).await;
-        let decided = Instant::now();
-        round.outcome(op, &self.key)?;
-        // The majority must have confirmed while the old lease was still trusted.
-        match quorum::validity(lease, decided - start, config.drift_factor) {
-            Some(validity) if decided < self.expires_at => {
-                self.expires_at = decided + validity;
-                tracing::debug!(key = &*self.key, validity = ?self.validity(), "lock extended");
-                Ok(())
-            }
-            _ => Err(Error::NotHeld {
-                op,
-                key: self.key.to_string(),
-            }),
-        }
+        self.lease.extend(ttl).await
     }
 
     /// Releases the lock on every node (compare-and-delete: another owner's key is never
@@ -210,28 +196,32 @@ impl LockGuard {
     /// # Cancel safety
     /// If the future is dropped before it completes, the guard's drop spawns the release again.
     pub async fn release(mut self) -> Result<(), Error> {
-        let shared = self.lock.shared().clone();
+        let state = self.lease.0.clone();
+        state.done.cancel();
         let announce = self.ticket.as_ref().is_none_or(Ticket::announce_release);
-        let round = shared
-            .release_guard(&self.redis_key, &self.value, &self.states, announce)
+        let round = state
+            .shared
+            .release_guard(&state.redis_key, &state.value, &self.states, announce)
             .await;
         if let (true, Some(ticket)) = (announce, &self.ticket) {
             ticket.announced(round.listeners);
         }
         self.released = true;
-        let outcome = round.outcome("release", &self.key);
-        tracing::debug!(key = &*self.key, ok = outcome.is_ok(), "lock released");
+        let outcome = round.outcome("release", &state.key);
+        tracing::debug!(key = &*state.key, ok = outcome.is_ok(), "lock released");
         outcome
     }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
+        let state = &self.lease.0;
+        state.done.cancel();
         if !self.released {
             spawn_release(
-                self.lock.shared().clone(),
-                self.redis_key.clone(),
-                self.value.clone(),
+                state.shared.clone(),
+                state.redis_key.clone(),
+                state.value.clone(),
                 Some(self.states.clone()),
                 self.ticket.take(),
             );

@@ -10,6 +10,7 @@ use crate::config::{Config, RedLockBuilder, DEFAULT_GROUP};
 use crate::context::Context;
 use crate::error::{Error, NodeCause, NodeFailure};
 use crate::guard::{LockGuard, NodeStates};
+use crate::lease::Lease;
 use crate::node::{self, Grant, NodeSpec, Nodes, Owned, ACQUIRE, RELEASE};
 use crate::queue::{Queues, Ticket};
 use crate::quorum::{self, Decision, Tally, Vote};
@@ -114,6 +115,12 @@ impl RedLock {
             queues: Arc::default(),
             wakeups,
         });
+        let weak = Arc::downgrade(&shared);
+        shared.queues.set_announcer(Box::new(move |key| {
+            if let (Some(shared), Ok(rt)) = (weak.upgrade(), tokio::runtime::Handle::try_current()) {
+                rt.spawn(async move { shared.announce(&key).await });
+            }
+        }));
         // First contact: wait for a majority of PINGs, not for every node.
         let n = shared.nodes.len();
         let timeout = shared.config.connect_timeout;
@@ -264,9 +271,10 @@ impl RedLock {
             hold_back = ticket.turn() => hold_back,
             () = tokio::time::sleep_until(ctx.deadline()) => return Err(timeout(0)),
         };
+        ticket.attempting();
         if hold_back {
             // Waiters of other processes were just told of the release: let them go first.
-            let pause = Duration::from_micros(fastrand::u64(500..2_000));
+            let pause = Duration::from_micros(fastrand::u64(1_000..3_000));
             tokio::time::sleep(pause.min(ctx.remaining())).await;
         }
         let config = &self.shared.config;
@@ -347,6 +355,7 @@ impl RedLock {
             // Held, or about to be, by another task of this process.
             return Ok(None);
         }
+        ticket.attempting();
         match self.attempt(key, &full).await {
             Attempt::Granted(guard) => Ok(Some(guard.with_ticket(ticket))),
             Attempt::Busy(_) => Ok(None),
@@ -431,14 +440,16 @@ impl RedLock {
                     ?validity,
                     "lock acquired"
                 );
-                return Attempt::Granted(LockGuard::new(
-                    self.clone(),
+                let lease = Lease::new(
+                    shared.clone(),
                     key.into(),
                     full.clone(),
                     value,
+                    None,
                     expires_at,
-                    states,
-                ));
+                    lease,
+                );
+                return Attempt::Granted(LockGuard::new(lease, states));
             }
             tracing::warn!(key, ?elapsed, ttl = ?config.ttl, "grant came too late to leave any validity; undoing");
             return Attempt::Busy(Busy::default());
@@ -526,9 +537,6 @@ impl RedLock {
         Ok(None)
     }
 
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
 }
 
 impl Shared {
@@ -639,6 +647,13 @@ impl Shared {
             Some((key.clone(), value.clone())),
         )
         .await
+    }
+
+    /// Tells waiters of other processes that `key` is free (a bare PUBLISH on every node).
+    async fn announce(&self, key: &str) {
+        let channel = crate::wake::channel(key);
+        futures::future::join_all((0..self.nodes.len()).map(|i| self.nodes.publish(i, &channel)))
+            .await;
     }
 
     /// Releases `value` from `key` on the given nodes (one request each, in parallel).

@@ -240,6 +240,22 @@ impl Nodes {
         .await
     }
 
+    /// `PUBLISH channel ""` on node `i` (errors are only logged: announcing is best effort).
+    pub(crate) async fn publish(&self, i: usize, channel: &str) {
+        let mut conn = self.nodes[i].conn.clone();
+        let cmd = redis::cmd("PUBLISH").arg(channel).arg("").to_owned();
+        let res = self
+            .bounded(self.timeout, async move {
+                cmd.query_async::<i64>(&mut conn)
+                    .await
+                    .map_err(|e| redis_cause(&e))
+            })
+            .await;
+        if let Err(cause) = res {
+            tracing::debug!(node = i, %cause, "announcing a release failed");
+        }
+    }
+
     /// `PING` on node `i`, bounded by `timeout` (connecting counts against it).
     pub(crate) async fn ping(&self, i: usize, timeout: Duration) -> Result<(), NodeCause> {
         let mut conn = self.nodes[i].conn.clone();

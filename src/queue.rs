@@ -1,19 +1,34 @@
 //! The local FIFO of waiters for one key inside one process: only the head contends with
 //! Redis, the others wait for it. This removes the thundering herd, and the split votes that
 //! many contenders cause on N nodes, without any Redis traffic.
+//!
+//! The queue is an optimisation, never the source of safety: a local holder whose lease ran
+//! out stops blocking local waiters (they go to Redis, which decides), and a release that was
+//! handed to a local waiter who then left is announced after all.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::lease::Lease;
 use crate::wake::Subscription;
+
+/// How many times in a row a release goes straight to the next local waiter without a
+/// notification for other processes (which would only collide with it). After that the
+/// release is announced and, if other processes listen, the local head holds back briefly.
+pub(crate) const LOCAL_STREAK: u32 = 8;
+
+/// Announces a release on every node (a bare PUBLISH), for releases that were not announced
+/// and whose local successor left.
+pub(crate) type Announcer = Box<dyn Fn(Arc<str>) + Send + Sync>;
 
 /// One FIFO per key with local waiters or a local holder; entries are removed when the last
 /// ticket goes, so the map is bounded by the keys in use.
 #[derive(Default)]
 pub(crate) struct Queues {
     keys: Mutex<HashMap<Arc<str>, Entry>>,
+    announcer: OnceLock<Announcer>,
 }
 
 struct Entry {
@@ -23,27 +38,35 @@ struct Entry {
     /// The release subscription, passed from head to head while the key has local waiters, so
     /// a stream of local waiters subscribes once (dropped, i.e. unsubscribed, with the entry).
     sub: Option<Subscription>,
+    /// The local holder's lease: waiters stop queueing behind it once it has run out.
+    holder: Option<Lease>,
+    /// Wakes waiters when the holder changes.
+    changed: Arc<Notify>,
     /// Consecutive releases handed straight to a local waiter without telling other processes.
     streak: u32,
+    /// The last release was not announced and no local waiter has attempted since.
+    unannounced: bool,
     /// The next local head should let waiters of other processes (just told) try first.
     yield_next: bool,
 }
 
-/// How many times in a row a release goes straight to the next local waiter without a
-/// notification for other processes (which would only collide with it). After that the
-/// release is announced and the local head holds back for a moment, so other processes'
-/// waiters get their turn too.
-pub(crate) const LOCAL_STREAK: u32 = 8;
-
-/// A place in the queue of one key: the key's turn is ours once we hold the permit.
+/// A place in the queue of one key: the key's turn is ours once we hold the permit (or once
+/// the holder ahead of us let its lease run out).
 pub(crate) struct Ticket {
     queues: Arc<Queues>,
     key: Arc<str>,
     slot: Arc<Semaphore>,
     permit: Option<OwnedSemaphorePermit>,
+    /// Whether this ticket's guard is the entry's holder.
+    held: bool,
 }
 
 impl Queues {
+    /// Sets how unannounced releases are announced after all (once, at start-up).
+    pub(crate) fn set_announcer(&self, announcer: Announcer) {
+        let _ = self.announcer.set(announcer);
+    }
+
     /// Joins the queue of `key` (not yet waiting).
     pub(crate) fn join(self: &Arc<Self>, key: &Arc<str>) -> Ticket {
         let mut keys = self.lock();
@@ -51,7 +74,10 @@ impl Queues {
             slot: Arc::new(Semaphore::new(1)),
             tickets: 0,
             sub: None,
+            holder: None,
+            changed: Arc::new(Notify::new()),
             streak: 0,
+            unannounced: false,
             yield_next: false,
         });
         entry.tickets += 1;
@@ -62,6 +88,7 @@ impl Queues {
             key: key.clone(),
             slot,
             permit: None,
+            held: false,
         }
     }
 
@@ -77,45 +104,58 @@ impl Queues {
 }
 
 impl Ticket {
-    /// Waits for our turn: first come, first served (tokio's semaphore is fair). Returns
-    /// whether to hold back briefly because the previous holder invited other processes.
+    fn with_entry<T>(&self, f: impl FnOnce(&mut Entry) -> T) -> Option<T> {
+        self.queues.lock().get_mut(&self.key).map(f)
+    }
+
+    /// Waits for our turn: first come, first served (tokio's semaphore is fair), or until the
+    /// local holder's lease has run out. Returns whether to hold back briefly because the
+    /// previous holder invited other processes.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped wait loses its place and nothing else.
     pub(crate) async fn turn(&mut self) -> bool {
         if self.permit.is_none() {
-            // The semaphore is never closed.
-            self.permit = self.slot.clone().acquire_owned().await.ok();
+            let permit = self.slot.clone().acquire_owned();
+            tokio::pin!(permit);
+            loop {
+                let Some((expiry, changed)) = self.with_entry(|e| {
+                    (e.holder.as_ref().map(Lease::expires_at), e.changed.clone())
+                }) else {
+                    break;
+                };
+                let notified = changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let stale = async {
+                    match expiry {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    permit = &mut permit => {
+                        // The semaphore is never closed.
+                        self.permit = permit.ok();
+                        break;
+                    }
+                    () = notified => {}
+                    () = stale => {
+                        let expired = self
+                            .with_entry(|e| e.holder.as_ref().is_some_and(|h| h.validity().is_zero()))
+                            .unwrap_or(true);
+                        if expired {
+                            // The holder kept its guard past its lease: Redis decides now.
+                            tracing::debug!(key = &*self.key, "local holder's lease ran out; contending without it");
+                            break;
+                        }
+                    }
+                }
+            }
         }
-        self.queues
-            .lock()
-            .get_mut(&self.key)
-            .is_some_and(|e| std::mem::take(&mut e.yield_next))
-    }
-
-    /// Called by the holder as it releases: whether the release should be announced to other
-    /// processes. Not while local waiters are queued (they take over at once), except every
-    /// [`LOCAL_STREAK`]-th time.
-    pub(crate) fn announce_release(&self) -> bool {
-        let mut keys = self.queues.lock();
-        let Some(e) = keys.get_mut(&self.key) else {
-            return true;
-        };
-        if e.tickets > 1 && e.streak < LOCAL_STREAK {
-            e.streak += 1;
-            return false;
-        }
-        e.streak = 0;
-        true
-    }
-
-    /// After an announced release: if it reached subscribers of other processes (more than our
-    /// own subscription) and a local waiter is next, that waiter holds back for a moment.
-    pub(crate) fn announced(&self, listeners: u32) {
-        if let Some(e) = self.queues.lock().get_mut(&self.key) {
-            let ours = u32::from(e.sub.is_some());
-            e.yield_next = e.tickets > 1 && listeners > ours;
-        }
+        self.with_entry(|e| std::mem::take(&mut e.yield_next))
+            .unwrap_or(false)
     }
 
     /// Takes our turn only if nobody is ahead.
@@ -126,21 +166,55 @@ impl Ticket {
         self.permit.is_some()
     }
 
+    /// Called right before this ticket's first attempt in Redis.
+    pub(crate) fn attempting(&self) {
+        self.with_entry(|e| e.unannounced = false);
+    }
+
+    /// Records the lease of the lock this ticket now holds.
+    pub(crate) fn hold(&mut self, lease: &Lease) {
+        self.held = true;
+        self.with_entry(|e| {
+            e.holder = Some(lease.clone());
+            e.changed.notify_waiters();
+        });
+    }
+
     /// The key's release subscription, if a previous head left one.
     pub(crate) fn take_subscription(&self) -> Option<Subscription> {
-        self.queues
-            .lock()
-            .get_mut(&self.key)
-            .and_then(|e| e.sub.take())
+        self.with_entry(|e| e.sub.take()).flatten()
     }
 
     /// Leaves the subscription for the next head (dropped with the entry when none comes).
     pub(crate) fn keep_subscription(&self, sub: Option<Subscription>) {
         if let Some(sub) = sub {
-            if let Some(e) = self.queues.lock().get_mut(&self.key) {
-                e.sub = Some(sub);
-            }
+            self.with_entry(|e| e.sub = Some(sub));
         }
+    }
+
+    /// Called by the holder as it releases: whether the release should be announced to other
+    /// processes. Not while local waiters are queued (they take over at once), except every
+    /// [`LOCAL_STREAK`]-th time.
+    pub(crate) fn announce_release(&self) -> bool {
+        self.with_entry(|e| {
+            if e.tickets > 1 && e.streak < LOCAL_STREAK {
+                e.streak += 1;
+                e.unannounced = true;
+                return false;
+            }
+            e.streak = 0;
+            true
+        })
+        .unwrap_or(true)
+    }
+
+    /// After an announced release: if it reached subscribers of other processes (more than our
+    /// own subscription) and a local waiter is next, that waiter holds back for a moment.
+    pub(crate) fn announced(&self, listeners: u32) {
+        self.with_entry(|e| {
+            let ours = u32::from(e.sub.is_some());
+            e.yield_next = e.tickets > 1 && listeners > ours;
+        });
     }
 }
 
@@ -149,12 +223,25 @@ impl Drop for Ticket {
         // Hand the turn on first, then remove the key if no other ticket is left.
         drop(self.permit.take());
         let mut keys = self.queues.lock();
-        let last = keys.get_mut(&self.key).is_some_and(|e| {
-            e.tickets -= 1;
-            e.tickets == 0
-        });
-        let removed = if last { keys.remove(&self.key) } else { None };
+        let Some(e) = keys.get_mut(&self.key) else {
+            return;
+        };
+        e.tickets -= 1;
+        if self.held {
+            e.holder = None;
+            e.changed.notify_waiters();
+        }
+        if e.tickets > 0 {
+            return;
+        }
+        let removed = keys.remove(&self.key);
         drop(keys);
+        if removed.as_ref().is_some_and(|e| e.unannounced) {
+            // A release went to a local waiter that left without taking it: tell the others.
+            if let Some(announce) = self.queues.announcer.get() {
+                announce(self.key.clone());
+            }
+        }
         drop(removed); // unsubscribes outside the queue lock
     }
 }
@@ -203,5 +290,22 @@ mod tests {
         assert_eq!(queues.len(), 1);
         drop(held);
         assert_eq!(queues.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_unannounced_release_is_announced_when_its_successor_leaves() {
+        let queues = Arc::new(Queues::default());
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let sink = told.clone();
+        queues.set_announcer(Box::new(move |k| sink.lock().expect("no poison").push(k)));
+        let key: Arc<str> = "k".into();
+        let mut holder = queues.join(&key);
+        holder.turn().await;
+        let waiter = queues.join(&key);
+        assert!(!holder.announce_release(), "a local waiter is queued: no announcement");
+        drop(holder);
+        assert!(told.lock().expect("no poison").is_empty());
+        drop(waiter); // left without attempting
+        assert_eq!(*told.lock().expect("no poison"), [key]);
     }
 }

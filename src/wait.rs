@@ -105,12 +105,13 @@ impl Waiter {
                 if self.delays.next().is_none() {
                     return WaitEnd::Exhausted;
                 }
-                self.sub = Some(hub.subscribe(channel).await);
-                return if ctx.is_cancelled() {
-                    WaitEnd::Cancelled
-                } else {
-                    WaitEnd::Retry
-                };
+                tokio::select! {
+                    biased;
+                    () = ctx.cancelled() => return WaitEnd::Cancelled,
+                    () = tokio::time::sleep_until(ctx.deadline()) => return WaitEnd::Deadline,
+                    sub = hub.subscribe(channel) => self.sub = Some(sub),
+                }
+                return WaitEnd::Retry;
             }
         }
         let Some(delay) = self.delays.next() else {

@@ -34,6 +34,8 @@ struct Registry {
     /// One command queue per node task, started on first use.
     nodes: OnceLock<Vec<mpsc::UnboundedSender<Command>>>,
     clients: Vec<Client>,
+    /// Whether each node's subscription connection is up (only those are waited for).
+    connected: Box<[std::sync::atomic::AtomicBool]>,
     timeout: Duration,
 }
 
@@ -44,10 +46,15 @@ pub(crate) struct Wakeups(Arc<Registry>);
 impl Wakeups {
     /// No connection is made until the first waiter subscribes.
     pub(crate) fn new(clients: Vec<Client>, timeout: Duration) -> Self {
+        let connected = clients
+            .iter()
+            .map(|_| std::sync::atomic::AtomicBool::new(false))
+            .collect();
         Wakeups(Arc::new(Registry {
             channels: Mutex::new(HashMap::new()),
             nodes: OnceLock::new(),
             clients,
+            connected,
             timeout,
         }))
     }
@@ -73,8 +80,10 @@ impl Wakeups {
         })
     }
 
-    /// Registers interest in `channel` and waits (bounded by the node timeout) until the nodes
-    /// confirmed the subscription, so that a release published after this returns is seen.
+    /// Registers interest in `channel` and, for the first local subscriber, waits (bounded by
+    /// the node timeout) until the connected nodes confirmed it, so that a release published
+    /// after this returns is seen. Nodes whose subscription connection is down are not waited
+    /// for: when it comes back it resubscribes and wakes every waiter.
     ///
     /// # Cancel safety
     /// Dropping the future drops the subscription.
@@ -90,9 +99,15 @@ impl Wakeups {
             entry.waiters += 1;
             if entry.waiters == 1 {
                 // Sent under the lock so a concurrent last-unsubscribe cannot overtake it.
-                for node in self.nodes() {
+                for (i, node) in self.nodes().iter().enumerate() {
                     let (tx, rx) = oneshot::channel();
-                    if node.send(Command::Subscribe(channel.clone(), tx)).is_ok() {
+                    let sent = node.send(Command::Subscribe(channel.clone(), tx)).is_ok();
+                    // A node that is not connected resubscribes everything when it is, and
+                    // then wakes every waiter: no need to wait for it.
+                    let up = self.0.connected.get(i).is_some_and(|c| {
+                        c.load(std::sync::atomic::Ordering::SeqCst)
+                    });
+                    if sent && up {
                         acks.push(rx);
                     }
                 }
@@ -179,6 +194,28 @@ fn bump(registry: &Registry, channel: Option<&str>) {
     }
 }
 
+/// How a subscription request to one node went.
+enum Applied {
+    Ok,
+    /// Timed out or the connection broke: reconnect.
+    Broken,
+    /// The server refused (e.g. an ACL user without channel rights): it never will accept.
+    Refused(String),
+}
+
+async fn apply(
+    timeout: Duration,
+    op: impl std::future::Future<Output = redis::RedisResult<()>>,
+) -> Applied {
+    match tokio::time::timeout(timeout, op).await {
+        Ok(Ok(())) => Applied::Ok,
+        Ok(Err(e)) if e.kind() != redis::ErrorKind::Io && !e.is_timeout() => {
+            Applied::Refused(e.to_string())
+        }
+        _ => Applied::Broken,
+    }
+}
+
 /// Owns node `i`'s PubSub connection: applies (un)subscriptions, forwards messages, and after a
 /// disconnect reconnects, resubscribes every registered channel and wakes all waiters.
 /// Ends when the `RedLock` is dropped.
@@ -189,10 +226,21 @@ async fn node_task(
     mut commands: mpsc::UnboundedReceiver<Command>,
     timeout: Duration,
 ) {
-    let mut backoff = Duration::from_millis(10);
+    let mut backoff = Duration::ZERO;
     loop {
-        // Connect, answering nothing meanwhile: queued subscribes are applied once connected
-        // (their waiters stopped waiting for the acknowledgement after the node timeout).
+        set_connected(&registry, i, false);
+        if !backoff.is_zero() {
+            tokio::time::sleep(backoff).await;
+        }
+        backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        if registry.strong_count() == 0 {
+            return;
+        }
+        // Requests queued while disconnected are covered by the snapshot below; their waiters
+        // stopped waiting for an acknowledgement long ago.
+        while let Ok(cmd) = commands.try_recv() {
+            drop(cmd);
+        }
         let connect = tokio::time::timeout(
             timeout.max(Duration::from_millis(500)),
             client.get_async_pubsub(),
@@ -204,15 +252,9 @@ async fn node_task(
                     .err()
                     .map_or("timed out".to_owned(), |e| e.to_string());
                 tracing::debug!(node = i, cause, "pubsub connect failed; retrying");
-                if commands.is_closed() || registry.strong_count() == 0 {
-                    return;
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };
-        backoff = Duration::from_millis(10);
         let Some(reg) = registry.upgrade() else {
             return;
         };
@@ -220,35 +262,40 @@ async fn node_task(
         drop(reg);
         if !current.is_empty() {
             let names: Vec<&str> = current.iter().map(|c| &**c).collect();
-            if !matches!(
-                tokio::time::timeout(timeout, sink.subscribe(&names)).await,
-                Ok(Ok(()))
-            ) {
-                continue;
+            match apply(timeout, sink.subscribe(&names)).await {
+                Applied::Ok => {}
+                Applied::Broken => continue,
+                Applied::Refused(why) => return refused(i, &why, commands).await,
             }
         }
+        backoff = Duration::ZERO;
+        set_connected(&registry, i, true);
         // Anything published while we were away is lost: everyone re-checks.
         if let Some(reg) = registry.upgrade() {
             bump(&reg, None);
         }
         loop {
             tokio::select! {
-                cmd = commands.recv() => match cmd {
-                    None => return,
+                cmd = commands.recv() => {
                     // A node that does not confirm within the timeout (frozen, partitioned) is
                     // treated as disconnected: reconnecting resubscribes everything.
-                    Some(Command::Subscribe(ch, ack)) => {
-                        if !matches!(tokio::time::timeout(timeout, sink.subscribe(&*ch)).await, Ok(Ok(()))) {
-                            break;
+                    let applied = match cmd {
+                        None => return,
+                        Some(Command::Subscribe(ch, ack)) => {
+                            let applied = apply(timeout, sink.subscribe(&*ch)).await;
+                            if matches!(applied, Applied::Ok) {
+                                let _ = ack.send(());
+                            }
+                            applied
                         }
-                        let _ = ack.send(());
+                        Some(Command::Unsubscribe(ch)) => apply(timeout, sink.unsubscribe(&*ch)).await,
+                    };
+                    match applied {
+                        Applied::Ok => {}
+                        Applied::Broken => break,
+                        Applied::Refused(why) => return refused(i, &why, commands).await,
                     }
-                    Some(Command::Unsubscribe(ch)) => {
-                        if !matches!(tokio::time::timeout(timeout, sink.unsubscribe(&*ch)).await, Ok(Ok(()))) {
-                            break;
-                        }
-                    }
-                },
+                }
                 msg = stream.next() => match msg {
                     Some(msg) => match registry.upgrade() {
                         Some(reg) => bump(&reg, Some(msg.get_channel_name())),
@@ -261,6 +308,25 @@ async fn node_task(
         tracing::debug!(node = i, "pubsub connection lost; reconnecting");
         if let Some(reg) = registry.upgrade() {
             bump(&reg, None);
+        }
+    }
+}
+
+/// The node refuses subscriptions for good: waiters fall back to polling for it. Keeps
+/// draining requests (without acknowledging them) until the `RedLock` is dropped.
+async fn refused(i: usize, why: &str, mut commands: mpsc::UnboundedReceiver<Command>) {
+    tracing::warn!(
+        node = i,
+        why,
+        "node refuses SUBSCRIBE (ACL without channel rights?); waiters poll it instead"
+    );
+    while commands.recv().await.is_some() {}
+}
+
+fn set_connected(registry: &Weak<Registry>, i: usize, up: bool) {
+    if let Some(reg) = registry.upgrade() {
+        if let Some(flag) = reg.connected.get(i) {
+            flag.store(up, std::sync::atomic::Ordering::SeqCst);
         }
     }
 }

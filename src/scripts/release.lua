@@ -8,7 +8,11 @@ local current = redis.call('GET', KEYS[1])
 if current == ARGV[1] then
   redis.call('DEL', KEYS[1])
   if ARGV[2] == '1' then
-    return 1 + redis.call('PUBLISH', KEYS[1] .. ':released', '')
+    -- pcall: an ACL user without channel rights still releases (waiters then poll).
+    local told = redis.pcall('PUBLISH', KEYS[1] .. ':released', '')
+    if type(told) == 'number' then
+      return 1 + told
+    end
   end
   return 1
 elseif current == false then

@@ -1,0 +1,282 @@
+//! [`Lease`]: the shared, time-bound part of a held lock: its validity, its extension, the
+//! background renewal, and the lost-lock signal.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Once, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::check_ttl;
+use crate::error::Error;
+use crate::lock::{millis, Shared};
+use crate::node::{self, EXTEND};
+use crate::quorum;
+
+/// A handle on a held lock's lease, cheap to clone and `Send + Sync`: what work running under
+/// the lock needs to know (how long it may still act, whether the lock was lost, its fencing
+/// token). Obtained from [`LockGuard::lease`](crate::LockGuard::lease) or handed to the work by
+/// [`RedLock::with_lock`](crate::RedLock::with_lock).
+///
+/// # The lost signal and its limits
+/// [`lost`](Self::lost) fires when the lock can no longer be trusted: an extension failed to
+/// reach a majority before the validity ran out, the validity ran out (with no renewal), or
+/// the key was found with another owner. Work that selects on it stops before it acts without
+/// the lock. It cannot stop a process that pauses (GC, swap, SIGSTOP) *after* checking it and
+/// *before* acting: that gap is what fencing tokens close.
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # use redquorum::{RedLock, Context};
+/// # async fn step() {}
+/// # async fn f(locks: RedLock) -> Result<(), redquorum::Error> {
+/// let guard = locks.acquire(&Context::with_timeout(Duration::from_secs(5)), "job").await?;
+/// guard.keep_alive(); // renewed in the background from now on
+/// let lost = guard.lost();
+/// tokio::select! {
+///     () = lost.cancelled() => eprintln!("lock lost: stopping before the next step"),
+///     () = step() => {}
+/// }
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Lease(pub(crate) Arc<State>);
+
+pub(crate) struct State {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) key: Box<str>,
+    pub(crate) redis_key: Arc<str>,
+    pub(crate) value: Arc<str>,
+    pub(crate) fence: Option<u64>,
+    /// When the validity runs out, and the lease (TTL) of the round that set it.
+    expiry: Mutex<(Instant, Duration)>,
+    lost: CancellationToken,
+    /// Fired when the guard is released or dropped: ends the background task.
+    pub(crate) done: CancellationToken,
+    renew: AtomicBool,
+    /// Wakes the background task when the schedule changed.
+    changed: Notify,
+    task: Once,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("key", &self.0.key)
+            .field("validity", &self.validity())
+            .field("lost", &self.is_lost())
+            .field("fencing_token", &self.0.fence)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lease {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        key: Box<str>,
+        redis_key: Arc<str>,
+        value: Arc<str>,
+        fence: Option<u64>,
+        expires_at: Instant,
+        ttl: Duration,
+    ) -> Self {
+        Lease(Arc::new(State {
+            shared,
+            key,
+            redis_key,
+            value,
+            fence,
+            expiry: Mutex::new((expires_at, ttl)),
+            lost: CancellationToken::new(),
+            done: CancellationToken::new(),
+            renew: AtomicBool::new(false),
+            changed: Notify::new(),
+            task: Once::new(),
+        }))
+    }
+
+    /// The key as passed to `acquire`.
+    pub fn key(&self) -> &str {
+        &self.0.key
+    }
+
+    /// How long the lock is still safe to act under: `ttl − elapsed − drift` since the round
+    /// that granted (or last extended) it; zero once it has run out.
+    ///
+    /// A local, monotonic-clock estimate: it assumes the nodes' clocks do not run faster than
+    /// `drift_factor` allows and that this process is not paused between reading it and acting.
+    pub fn validity(&self) -> Duration {
+        self.expires_at().saturating_duration_since(Instant::now())
+    }
+
+    /// The instant the validity runs out.
+    pub fn expires_at(&self) -> Instant {
+        self.0.expiry().0
+    }
+
+    /// The fencing token of this acquisition, if fencing is on (see
+    /// [`RedLockBuilder::fencing`](crate::RedLockBuilder::fencing)): strictly greater than the
+    /// token of every earlier holder of the key, as long as a majority of nodes keeps its data.
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.0.fence
+    }
+
+    /// A token that is cancelled when the lock can no longer be trusted (see the type's docs).
+    /// It is never cancelled by a normal release. Watching it starts a small background task
+    /// (one per guard) that also fires it when the validity runs out.
+    pub fn lost(&self) -> CancellationToken {
+        self.ensure_task();
+        self.0.lost.clone()
+    }
+
+    /// Whether the lost signal has fired.
+    pub fn is_lost(&self) -> bool {
+        self.0.lost.is_cancelled()
+    }
+
+    /// Keeps the lease alive in the background until the guard is released or dropped: when
+    /// half of the TTL is left, the lease is extended by one TTL; a failed extension is retried
+    /// every node timeout until the validity runs out, when [`lost`](Self::lost) fires. An
+    /// extension that finds the key gone or with another owner fires it at once. A failed
+    /// extension never releases anything.
+    pub fn keep_alive(&self) {
+        self.0.renew.store(true, Ordering::SeqCst);
+        self.ensure_task();
+        self.0.changed.notify_one();
+    }
+
+    fn ensure_task(&self) {
+        let state = self.0.clone();
+        self.0.task.call_once(|| match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(watch(state));
+            }
+            Err(_) => tracing::warn!(
+                key = &*state.key,
+                "no tokio runtime: the lease can neither be renewed nor watched"
+            ),
+        });
+    }
+
+    /// See [`LockGuard::extend`](crate::LockGuard::extend).
+    pub(crate) async fn extend(&self, ttl: Duration) -> Result<(), Error> {
+        let state = &self.0;
+        let shared = &state.shared;
+        let config = &shared.config;
+        check_ttl(ttl, config.drift_factor, config.node_timeout)?;
+        let op = "extend";
+        let lost = |state: &State| {
+            state.lose("an extension found the lease gone or held by another owner");
+        };
+        if self.validity().is_zero() {
+            lost(state);
+            return Err(Error::NotHeld {
+                op,
+                key: state.key.to_string(),
+            });
+        }
+        // The lease the nodes get, in whole milliseconds; validity is computed from it.
+        let lease = Duration::from_millis(millis(ttl));
+        let start = Instant::now();
+        let mut cmd = node::evalsha(&EXTEND, &state.redis_key);
+        cmd.arg(&*state.value).arg(millis(lease));
+        let round = shared.owned_round(&EXTEND, cmd, None, None).await;
+        let decided = Instant::now();
+        if let Err(e) = round.outcome(op, &state.key) {
+            if e.is_lost() {
+                lost(state);
+            }
+            return Err(e);
+        }
+        // The majority must have confirmed while the old lease was still trusted.
+        let mut expiry = state.expiry();
+        match quorum::validity(lease, decided - start, config.drift_factor) {
+            Some(validity) if decided < expiry.0 => {
+                *expiry = (decided + validity, lease);
+                drop(expiry);
+                state.changed.notify_one();
+                tracing::debug!(key = &*state.key, ?validity, "lock extended");
+                Ok(())
+            }
+            _ => {
+                drop(expiry);
+                lost(state);
+                Err(Error::NotHeld {
+                    op,
+                    key: state.key.to_string(),
+                })
+            }
+        }
+    }
+}
+
+impl State {
+    fn expiry(&self) -> std::sync::MutexGuard<'_, (Instant, Duration)> {
+        self.expiry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn lose(&self, why: &str) {
+        if !self.lost.is_cancelled() && !self.done.is_cancelled() {
+            tracing::warn!(key = &*self.key, why, "lock lost");
+            self.lost.cancel();
+        }
+    }
+}
+
+/// When a renewal is due: once half of the TTL is left.
+pub(crate) fn renew_at(expires_at: Instant, ttl: Duration) -> Instant {
+    expires_at.checked_sub(ttl / 2).unwrap_or(expires_at)
+}
+
+/// The per-guard background task: fires `lost` when the validity runs out and, with
+/// keep-alive on, renews the lease on schedule. Ends with the guard.
+async fn watch(state: Arc<State>) {
+    let lease = Lease(state.clone());
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        let (expires_at, ttl) = *state.expiry();
+        let renew = state.renew.load(Ordering::SeqCst);
+        let wake = match (renew, retry_at) {
+            (true, Some(at)) => at.min(expires_at),
+            (true, None) => renew_at(expires_at, ttl),
+            (false, _) => expires_at,
+        };
+        tokio::select! {
+            biased;
+            () = state.done.cancelled() => return,
+            () = state.changed.notified() => continue,
+            () = tokio::time::sleep_until(wake) => {}
+        }
+        if Instant::now() >= lease.expires_at() {
+            state.lose("its validity ran out");
+            return;
+        }
+        if !state.renew.load(Ordering::SeqCst) {
+            continue;
+        }
+        match lease.extend(ttl).await {
+            Ok(()) => retry_at = None,
+            Err(e) if e.is_lost() => return, // `extend` fired `lost`
+            Err(e) => {
+                tracing::warn!(key = &*state.key, error = %e, "lease renewal failed; retrying");
+                retry_at = Some(Instant::now() + state.shared.nodes.timeout());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_at_half_the_ttl() {
+        let now = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let exp = now + Duration::from_millis(9_800);
+        assert_eq!(renew_at(exp, ttl), now + Duration::from_millis(4_800));
+    }
+}
