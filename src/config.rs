@@ -53,6 +53,7 @@ pub fn default_node_timeout(ttl: Duration) -> Duration {
 /// | [`namespace`](Self::namespace) | `redquorum` | key prefix |
 /// | [`connect_timeout`](Self::connect_timeout) | 2 s | how long `build()` waits for a majority |
 /// | [`wait_strategy`](Self::wait_strategy) | PubSub + polling | how a waiter learns of a release |
+/// | [`fencing`](Self::fencing) | off | fencing tokens, strictly increasing per key |
 ///
 /// # Examples
 ///
@@ -87,6 +88,7 @@ pub struct RedLockBuilder {
     namespace: String,
     connect_timeout: Duration,
     wait_strategy: WaitStrategy,
+    fencing: bool,
 }
 
 impl Default for RedLockBuilder {
@@ -102,6 +104,7 @@ impl Default for RedLockBuilder {
             namespace: DEFAULT_NAMESPACE.to_owned(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             wait_strategy: WaitStrategy::default(),
+            fencing: false,
         }
     }
 }
@@ -118,6 +121,7 @@ pub(crate) struct Config {
     pub(crate) node_timeout: Duration,
     pub(crate) max_in_flight: usize,
     pub(crate) wait_strategy: WaitStrategy,
+    pub(crate) fencing: bool,
 }
 
 impl RedLockBuilder {
@@ -217,6 +221,22 @@ impl RedLockBuilder {
     /// [`WaitStrategy::PubSub`]: woken by release notifications, with polling underneath.
     pub fn wait_strategy(mut self, strategy: WaitStrategy) -> Self {
         self.wait_strategy = strategy;
+        self
+    }
+
+    /// Fencing tokens: every grant gets a number ([`LockGuard::fencing_token`](crate::LockGuard::fencing_token))
+    /// that strictly increases for successive holders of a key, as long as a majority of nodes
+    /// keeps its data (`appendonly yes`, `appendfsync always`). Give it to the resource you
+    /// protect and have it reject any token lower than the highest it has seen: that closes the
+    /// gap a paused holder leaves, which no lease can.
+    ///
+    /// Costs one persistent counter per lock key per node (`<key>:fence`, never expired: about
+    /// 100 bytes each) and, when the granting nodes' counters disagree, a second round.
+    ///
+    /// # Default
+    /// Off (the counters would grow without bound for high-cardinality keys).
+    pub fn fencing(mut self, on: bool) -> Self {
+        self.fencing = on;
         self
     }
 
@@ -323,6 +343,7 @@ impl RedLockBuilder {
             node_timeout,
             max_in_flight: self.max_in_flight,
             wait_strategy: self.wait_strategy,
+            fencing: self.fencing,
         };
         Ok((config, specs))
     }

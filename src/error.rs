@@ -102,6 +102,19 @@ pub enum Error {
         key: String,
     },
 
+    /// The lock was lost while work ran under [`RedLock::with_lock`](crate::RedLock::with_lock):
+    /// an extension failed to reach a majority in time, or the key was found with another owner.
+    /// What the work did may have overlapped with another holder.
+    #[error(
+        "lock {key:?} was lost while the work ran (its lease could not be kept alive); what the \
+         work did may have overlapped with another holder: have the resource check fencing tokens \
+         and stop work when `lease.lost()` fires"
+    )]
+    LockLost {
+        /// The key as the caller named it.
+        key: String,
+    },
+
     /// Release or extend found no key of ours: the lease expired (or it was already released).
     #[error(
         "lock {key:?} is no longer held (its lease expired or it was already released) so {op} had \
@@ -154,7 +167,10 @@ impl Error {
     /// assert!(Error::NotHeld { op: "release", key: "k".into() }.is_lost());
     /// ```
     pub fn is_lost(&self) -> bool {
-        matches!(self, Error::NotOwner { .. } | Error::NotHeld { .. })
+        matches!(
+            self,
+            Error::NotOwner { .. } | Error::NotHeld { .. } | Error::LockLost { .. }
+        )
     }
 }
 

@@ -272,7 +272,7 @@ impl NodeStates {
     /// Records node `i`'s reply and returns its vote.
     pub(crate) fn record(&self, i: usize, reply: &Result<Grant, NodeCause>) -> Vote {
         let (state, vote) = match reply {
-            Ok(Grant::Granted) => (GRANTED, Vote::Yes),
+            Ok(Grant::Granted { .. }) => (GRANTED, Vote::Yes),
             Ok(Grant::Held { .. }) => (REFUSED, Vote::No),
             Err(_) => (FAILED, Vote::Failed),
         };

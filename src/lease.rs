@@ -150,15 +150,17 @@ impl Lease {
 
     fn ensure_task(&self) {
         let state = self.0.clone();
-        self.0.task.call_once(|| match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(watch(state));
-            }
-            Err(_) => tracing::warn!(
-                key = &*state.key,
-                "no tokio runtime: the lease can neither be renewed nor watched"
-            ),
-        });
+        self.0
+            .task
+            .call_once(|| match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(watch(state));
+                }
+                Err(_) => tracing::warn!(
+                    key = &*state.key,
+                    "no tokio runtime: the lease can neither be renewed nor watched"
+                ),
+            });
     }
 
     /// See [`LockGuard::extend`](crate::LockGuard::extend).

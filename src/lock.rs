@@ -11,7 +11,7 @@ use crate::context::Context;
 use crate::error::{Error, NodeCause, NodeFailure};
 use crate::guard::{LockGuard, NodeStates};
 use crate::lease::Lease;
-use crate::node::{self, Grant, NodeSpec, Nodes, Owned, ACQUIRE, RELEASE};
+use crate::node::{self, Grant, NodeSpec, Nodes, Owned, ACQUIRE, FENCE, RELEASE};
 use crate::queue::{Queues, Ticket};
 use crate::quorum::{self, Decision, Tally, Vote};
 use crate::wait::{self, Busy, WaitEnd, Waiter};
@@ -117,7 +117,8 @@ impl RedLock {
         });
         let weak = Arc::downgrade(&shared);
         shared.queues.set_announcer(Box::new(move |key| {
-            if let (Some(shared), Ok(rt)) = (weak.upgrade(), tokio::runtime::Handle::try_current()) {
+            if let (Some(shared), Ok(rt)) = (weak.upgrade(), tokio::runtime::Handle::try_current())
+            {
                 rt.spawn(async move { shared.announce(&key).await });
             }
         }));
@@ -330,6 +331,54 @@ impl RedLock {
         result.map(|guard| guard.with_ticket(ticket))
     }
 
+    /// Runs `work` while holding lock `key`: acquires it (waiting as [`acquire`](Self::acquire)
+    /// does), keeps the lease alive in the background (see [`Lease::keep_alive`]), and releases
+    /// it when the work ends, errors or panics. `work` gets the [`Lease`]: select on
+    /// [`Lease::lost`] to stop before acting without the lock, and pass
+    /// [`Lease::fencing_token`] to the resource.
+    ///
+    /// # Errors
+    /// Those of [`acquire`](Self::acquire) (nothing ran); [`Error::LockLost`] when the lock was
+    /// lost while the work ran (its output is dropped: it may have overlapped another holder);
+    /// the errors of [`LockGuard::release`] (the work completed under the lock, but the release
+    /// did not reach a majority; the keys then expire by TTL).
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops the work and the guard: the lock is released in the background.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use redquorum::{RedLock, Context};
+    /// # async fn backup() -> u64 { 0 }
+    /// # async fn f(locks: RedLock) -> Result<(), redquorum::Error> {
+    /// let ctx = Context::with_timeout(Duration::from_secs(10));
+    /// let bytes = locks
+    ///     .with_lock(&ctx, "nightly-backup", |lease| async move {
+    ///         tokio::select! {
+    ///             () = lease.lost().cancelled() => None, // stop: someone else may hold it
+    ///             n = backup() => Some(n),
+    ///         }
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn with_lock<F, Fut, T>(&self, ctx: &Context, key: &str, work: F) -> Result<T, Error>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        let guard = self.acquire(ctx, key).await?;
+        guard.keep_alive();
+        let lease = guard.lease();
+        let out = work(lease.clone()).await;
+        let lost = lease.is_lost() || lease.validity().is_zero();
+        let released = guard.release().await;
+        if lost {
+            return Err(Error::LockLost { key: key.into() });
+        }
+        released.map(|()| out)
+    }
+
     /// One attempt, no waiting: `Some(guard)` if acquired, `None` if somebody else holds it.
     ///
     /// # Errors
@@ -371,8 +420,10 @@ impl RedLock {
         let value: Arc<str> = format!("{}:{}", uuid::Uuid::new_v4().simple(), config.owner).into();
         // The lease the nodes get, in whole milliseconds; validity is computed from it.
         let lease = Duration::from_millis(millis(config.ttl));
-        let mut cmd = node::evalsha(&ACQUIRE, full);
-        cmd.arg(&*value).arg(millis(lease));
+        let mut cmd = node::evalsha_fenced(&ACQUIRE, full);
+        cmd.arg(&*value)
+            .arg(millis(lease))
+            .arg(if config.fencing { "1" } else { "0" });
         let cmd = Arc::new(cmd);
 
         // Armed until the grant is handed to a guard: a failed or dropped round is undone.
@@ -393,10 +444,11 @@ impl RedLock {
         let mut tally = Tally::new(n);
         let mut pttls = Vec::new();
         let mut causes = Vec::new();
+        let mut fences = Vec::new();
         quorum::until(&mut pending, |(i, reply)| {
             tally.record(states.record(i, &reply));
             match reply {
-                Ok(Grant::Granted) => {}
+                Ok(Grant::Granted { fence }) => fences.push((i, fence)),
                 Ok(Grant::Held { pttl }) => pttls.push(pttl),
                 Err(cause) => causes.push(shared.failure(i, cause)),
             }
@@ -412,7 +464,25 @@ impl RedLock {
         let elapsed = start.elapsed();
 
         if tally.decision() == Decision::Reached {
-            if let Some(validity) = quorum::validity(lease, elapsed, config.drift_factor) {
+            let mut valid = quorum::validity(lease, elapsed, config.drift_factor);
+            let mut token = None;
+            if config.fencing && valid.is_some() {
+                let (t, confirmed) = self.fence(full, &value, &fences).await;
+                // The token stands only if a majority holds a counter >= t while our value is
+                // there, confirmed within the validity.
+                valid = quorum::validity(lease, start.elapsed(), config.drift_factor)
+                    .filter(|_| confirmed >= tally.required());
+                token = Some(t);
+                if valid.is_none() {
+                    tracing::debug!(
+                        key,
+                        t,
+                        confirmed,
+                        "fencing token not confirmed by a majority; retrying"
+                    );
+                }
+            }
+            if let Some(validity) = valid {
                 undo.disarm();
                 if !pending.is_empty() {
                     // Let stragglers land and record whether they granted. One that may have
@@ -432,7 +502,9 @@ impl RedLock {
                         shared.release_nodes(&key, &value, late).await;
                     });
                 }
-                let expires_at = start + elapsed + validity;
+                // ttl − elapsed − drift from the instant the requests went out.
+                let expires_at =
+                    start + lease.saturating_sub(quorum::drift(lease, config.drift_factor));
                 tracing::debug!(
                     key,
                     granted = tally.yes,
@@ -445,7 +517,7 @@ impl RedLock {
                     key.into(),
                     full.clone(),
                     value,
-                    None,
+                    token,
                     expires_at,
                     lease,
                 );
@@ -469,6 +541,46 @@ impl RedLock {
             holder_left: wait::majority_free_in(n, &mut pttls),
             split: tally.yes > 0,
         })
+    }
+
+    /// The fencing token of a grant: the highest counter among the granting nodes, `t`. Nodes
+    /// whose counter is lower are raised to `t`, only where our value still holds the key.
+    /// Returns `t` and how many granting nodes now hold a counter `>= t` under our value.
+    ///
+    /// Why this is monotonic: any later majority shares a node with the confirming one, whose
+    /// counter reached `t` before our key there could expire or be released; a later grant on
+    /// that node increments past `t`.
+    async fn fence(
+        &self,
+        full: &Arc<str>,
+        value: &Arc<str>,
+        fences: &[(usize, u64)],
+    ) -> (u64, usize) {
+        let t = fences.iter().map(|(_, f)| *f).max().unwrap_or(0);
+        let lagging: Vec<usize> = fences
+            .iter()
+            .filter(|(_, f)| *f < t)
+            .map(|(i, _)| *i)
+            .collect();
+        let mut confirmed = fences.len() - lagging.len();
+        if lagging.is_empty() {
+            return (t, confirmed);
+        }
+        let mut cmd = node::evalsha_fenced(&FENCE, full);
+        cmd.arg(&**value).arg(t);
+        let cmd = &cmd;
+        let nodes = &self.shared.nodes;
+        let replies = futures::future::join_all(
+            lagging
+                .iter()
+                .map(|&i| async move { nodes.owned(i, &FENCE, cmd).await }),
+        )
+        .await;
+        confirmed += replies
+            .iter()
+            .filter(|r| matches!(r, Ok(Owned::Done { .. })))
+            .count();
+        (t, confirmed)
     }
 
     /// Whether lock `key` is held: the same owner's value is on a majority of nodes.
@@ -536,7 +648,6 @@ impl RedLock {
         }
         Ok(None)
     }
-
 }
 
 impl Shared {

@@ -18,15 +18,16 @@ pub(crate) static RELEASE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("scripts/release.lua")));
 pub(crate) static EXTEND: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("scripts/extend.lua")));
+pub(crate) static FENCE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("scripts/fence.lua")));
 
 /// One node's answer to an acquire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Grant {
-    Granted,
+    /// Granted; `fence` is this node's fencing counter after the grant (0 without fencing).
+    Granted { fence: u64 },
     /// Another value holds the key for `pttl` more (None: the key has no expiry).
-    Held {
-        pttl: Option<Duration>,
-    },
+    Held { pttl: Option<Duration> },
 }
 
 /// One node's answer to a compare-and-delete or compare-and-extend.
@@ -189,7 +190,9 @@ impl Nodes {
     pub(crate) async fn acquire(&self, i: usize, cmd: &Cmd) -> Result<Grant, NodeCause> {
         let reply = self.eval(i, &ACQUIRE, cmd, self.timeout).await?;
         match redis::from_redis_value::<(i64, i64)>(reply) {
-            Ok((1, _)) => Ok(Grant::Granted),
+            Ok((1, fence)) => Ok(Grant::Granted {
+                fence: u64::try_from(fence).unwrap_or(0),
+            }),
             Ok((0, pttl)) => Ok(Grant::Held {
                 pttl: u64::try_from(pttl).ok().map(Duration::from_millis),
             }),
@@ -281,6 +284,22 @@ pub(crate) fn evalsha(script: &redis::Script, key: &str) -> Cmd {
     cmd
 }
 
+/// An `EVALSHA <script> 2 <key> <key>:fence <args...>` command: scripts that touch the fencing
+/// counter name it as a key.
+pub(crate) fn evalsha_fenced(script: &redis::Script, key: &str) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash())
+        .arg(2)
+        .arg(key)
+        .arg(fence_key(key));
+    cmd
+}
+
+/// The persistent fencing counter of lock key `key`.
+pub(crate) fn fence_key(key: &str) -> String {
+    format!("{key}:fence")
+}
+
 fn redis_cause(e: &RedisError) -> NodeCause {
     if e.is_timeout() {
         NodeCause::Timeout
@@ -319,7 +338,12 @@ mod tests {
 
     #[test]
     fn scripts_hash_to_distinct_shas() {
-        let shas = [ACQUIRE.get_hash(), RELEASE.get_hash(), EXTEND.get_hash()];
+        let shas = [
+            ACQUIRE.get_hash(),
+            RELEASE.get_hash(),
+            EXTEND.get_hash(),
+            FENCE.get_hash(),
+        ];
         assert!(shas.iter().all(|s| s.len() == 40));
         assert_ne!(shas[0], shas[1]);
         assert_ne!(shas[1], shas[2]);

@@ -119,9 +119,9 @@ impl Ticket {
             let permit = self.slot.clone().acquire_owned();
             tokio::pin!(permit);
             loop {
-                let Some((expiry, changed)) = self.with_entry(|e| {
-                    (e.holder.as_ref().map(Lease::expires_at), e.changed.clone())
-                }) else {
+                let Some((expiry, changed)) = self
+                    .with_entry(|e| (e.holder.as_ref().map(Lease::expires_at), e.changed.clone()))
+                else {
                     break;
                 };
                 let notified = changed.notified();
@@ -302,7 +302,10 @@ mod tests {
         let mut holder = queues.join(&key);
         holder.turn().await;
         let waiter = queues.join(&key);
-        assert!(!holder.announce_release(), "a local waiter is queued: no announcement");
+        assert!(
+            !holder.announce_release(),
+            "a local waiter is queued: no announcement"
+        );
         drop(holder);
         assert!(told.lock().expect("no poison").is_empty());
         drop(waiter); // left without attempting

@@ -104,9 +104,11 @@ impl Wakeups {
                     let sent = node.send(Command::Subscribe(channel.clone(), tx)).is_ok();
                     // A node that is not connected resubscribes everything when it is, and
                     // then wakes every waiter: no need to wait for it.
-                    let up = self.0.connected.get(i).is_some_and(|c| {
-                        c.load(std::sync::atomic::Ordering::SeqCst)
-                    });
+                    let up = self
+                        .0
+                        .connected
+                        .get(i)
+                        .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst));
                     if sent && up {
                         acks.push(rx);
                     }
