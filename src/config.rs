@@ -89,6 +89,7 @@ pub struct RedLockBuilder {
     connect_timeout: Duration,
     wait_strategy: WaitStrategy,
     fencing: bool,
+    fencing_unconfirmed: bool,
 }
 
 impl Default for RedLockBuilder {
@@ -105,6 +106,7 @@ impl Default for RedLockBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             wait_strategy: WaitStrategy::default(),
             fencing: false,
+            fencing_unconfirmed: false,
         }
     }
 }
@@ -122,6 +124,7 @@ pub(crate) struct Config {
     pub(crate) max_in_flight: usize,
     pub(crate) wait_strategy: WaitStrategy,
     pub(crate) fencing: bool,
+    pub(crate) fencing_unconfirmed: bool,
 }
 
 impl RedLockBuilder {
@@ -240,6 +243,16 @@ impl RedLockBuilder {
         self
     }
 
+    /// **Unsafe, for demonstrations only**: fencing tokens as the plain maximum of the granting
+    /// nodes' counters, without the confirming round. The test suite uses it to show that such
+    /// tokens can go backwards when the nodes' counters disagree.
+    #[doc(hidden)]
+    pub fn fencing_unconfirmed(mut self) -> Self {
+        self.fencing = true;
+        self.fencing_unconfirmed = true;
+        self
+    }
+
     /// Checks every rule, then connects to all nodes in parallel and returns once a majority
     /// answers; the others keep connecting in the background (on first use).
     ///
@@ -344,6 +357,7 @@ impl RedLockBuilder {
             max_in_flight: self.max_in_flight,
             wait_strategy: self.wait_strategy,
             fencing: self.fencing,
+            fencing_unconfirmed: self.fencing_unconfirmed,
         };
         Ok((config, specs))
     }

@@ -118,12 +118,9 @@ impl Ticket {
         if self.permit.is_none() {
             let permit = self.slot.clone().acquire_owned();
             tokio::pin!(permit);
-            loop {
-                let Some((expiry, changed)) = self
-                    .with_entry(|e| (e.holder.as_ref().map(Lease::expires_at), e.changed.clone()))
-                else {
-                    break;
-                };
+            while let Some((expiry, changed)) =
+                self.with_entry(|e| (e.holder.as_ref().map(Lease::expires_at), e.changed.clone()))
+            {
                 let notified = changed.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();

@@ -135,6 +135,7 @@ fn io_error(context: impl Into<String>, source: io::Error) -> TestkitError {
 pub struct LocalClusterBuilder {
     nodes: usize,
     appendonly: bool,
+    base_dir: Option<PathBuf>,
 }
 
 impl Default for LocalClusterBuilder {
@@ -142,6 +143,7 @@ impl Default for LocalClusterBuilder {
         Self {
             nodes: 5,
             appendonly: false,
+            base_dir: None,
         }
     }
 }
@@ -160,12 +162,20 @@ impl LocalClusterBuilder {
         self
     }
 
+    /// Where the cluster's temp directory is created (default: `std::env::temp_dir()`). A
+    /// tmpfs such as `/dev/shm` makes `appendfsync always` cheap while data still survives a
+    /// node's restart.
+    pub fn base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.base_dir = Some(dir.into());
+        self
+    }
+
     /// Starts every node and waits until each answers `PING`.
     ///
     /// On error, the nodes started so far are killed and the temp dir removed.
     pub fn start(self) -> Result<LocalCluster, TestkitError> {
         let binary = resolve_binary(std::env::var_os(BINARY_ENV), std::env::var_os("PATH"))?;
-        let root = create_root_dir()?;
+        let root = create_root_dir(self.base_dir.unwrap_or_else(std::env::temp_dir))?;
         // Built before any process exists, so `Drop` cleans up on early return.
         let mut cluster = LocalCluster {
             binary,
@@ -532,9 +542,8 @@ fn is_executable(path: &Path) -> bool {
     }
 }
 
-fn create_root_dir() -> Result<PathBuf, TestkitError> {
+fn create_root_dir(base: PathBuf) -> Result<PathBuf, TestkitError> {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let base = std::env::temp_dir();
     let pid = std::process::id();
     loop {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
