@@ -39,21 +39,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let n = contend(&urls, 8, secs, strategy(name)).await?;
         let cmds = delta(before, commands(&cluster)?);
         report(&format!("1 process  x 8 tasks, {name}"), n, cmds, secs);
-        if std::env::var("HANDOFF_DETAIL").is_ok() {
-            for url in cluster.urls() {
-                let mut conn = redis::Client::open(url)?.get_connection()?;
-                let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut conn)?;
-                println!(
-                    "{}",
-                    stats
-                        .lines()
-                        .filter(|l| l.starts_with("cmdstat"))
-                        .map(|l| l.split(",usec=").next().unwrap_or(l))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                );
-            }
-        }
 
         let before = commands(&cluster)?;
         let exe = std::env::current_exe()?;
@@ -65,13 +50,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .spawn()
             })
             .collect::<Result<_, _>>()?;
-        let mut n = 0;
+        let mut per_process = Vec::new();
         for child in children {
             let out = child.wait_with_output()?;
-            n += String::from_utf8_lossy(&out.stdout).trim().parse::<u64>()?;
+            per_process.push(String::from_utf8_lossy(&out.stdout).trim().parse::<u64>()?);
         }
+        let n = per_process.iter().sum();
         let cmds = delta(before, commands(&cluster)?);
         report(&format!("4 processes x 4 tasks, {name}"), n, cmds, secs);
+        println!("  {:<30} per process: {per_process:?}", "");
     }
     Ok(())
 }

@@ -354,8 +354,9 @@ impl RedLock {
     /// let ctx = Context::with_timeout(Duration::from_secs(10));
     /// let bytes = locks
     ///     .with_lock(&ctx, "nightly-backup", |lease| async move {
+    ///         let lost = lease.lost();
     ///         tokio::select! {
-    ///             () = lease.lost().cancelled() => None, // stop: someone else may hold it
+    ///             () = lost.cancelled() => None, // stop: someone else may hold it
     ///             n = backup() => Some(n),
     ///         }
     ///     })
