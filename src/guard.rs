@@ -141,16 +141,30 @@ impl LockGuard {
             state.lose("its validity ran out");
             return Ok(false);
         }
-        let (values, tally, causes) = state.shared.query(&state.redis_key).await;
-        let ours = values
-            .iter()
-            .find(|(v, _)| **v == *state.value)
-            .map_or(0, |(_, c)| *c);
+        // Every key of the lock must hold our value on a majority; the weakest key decides.
+        let mut ours = usize::MAX;
+        let mut failed = 0;
+        let mut tally = None;
+        let mut causes = Vec::new();
+        for key in state.keys.iter() {
+            let (values, t, c) = state.shared.query(key).await;
+            let count = values
+                .iter()
+                .find(|(v, _)| **v == *state.value)
+                .map_or(0, |(_, c)| *c);
+            if count < ours {
+                (ours, failed, causes) = (count, t.failed, c);
+                tally = Some(t);
+            }
+        }
+        let Some(tally) = tally else {
+            return Ok(false);
+        };
         if ours >= tally.required() && !self.validity().is_zero() {
             return Ok(true);
         }
         // The nodes that did not answer may still hold our value.
-        if ours + tally.failed >= tally.required() && !self.validity().is_zero() {
+        if ours + failed >= tally.required() && !self.validity().is_zero() {
             return Err(Error::NoQuorum {
                 op: "query",
                 key: self.key().to_owned(),
@@ -201,7 +215,7 @@ impl LockGuard {
         let announce = self.ticket.as_ref().is_none_or(Ticket::announce_release);
         let round = state
             .shared
-            .release_guard(&state.redis_key, &state.value, &self.states, announce)
+            .release_guard(&state.keys, &state.value, &self.states, announce)
             .await;
         if let (true, Some(ticket)) = (announce, &self.ticket) {
             ticket.announced(round.listeners);
@@ -220,7 +234,7 @@ impl Drop for LockGuard {
         if !self.released {
             spawn_release(
                 state.shared.clone(),
-                state.redis_key.clone(),
+                state.keys.clone(),
                 state.value.clone(),
                 Some(self.states.clone()),
                 self.ticket.take(),

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::check_ttl;
 use crate::error::Error;
 use crate::lock::{millis, Shared};
-use crate::node::{self, EXTEND};
+use crate::node::{self, Keys, EXTEND};
 use crate::quorum;
 
 /// A handle on a held lock's lease, cheap to clone and `Send + Sync`: what work running under
@@ -48,7 +48,7 @@ pub struct Lease(pub(crate) Arc<State>);
 pub(crate) struct State {
     pub(crate) shared: Arc<Shared>,
     pub(crate) key: Box<str>,
-    pub(crate) redis_key: Arc<str>,
+    pub(crate) keys: Keys,
     pub(crate) value: Arc<str>,
     pub(crate) fence: Option<u64>,
     /// When the validity runs out, and the lease (TTL) of the round that set it.
@@ -77,7 +77,7 @@ impl Lease {
     pub(crate) fn new(
         shared: Arc<Shared>,
         key: Box<str>,
-        redis_key: Arc<str>,
+        keys: Keys,
         value: Arc<str>,
         fence: Option<u64>,
         expires_at: Instant,
@@ -86,7 +86,7 @@ impl Lease {
         Lease(Arc::new(State {
             shared,
             key,
-            redis_key,
+            keys,
             value,
             fence,
             expiry: Mutex::new((expires_at, ttl)),
@@ -183,7 +183,7 @@ impl Lease {
         // The lease the nodes get, in whole milliseconds; validity is computed from it.
         let lease = Duration::from_millis(millis(ttl));
         let start = Instant::now();
-        let mut cmd = node::evalsha(&EXTEND, &state.redis_key);
+        let mut cmd = node::evalsha(&EXTEND, &state.keys);
         cmd.arg(&*state.value).arg(millis(lease));
         let round = shared.owned_round(&EXTEND, cmd, None, None).await;
         let decided = Instant::now();

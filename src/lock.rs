@@ -11,10 +11,10 @@ use crate::context::Context;
 use crate::error::{Error, NodeCause, NodeFailure};
 use crate::guard::{LockGuard, NodeStates};
 use crate::lease::Lease;
-use crate::node::{self, Grant, NodeSpec, Nodes, Owned, ACQUIRE, FENCE, RELEASE};
+use crate::node::{self, Grant, Keys, NodeSpec, Nodes, Owned, FENCE, RELEASE};
 use crate::queue::{Queues, Ticket};
 use crate::quorum::{self, Decision, Tally, Vote};
-use crate::wait::{self, Busy, WaitEnd, Waiter};
+use crate::wait::{self, Busy, WaitEnd, WaitStrategy, Waiter};
 use crate::wake::Wakeups;
 
 /// After this many consecutive attempts in which a majority of nodes could not be reached,
@@ -253,7 +253,65 @@ impl RedLock {
     /// # Ok(()) }
     /// ```
     pub async fn acquire(&self, ctx: &Context, key: &str) -> Result<LockGuard, Error> {
-        let full: Arc<str> = self.redis_key(key)?.into();
+        let keys = Keys::one(self.redis_key(key)?.into());
+        self.acquire_keys(ctx, key, keys).await
+    }
+
+    /// Acquires several locks as one: on each node all of `keys` are taken atomically (one
+    /// script) or none is, with the same quorum rule, validity, release and extend semantics as
+    /// a single key, and one guard for the set. Two sets that overlap are never both granted.
+    /// Waiting polls with the retry policy (and the holder's remaining lease); fencing tokens
+    /// are not provided for sets.
+    ///
+    /// # Errors
+    /// As for [`acquire`](Self::acquire); [`Error::Config`] for an empty list or an empty key.
+    ///
+    /// # Cancel safety
+    /// As for [`acquire`](Self::acquire).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use redquorum::{RedLock, Context};
+    /// # async fn f(locks: RedLock) -> Result<(), redquorum::Error> {
+    /// let ctx = Context::with_timeout(Duration::from_secs(5));
+    /// let both = locks.acquire_many(&ctx, &["account:1", "account:2"]).await?;
+    /// // ... move money between the two accounts ...
+    /// both.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn acquire_many(&self, ctx: &Context, keys: &[&str]) -> Result<LockGuard, Error> {
+        let (label, keys) = self.key_set(keys)?;
+        self.acquire_keys(ctx, &label, keys).await
+    }
+
+    /// One attempt at a set of keys, no waiting; see [`acquire_many`](Self::acquire_many).
+    ///
+    /// # Errors
+    /// As for [`try_acquire`](Self::try_acquire).
+    pub async fn try_acquire_many(&self, keys: &[&str]) -> Result<Option<LockGuard>, Error> {
+        let (label, keys) = self.key_set(keys)?;
+        self.try_acquire_keys(&label, keys).await
+    }
+
+    /// The Redis keys of a set, sorted and distinct, and a label naming the set in errors.
+    fn key_set(&self, keys: &[&str]) -> Result<(String, Keys), Error> {
+        if keys.is_empty() {
+            return Err(Error::config("acquire_many needs at least one key"));
+        }
+        let mut full = keys
+            .iter()
+            .map(|k| self.redis_key(k).map(Arc::<str>::from))
+            .collect::<Result<Vec<_>, _>>()?;
+        full.sort_unstable();
+        full.dedup();
+        let label = keys.join(",");
+        Ok(match full.len() {
+            1 => (label, Keys::one(full.swap_remove(0))),
+            _ => (label, Keys::many(full)),
+        })
+    }
+
+    async fn acquire_keys(&self, ctx: &Context, key: &str, keys: Keys) -> Result<LockGuard, Error> {
         let started = Instant::now();
         let timeout = |attempts| Error::Timeout {
             key: key.into(),
@@ -265,7 +323,7 @@ impl RedLock {
         }
         // Local waiters of the same key queue here, first come first served; only the head
         // talks to Redis.
-        let mut ticket = self.shared.queues.join(&full);
+        let mut ticket = self.shared.queues.join(keys.id());
         let hold_back = tokio::select! {
             biased;
             () = ctx.cancelled() => return Err(Error::Cancelled { key: key.into() }),
@@ -279,11 +337,16 @@ impl RedLock {
             tokio::time::sleep(pause.min(ctx.remaining())).await;
         }
         let config = &self.shared.config;
+        // Sets poll: a release of any one key is not worth waking for.
+        let strategy = match keys.single() {
+            Some(_) => config.wait_strategy,
+            None => WaitStrategy::Poll,
+        };
         let mut waiter = Waiter::new(
             config.retry.delays(),
-            config.wait_strategy,
+            strategy,
             &self.shared.wakeups,
-            &full,
+            keys.id(),
             ticket.take_subscription(),
         );
         let mut attempts = 0u32;
@@ -298,7 +361,7 @@ impl RedLock {
             }
             attempts += 1;
             waiter.before_attempt();
-            let busy = match self.attempt(key, &full).await {
+            let busy = match self.attempt(key, &keys).await {
                 Attempt::Granted(guard) => break Ok(guard),
                 Attempt::Busy(busy) => {
                     unreachable = 0;
@@ -399,14 +462,18 @@ impl RedLock {
     /// # Ok(()) }
     /// ```
     pub async fn try_acquire(&self, key: &str) -> Result<Option<LockGuard>, Error> {
-        let full: Arc<str> = self.redis_key(key)?.into();
-        let mut ticket = self.shared.queues.join(&full);
+        let keys = Keys::one(self.redis_key(key)?.into());
+        self.try_acquire_keys(key, keys).await
+    }
+
+    async fn try_acquire_keys(&self, key: &str, keys: Keys) -> Result<Option<LockGuard>, Error> {
+        let mut ticket = self.shared.queues.join(keys.id());
         if !ticket.try_turn() {
             // Held, or about to be, by another task of this process.
             return Ok(None);
         }
         ticket.attempting();
-        match self.attempt(key, &full).await {
+        match self.attempt(key, &keys).await {
             Attempt::Granted(guard) => Ok(Some(guard.with_ticket(ticket))),
             Attempt::Busy(_) => Ok(None),
             Attempt::Unreachable(e) => Err(e),
@@ -414,23 +481,20 @@ impl RedLock {
     }
 
     /// One Redlock round.
-    async fn attempt(&self, key: &str, full: &Arc<str>) -> Attempt {
+    async fn attempt(&self, key: &str, keys: &Keys) -> Attempt {
         let shared = &self.shared;
         let config = &shared.config;
         let n = shared.nodes.len();
         let value: Arc<str> = format!("{}:{}", uuid::Uuid::new_v4().simple(), config.owner).into();
         // The lease the nodes get, in whole milliseconds; validity is computed from it.
         let lease = Duration::from_millis(millis(config.ttl));
-        let mut cmd = node::evalsha_fenced(&ACQUIRE, full);
-        cmd.arg(&*value)
-            .arg(millis(lease))
-            .arg(if config.fencing { "1" } else { "0" });
-        let cmd = Arc::new(cmd);
+        let fenced = config.fencing && keys.single().is_some();
+        let cmd = Arc::new(node::acquire_cmd(keys, &value, millis(lease), fenced));
 
         // Armed until the grant is handed to a guard: a failed or dropped round is undone.
         let undo = Undo {
             shared: Some(shared.clone()),
-            key: full.clone(),
+            keys: keys.clone(),
             value: value.clone(),
         };
         let states = NodeStates::new(n);
@@ -467,8 +531,8 @@ impl RedLock {
         if tally.decision() == Decision::Reached {
             let mut valid = quorum::validity(lease, elapsed, config.drift_factor);
             let mut token = None;
-            if config.fencing && valid.is_some() {
-                let (t, confirmed) = self.fence(full, &value, &fences).await;
+            if let (true, Some(single), Some(_)) = (fenced, keys.single(), valid) {
+                let (t, confirmed) = self.fence(single, &value, &fences).await;
                 // The token stands only if a majority holds a counter >= t while our value is
                 // there, confirmed within the validity.
                 valid = quorum::validity(lease, start.elapsed(), config.drift_factor)
@@ -488,8 +552,8 @@ impl RedLock {
                 if !pending.is_empty() {
                     // Let stragglers land and record whether they granted. One that may have
                     // granted after the guard was let go is released again (see NodeStates).
-                    let (shared, states, key, value) =
-                        (shared.clone(), states.clone(), full.clone(), value.clone());
+                    let (shared, states, keys, value) =
+                        (shared.clone(), states.clone(), keys.clone(), value.clone());
                     tokio::spawn(async move {
                         let mut late = Vec::new();
                         quorum::until(&mut pending, |(i, reply)| {
@@ -500,7 +564,7 @@ impl RedLock {
                             false
                         })
                         .await;
-                        shared.release_nodes(&key, &value, late).await;
+                        shared.release_nodes(&keys, &value, late).await;
                     });
                 }
                 // ttl − elapsed − drift from the instant the requests went out.
@@ -516,7 +580,7 @@ impl RedLock {
                 let lease = Lease::new(
                     shared.clone(),
                     key.into(),
-                    full.clone(),
+                    keys.clone(),
                     value,
                     token,
                     expires_at,
@@ -674,7 +738,7 @@ impl Shared {
         script: &'static redis::Script,
         cmd: redis::Cmd,
         states: Option<NodeStates>,
-        key_value: Option<(Arc<str>, Arc<str>)>,
+        key_value: Option<(Keys, Arc<str>)>,
     ) -> OwnedRound {
         let n = self.nodes.len();
         let cmd = Arc::new(cmd);
@@ -739,9 +803,9 @@ impl Shared {
         round
     }
 
-    /// Releases `value` from `key` on every node; used to undo failed rounds.
-    pub(crate) async fn release(self: &Arc<Self>, key: &str, value: &str) -> OwnedRound {
-        self.owned_round(&RELEASE, release_cmd(key, value, false), None, None)
+    /// Releases `value` from `keys` on every node; used to undo failed rounds.
+    pub(crate) async fn release(self: &Arc<Self>, keys: &Keys, value: &str) -> OwnedRound {
+        self.owned_round(&RELEASE, release_cmd(keys, value, false), None, None)
             .await
     }
 
@@ -749,7 +813,7 @@ impl Shared {
     /// acquires that landed after it (see [`NodeStates`]).
     pub(crate) async fn release_guard(
         self: &Arc<Self>,
-        key: &Arc<str>,
+        keys: &Keys,
         value: &Arc<str>,
         states: &NodeStates,
         announce: bool,
@@ -757,14 +821,15 @@ impl Shared {
         states.mark_released();
         self.owned_round(
             &RELEASE,
-            release_cmd(key, value, announce),
+            release_cmd(keys, value, announce),
             Some(states.clone()),
-            Some((key.clone(), value.clone())),
+            Some((keys.clone(), value.clone())),
         )
         .await
     }
 
-    /// Tells waiters of other processes that `key` is free (a bare PUBLISH on every node).
+    /// Tells waiters of other processes that `key` (a single lock key) is free (a bare PUBLISH
+    /// on every node).
     async fn announce(&self, key: &str) {
         let channel = crate::wake::channel(key);
         futures::future::join_all((0..self.nodes.len()).map(|i| self.nodes.publish(i, &channel)))
@@ -772,11 +837,11 @@ impl Shared {
     }
 
     /// Releases `value` from `key` on the given nodes (one request each, in parallel).
-    async fn release_nodes(&self, key: &str, value: &str, nodes: Vec<usize>) {
+    async fn release_nodes(&self, keys: &Keys, value: &str, nodes: Vec<usize>) {
         if nodes.is_empty() {
             return;
         }
-        let cmd = release_cmd(key, value, true);
+        let cmd = release_cmd(keys, value, true);
         let cmd = &cmd;
         futures::future::join_all(
             nodes
@@ -869,7 +934,7 @@ impl OwnedRound {
 /// Releases a round's value on every node when dropped, unless disarmed.
 struct Undo {
     shared: Option<Arc<Shared>>,
-    key: Arc<str>,
+    keys: Keys,
     value: Arc<str>,
 }
 
@@ -882,7 +947,7 @@ impl Undo {
 impl Drop for Undo {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
-            spawn_release(shared, self.key.clone(), self.value.clone(), None, None);
+            spawn_release(shared, self.keys.clone(), self.value.clone(), None, None);
         }
     }
 }
@@ -893,14 +958,14 @@ impl Drop for Undo {
 /// after the first round, so the next local waiter finds the key gone.
 pub(crate) fn spawn_release(
     shared: Arc<Shared>,
-    key: Arc<str>,
+    keys: Keys,
     value: Arc<str>,
     states: Option<NodeStates>,
     ticket: Option<Ticket>,
 ) {
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         tracing::warn!(
-            key = &*key,
+            key = &**keys.id(),
             "no tokio runtime to release the lock on; it will expire after its TTL"
         );
         return;
@@ -908,8 +973,8 @@ pub(crate) fn spawn_release(
     rt.spawn(async move {
         let announce = ticket.as_ref().is_none_or(Ticket::announce_release);
         let round = match &states {
-            Some(states) => shared.release_guard(&key, &value, states, announce).await,
-            None => shared.release(&key, &value).await,
+            Some(states) => shared.release_guard(&keys, &value, states, announce).await,
+            None => shared.release(&keys, &value).await,
         };
         if let (true, Some(ticket)) = (announce, &ticket) {
             ticket.announced(round.listeners);
@@ -920,7 +985,7 @@ pub(crate) fn spawn_release(
         }
         // Some node did not answer in time (down, frozen, reconnecting): try it again with a
         // longer timeout, a few times. Compare-and-delete makes repeats harmless.
-        let cmd = release_cmd(&key, &value, states.is_some());
+        let cmd = release_cmd(&keys, &value, states.is_some());
         let patience = shared.nodes.timeout().max(Duration::from_millis(500));
         let mut left: Vec<usize> = (0..shared.nodes.len()).collect();
         for pause in [50, 200, 800] {
@@ -945,7 +1010,7 @@ pub(crate) fn spawn_release(
             }
         }
         tracing::debug!(
-            key = &*key,
+            key = &**keys.id(),
             nodes = left.len(),
             "release did not reach every node; the rest expire by TTL"
         );
@@ -953,8 +1018,8 @@ pub(crate) fn spawn_release(
 }
 
 /// `EVALSHA release 1 key value publish`: a holder's release publishes, an undo does not.
-fn release_cmd(key: &str, value: &str, publish: bool) -> redis::Cmd {
-    let mut cmd = node::evalsha(&RELEASE, key);
+fn release_cmd(keys: &Keys, value: &str, publish: bool) -> redis::Cmd {
+    let mut cmd = node::evalsha(&RELEASE, keys);
     cmd.arg(value).arg(if publish { "1" } else { "0" });
     cmd
 }

@@ -277,10 +277,85 @@ impl Nodes {
 #[derive(Debug)]
 pub(crate) struct NodeFailureAt(pub(crate) usize, pub(crate) NodeCause);
 
-/// An `EVALSHA <script> 1 <key> <args...>` command, built once and sent to every node.
-pub(crate) fn evalsha(script: &redis::Script, key: &str) -> Cmd {
+/// The Redis keys one lock holds on every node: one, or several (sorted, distinct) for
+/// `acquire_many`. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    keys: Arc<[Arc<str>]>,
+    /// Names the lock in the local queue: the key itself, or all of them joined.
+    id: Arc<str>,
+}
+
+impl Keys {
+    pub(crate) fn one(key: Arc<str>) -> Self {
+        Keys {
+            id: key.clone(),
+            keys: Arc::new([key]),
+        }
+    }
+
+    /// `keys` must be sorted and distinct.
+    pub(crate) fn many(keys: Vec<Arc<str>>) -> Self {
+        let id = keys
+            .iter()
+            .map(|k| &**k)
+            .collect::<Vec<_>>()
+            .join("\n")
+            .into();
+        Keys {
+            keys: keys.into(),
+            id,
+        }
+    }
+
+    pub(crate) fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    /// The key whose release channel and fencing counter the lock uses (single-key locks).
+    pub(crate) fn single(&self) -> Option<&Arc<str>> {
+        match &*self.keys {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.keys.iter()
+    }
+}
+
+/// An `EVALSHA <script> <n> <keys...> <args...>` command, built once and sent to every node.
+pub(crate) fn evalsha(script: &redis::Script, keys: &Keys) -> Cmd {
     let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(1).arg(key);
+    cmd.arg(script.get_hash()).arg(keys.len());
+    for k in keys.iter() {
+        cmd.arg(&**k);
+    }
+    cmd
+}
+
+/// The acquire round's command: `EVALSHA acquire <n(+1)> <keys...> [<key>:fence] value lease
+/// fencing n`. Fencing applies to single-key locks only.
+pub(crate) fn acquire_cmd(keys: &Keys, value: &str, lease_ms: u64, fencing: bool) -> Cmd {
+    let fence = keys.single().filter(|_| fencing);
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(ACQUIRE.get_hash())
+        .arg(keys.len() + usize::from(fence.is_some()));
+    for k in keys.iter() {
+        cmd.arg(&**k);
+    }
+    if let Some(key) = fence {
+        cmd.arg(fence_key(key));
+    }
+    cmd.arg(value)
+        .arg(lease_ms)
+        .arg(if fence.is_some() { "1" } else { "0" })
+        .arg(keys.len());
     cmd
 }
 

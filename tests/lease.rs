@@ -256,3 +256,153 @@ async fn an_extend_confirmed_after_the_validity_ran_out_fails() {
     );
     assert_eq!(g.expires_at(), expires_at, "validity grew");
 }
+
+mod many {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overlapping_sets_are_never_both_granted() {
+        let c = cluster(3);
+        let a = locks(&c).await;
+        let b = common::locks(&c).await;
+        let ab = a
+            .try_acquire_many(&["a", "b"])
+            .await
+            .expect("ok")
+            .expect("free");
+        assert!(b.try_acquire_many(&["b", "c"]).await.expect("ok").is_none());
+        assert!(b.try_acquire("a").await.expect("ok").is_none());
+        let c_only = b
+            .try_acquire_many(&["c", "d"])
+            .await
+            .expect("ok")
+            .expect("disjoint");
+        ab.release().await.expect("release");
+        let bc = b.try_acquire_many(&["c", "b"]).await.expect("ok");
+        assert!(bc.is_none(), "c is still held by the other set");
+        c_only.release().await.expect("release");
+        let bc = b
+            .try_acquire_many(&["c", "b"])
+            .await
+            .expect("ok")
+            .expect("free now");
+        bc.release().await.expect("release");
+        assert!(wait_until_no_keys(&c, Duration::from_secs(2))
+            .await
+            .is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_set_with_one_held_key_is_not_granted_and_nothing_is_left() {
+        let c = cluster(3);
+        let a = locks(&c).await;
+        let b = common::locks(&c).await;
+        let held = a.try_acquire("y").await.expect("ok").expect("free");
+        assert!(b
+            .try_acquire_many(&["x", "y", "z"])
+            .await
+            .expect("ok")
+            .is_none());
+        // Not even the free keys were taken (all or nothing on each node).
+        for k in ["x", "z"] {
+            let key = b.redis_key(k).expect("key");
+            assert!((0..3).all(|i| get(&c, i, &key).is_none()), "{k} was taken");
+        }
+        // Waiting for the set ends when the held key is released.
+        let waiter = {
+            let b = b.clone();
+            tokio::spawn(async move { b.acquire_many(&ctx(10_000), &["x", "y", "z"]).await })
+        };
+        held.release().await.expect("release");
+        let set = waiter.await.expect("no panic").expect("acquired");
+        assert!(set.is_held().await.expect("query"));
+        let mut set = set;
+        set.extend(Duration::from_secs(20))
+            .await
+            .expect("extend all three");
+        for k in ["x", "y", "z"] {
+            let key = b.redis_key(k).expect("key");
+            assert!(pttl(&c, 0, &key) > 15_000, "{k} not extended");
+        }
+        set.release().await.expect("release");
+        assert!(wait_until_no_keys(&c, Duration::from_secs(2))
+            .await
+            .is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_sets_are_config_errors() {
+        let c = cluster(3);
+        let a = locks(&c).await;
+        let none: [&str; 0] = [];
+        assert!(matches!(
+            a.try_acquire_many(&none).await,
+            Err(Error::Config { .. })
+        ));
+        assert!(matches!(
+            a.try_acquire_many(&["a", ""]).await,
+            Err(Error::Config { .. })
+        ));
+        // Duplicates collapse: a set of one key behaves as that key.
+        let g = a
+            .try_acquire_many(&["a", "a"])
+            .await
+            .expect("ok")
+            .expect("free");
+        assert!(a.try_acquire("a").await.expect("ok").is_none());
+        g.release().await.expect("release");
+    }
+
+    /// Tasks of three RedLocks take random overlapping sets of four keys: no key is ever held by
+    /// two of them at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_overlapping_sets_exclude_each_other() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let c = cluster(5);
+        let keys = ["k0", "k1", "k2", "k3"];
+        let holders: Arc<[AtomicUsize; 4]> = Arc::new(Default::default());
+        let mut tasks = Vec::new();
+        for client in 0..3u64 {
+            let locks = locks(&c).await;
+            for task in 0..3u64 {
+                let (locks, holders) = (locks.clone(), holders.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut rng = fastrand::Rng::with_seed(client * 10 + task);
+                    for _ in 0..30 {
+                        let set: Vec<usize> = (0..4).filter(|_| rng.bool()).collect();
+                        let set = if set.is_empty() {
+                            vec![rng.usize(0..4)]
+                        } else {
+                            set
+                        };
+                        let names: Vec<&str> = set.iter().map(|&i| keys[i]).collect();
+                        let g = locks
+                            .acquire_many(&ctx(30_000), &names)
+                            .await
+                            .expect("acquire");
+                        for &i in &set {
+                            assert_eq!(
+                                holders[i].fetch_add(1, Ordering::SeqCst),
+                                0,
+                                "{} held twice",
+                                keys[i]
+                            );
+                        }
+                        tokio::task::yield_now().await;
+                        for &i in &set {
+                            holders[i].fetch_sub(1, Ordering::SeqCst);
+                        }
+                        g.release().await.expect("release");
+                    }
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.expect("task panicked");
+        }
+        assert!(wait_until_no_keys(&c, Duration::from_secs(3))
+            .await
+            .is_empty());
+    }
+}
