@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::error::{Error, NodeCause};
 use crate::lease::Lease;
@@ -195,6 +196,7 @@ impl LockGuard {
     ///
     /// # Cancel safety
     /// If dropped, some nodes may have been extended; the guard keeps its old validity.
+    #[tracing::instrument(name = "extend", level = "debug", skip_all, fields(key = %self.key(), ?ttl))]
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), Error> {
         self.lease.extend(ttl).await
     }
@@ -210,6 +212,11 @@ impl LockGuard {
     /// # Cancel safety
     /// If the future is dropped before it completes, the guard's drop spawns the release again.
     pub async fn release(mut self) -> Result<(), Error> {
+        let span = tracing::debug_span!("release", key = %self.key());
+        self.release_round().instrument(span).await
+    }
+
+    async fn release_round(&mut self) -> Result<(), Error> {
         let state = self.lease.0.clone();
         state.done.cancel();
         let announce = self.ticket.as_ref().is_none_or(Ticket::announce_release);

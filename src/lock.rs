@@ -311,6 +311,7 @@ impl RedLock {
         })
     }
 
+    #[tracing::instrument(name = "acquire", level = "debug", skip_all, fields(key = %key, attempts = tracing::field::Empty))]
     async fn acquire_keys(&self, ctx: &Context, key: &str, keys: Keys) -> Result<LockGuard, Error> {
         let started = Instant::now();
         let timeout = |attempts| Error::Timeout {
@@ -390,6 +391,7 @@ impl RedLock {
                 }
             }
         };
+        tracing::Span::current().record("attempts", attempts);
         ticket.keep_subscription(waiter.into_subscription());
         result.map(|guard| guard.with_ticket(ticket))
     }
@@ -466,6 +468,7 @@ impl RedLock {
         self.try_acquire_keys(key, keys).await
     }
 
+    #[tracing::instrument(name = "try_acquire", level = "debug", skip_all, fields(key = %key))]
     async fn try_acquire_keys(&self, key: &str, keys: Keys) -> Result<Option<LockGuard>, Error> {
         let mut ticket = self.shared.queues.join(keys.id());
         if !ticket.try_turn() {
@@ -512,10 +515,20 @@ impl RedLock {
         let mut fences = Vec::new();
         quorum::until(&mut pending, |(i, reply)| {
             tally.record(states.record(i, &reply));
+            let node = &**shared.nodes.addr(i);
             match reply {
-                Ok(Grant::Granted { fence }) => fences.push((i, fence)),
-                Ok(Grant::Held { pttl }) => pttls.push(pttl),
-                Err(cause) => causes.push(shared.failure(i, cause)),
+                Ok(Grant::Granted { fence }) => {
+                    tracing::trace!(node, outcome = "granted", fence);
+                    fences.push((i, fence));
+                }
+                Ok(Grant::Held { pttl }) => {
+                    tracing::trace!(node, outcome = "taken", ?pttl);
+                    pttls.push(pttl);
+                }
+                Err(cause) => {
+                    tracing::trace!(node, outcome = "failed", %cause);
+                    causes.push(shared.failure(i, cause));
+                }
             }
             match tally.decision() {
                 Decision::Reached => true,
@@ -527,6 +540,13 @@ impl RedLock {
         })
         .await;
         let elapsed = start.elapsed();
+        tracing::debug!(
+            granted = tally.yes,
+            taken = tally.no,
+            failed = tally.failed,
+            ?elapsed,
+            "acquire round"
+        );
 
         if tally.decision() == Decision::Reached {
             let mut valid = quorum::validity(lease, elapsed, config.drift_factor);
@@ -593,6 +613,12 @@ impl RedLock {
         }
         // `undo` is dropped here: the partial grant is released on every node.
         if tally.answered() < tally.required() {
+            tracing::warn!(
+                key,
+                answered = tally.answered(),
+                required = tally.required(),
+                "no quorum: too few nodes answered"
+            );
             return Attempt::Unreachable(Error::NoQuorum {
                 op: "acquire",
                 key: key.into(),

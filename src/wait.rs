@@ -147,7 +147,10 @@ impl Waiter {
         tokio::select! {
             biased;
             () = ctx.cancelled() => WaitEnd::Cancelled,
-            () = notified => WaitEnd::Retry,
+            () = notified => {
+                tracing::debug!("woken by a release notification");
+                WaitEnd::Retry
+            }
             () = tokio::time::sleep_until(until) => end,
         }
     }
