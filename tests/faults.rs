@@ -248,3 +248,62 @@ async fn a_dead_majority_is_no_quorum_even_when_the_live_nodes_say_held() {
         started.elapsed()
     );
 }
+
+fn proxied(n: usize) -> redquorum::testkit::LocalCluster {
+    redquorum::testkit::LocalCluster::builder()
+        .nodes(n)
+        .proxied(true)
+        .start()
+        .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"))
+}
+
+/// Two of five masters 20 ms away (each way): early quorum decides with the three near ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_minority_does_not_slow_acquisition() {
+    let c = proxied(5);
+    let locks = locks(&c).await;
+    for i in [1, 3] {
+        c.proxy(i)
+            .expect("proxy")
+            .set_latency(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    for _ in 0..10 {
+        let g = locks.acquire(&ctx(5_000), "k").await.expect("acquire");
+        g.release().await.expect("release");
+    }
+    // Ten acquire+release cycles: waiting for a slow node even once per cycle would take
+    // 10 x 2 x 40 ms = 800 ms.
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A partitioned minority (connections open, nothing answered) does not stop locking; a
+/// partitioned majority gives NoQuorum; healing restores service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_of_a_minority_and_a_majority() {
+    let c = proxied(5);
+    let locks = locks(&c).await;
+    c.proxy(0).expect("proxy").blackhole();
+    c.proxy(4).expect("proxy").cut();
+    let g = locks
+        .acquire(&ctx(5_000), "k")
+        .await
+        .expect("minority partitioned");
+    g.release().await.expect("release");
+    c.proxy(2).expect("proxy").blackhole();
+    let err = locks
+        .acquire(&ctx(5_000), "k")
+        .await
+        .expect_err("majority partitioned");
+    assert!(matches!(err, Error::NoQuorum { .. }), "{err:?}");
+    for i in [0, 2, 4] {
+        c.proxy(i).expect("proxy").heal();
+    }
+    // Connections stuck in the blackhole time out and reconnect by themselves.
+    let g = locks.acquire(&ctx(10_000), "k").await.expect("healed");
+    g.release().await.expect("release");
+}

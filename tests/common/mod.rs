@@ -32,7 +32,7 @@ pub async fn locks(cluster: &LocalCluster) -> RedLock {
 
 /// A plain synchronous connection to node `i`, to look at what the lock left there.
 pub fn conn(cluster: &LocalCluster, i: usize) -> redis::Connection {
-    let url = cluster.url(i).expect("node index");
+    let url = cluster.direct_url(i).expect("node index");
     redis::Client::open(url)
         .and_then(|c| c.get_connection())
         .expect("connect to node")

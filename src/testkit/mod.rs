@@ -51,6 +51,10 @@
 //! }
 //! ```
 
+mod proxy;
+
+pub use proxy::FaultProxy;
+
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -136,6 +140,7 @@ pub struct LocalClusterBuilder {
     nodes: usize,
     appendonly: bool,
     base_dir: Option<PathBuf>,
+    proxied: bool,
 }
 
 impl Default for LocalClusterBuilder {
@@ -144,6 +149,7 @@ impl Default for LocalClusterBuilder {
             nodes: 5,
             appendonly: false,
             base_dir: None,
+            proxied: false,
         }
     }
 }
@@ -170,6 +176,14 @@ impl LocalClusterBuilder {
         self
     }
 
+    /// Puts a [`FaultProxy`] in front of every node: [`urls`](LocalCluster::urls) then point
+    /// at the proxies (so clients can be slowed down or partitioned from a node that keeps
+    /// running), and [`proxy`](LocalCluster::proxy) gives access to them. Default: off.
+    pub fn proxied(mut self, on: bool) -> Self {
+        self.proxied = on;
+        self
+    }
+
     /// Starts every node and waits until each answers `PING`.
     ///
     /// On error, the nodes started so far are killed and the temp dir removed.
@@ -182,6 +196,7 @@ impl LocalClusterBuilder {
             appendonly: self.appendonly,
             root,
             nodes: Vec::with_capacity(self.nodes),
+            proxies: Vec::new(),
         };
         for index in 0..self.nodes {
             let dir = cluster.root.join(format!("node-{index}"));
@@ -195,6 +210,9 @@ impl LocalClusterBuilder {
                     paused: false,
                 }),
             });
+            if self.proxied {
+                cluster.proxies.push(FaultProxy::start(port)?);
+            }
         }
         Ok(cluster)
     }
@@ -212,6 +230,8 @@ pub struct LocalCluster {
     appendonly: bool,
     root: PathBuf,
     nodes: Vec<Node>,
+    /// One per node when built with `proxied(true)`.
+    proxies: Vec<FaultProxy>,
 }
 
 #[derive(Debug)]
@@ -261,12 +281,35 @@ impl LocalCluster {
     /// `redis://127.0.0.1:<port>` for every node, in index order.
     #[must_use]
     pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| node_url(n.port)).collect()
+        (0..self.nodes.len())
+            .filter_map(|i| self.url(i).ok())
+            .collect()
     }
 
-    /// `redis://127.0.0.1:<port>` of node `index`.
+    /// `redis://127.0.0.1:<port>` of node `index`: its proxy's when the cluster is proxied.
     pub fn url(&self, index: usize) -> Result<String, TestkitError> {
+        let node = self.node(index)?;
+        Ok(match self.proxies.get(index) {
+            Some(proxy) => proxy.url(),
+            None => node_url(node.port),
+        })
+    }
+
+    /// `redis://127.0.0.1:<port>` of node `index` itself, never through a proxy (for looking
+    /// at a node's data while it is partitioned from the clients).
+    pub fn direct_url(&self, index: usize) -> Result<String, TestkitError> {
         Ok(node_url(self.node(index)?.port))
+    }
+
+    /// The fault proxy in front of node `index` (clusters built with `proxied(true)`).
+    ///
+    /// # Errors
+    /// [`TestkitError::NoSuchNode`] for an index out of range or a cluster without proxies.
+    pub fn proxy(&self, index: usize) -> Result<&FaultProxy, TestkitError> {
+        self.proxies.get(index).ok_or(TestkitError::NoSuchNode {
+            index,
+            len: self.proxies.len(),
+        })
     }
 
     /// Port of node `index` (unchanged across restarts).

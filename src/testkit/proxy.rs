@@ -1,0 +1,310 @@
+//! A TCP fault proxy in front of one node: added latency, blackhole, reset and cut, so a node
+//! can be made slow or partitioned from the client without being stopped.
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::TestkitError;
+
+const NORMAL: u8 = 0;
+const BLACKHOLE: u8 = 1;
+const CUT: u8 = 2;
+
+/// A loopback TCP proxy that forwards to one port and injects faults on demand. Every method
+/// takes `&self`, so a nemesis can drive it while clients talk through it. Dropping it closes
+/// every connection and stops its threads.
+///
+/// | method | what the client sees |
+/// |---|---|
+/// | [`set_latency`](Self::set_latency) | every chunk delayed by the given time, each way |
+/// | [`blackhole`](Self::blackhole) | connections stay open but nothing gets through either way (a silent partition: requests time out); held bytes are delivered in order after [`heal`](Self::heal), as TCP would |
+/// | [`cut`](Self::cut) | every connection closed, new ones closed at once (a rejecting firewall) |
+/// | [`reset`](Self::reset) | every current connection closed once (a reconnect) |
+/// | [`heal`](Self::heal) | traffic flows again (latency is kept) |
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use redquorum::testkit::FaultProxy;
+/// # fn main() -> Result<(), redquorum::testkit::TestkitError> {
+/// let proxy = FaultProxy::start(6379)?;
+/// proxy.set_latency(Duration::from_millis(20));
+/// let url = proxy.url(); // give this to RedLock::builder().nodes(...)
+/// proxy.blackhole();
+/// proxy.heal();
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct FaultProxy {
+    port: u16,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    target: u16,
+    mode: AtomicU8,
+    latency_us: AtomicU64,
+    stop: AtomicBool,
+    /// Both ends of every open connection, to close them on reset/cut/drop.
+    conns: Mutex<Vec<(TcpStream, TcpStream)>>,
+}
+
+impl Shared {
+    fn conns(&self) -> std::sync::MutexGuard<'_, Vec<(TcpStream, TcpStream)>> {
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn close_all(&self) {
+        for (a, b) in self.conns().drain(..) {
+            let _ = a.shutdown(Shutdown::Both);
+            let _ = b.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl FaultProxy {
+    /// Listens on a free loopback port and forwards every connection to `127.0.0.1:target`.
+    ///
+    /// # Errors
+    /// [`TestkitError::Io`] when no port can be bound.
+    pub fn start(target: u16) -> Result<FaultProxy, TestkitError> {
+        let io = |context: &str, e: io::Error| TestkitError::Io {
+            context: context.to_owned(),
+            source: e,
+        };
+        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .map_err(|e| io("binding the fault proxy", e))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| io("reading the proxy's port", e))?
+            .port();
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| io("configuring the proxy listener", e))?;
+        let shared = Arc::new(Shared {
+            target,
+            mode: AtomicU8::new(NORMAL),
+            latency_us: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            conns: Mutex::new(Vec::new()),
+        });
+        let acceptor = {
+            let shared = shared.clone();
+            thread::Builder::new()
+                .name(format!("fault-proxy-{port}"))
+                .spawn(move || accept_loop(&listener, &shared))
+                .map_err(|e| io("spawning the proxy thread", e))?
+        };
+        Ok(FaultProxy {
+            port,
+            shared,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<proxy port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Delays every chunk of data by `each_way` in both directions (zero: none).
+    pub fn set_latency(&self, each_way: Duration) {
+        let us = u64::try_from(each_way.as_micros()).unwrap_or(u64::MAX);
+        self.shared.latency_us.store(us, Ordering::SeqCst);
+    }
+
+    /// Holds all traffic silently, on current and new connections, until [`heal`](Self::heal)
+    /// (then delivers it in order, as TCP retransmission would).
+    pub fn blackhole(&self) {
+        self.shared.mode.store(BLACKHOLE, Ordering::SeqCst);
+    }
+
+    /// Closes every connection and closes new ones at once, until [`heal`](Self::heal).
+    pub fn cut(&self) {
+        self.shared.mode.store(CUT, Ordering::SeqCst);
+        self.shared.close_all();
+    }
+
+    /// Closes every current connection once; new connections work.
+    pub fn reset(&self) {
+        self.shared.close_all();
+    }
+
+    /// Lets traffic through again (the latency setting stays).
+    pub fn heal(&self) {
+        self.shared.mode.store(NORMAL, Ordering::SeqCst);
+    }
+
+    /// Open connections through the proxy.
+    pub fn connections(&self) -> usize {
+        self.shared.conns().len()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.close_all();
+        if let Some(t) = self.acceptor.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((client, _)) => {
+                if shared.mode.load(Ordering::SeqCst) == CUT {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let _ = connect(client, shared);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(2));
+            }
+            Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+fn connect(client: TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
+    client.set_nonblocking(false)?;
+    let upstream = TcpStream::connect_timeout(
+        &SocketAddr::from((Ipv4Addr::LOCALHOST, shared.target)),
+        Duration::from_secs(1),
+    )?;
+    client.set_nodelay(true)?;
+    upstream.set_nodelay(true)?;
+    shared
+        .conns()
+        .push((client.try_clone()?, upstream.try_clone()?));
+    for (from, to) in [
+        (client.try_clone()?, upstream.try_clone()?),
+        (upstream, client),
+    ] {
+        let shared = shared.clone();
+        thread::Builder::new()
+            .name("fault-proxy-pump".into())
+            .spawn(move || pump(from, to, &shared))?;
+    }
+    Ok(())
+}
+
+/// Copies `from` to `to`, applying the current mode and latency to each chunk.
+fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => break,
+        };
+        let mut read_at = Instant::now();
+        // A partition holds the bytes (as TCP would, retransmitting) and delivers them in order
+        // once healed; dropping them would desynchronise the stream, which TCP never does.
+        while shared.mode.load(Ordering::SeqCst) == BLACKHOLE && !shared.stop.load(Ordering::SeqCst)
+        {
+            thread::sleep(Duration::from_millis(2));
+            read_at = Instant::now();
+        }
+        if shared.mode.load(Ordering::SeqCst) == CUT {
+            break;
+        }
+        let latency = Duration::from_micros(shared.latency_us.load(Ordering::SeqCst));
+        if let Some(left) = (read_at + latency).checked_duration_since(Instant::now()) {
+            thread::sleep(left);
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn echo_server() -> (u16, JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let t = thread::spawn(move || {
+            for s in l.incoming().take(8) {
+                let Ok(mut s) = s else { continue };
+                thread::spawn(move || {
+                    let mut b = [0u8; 64];
+                    while let Ok(n) = s.read(&mut b) {
+                        if n == 0 || s.write_all(&b[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (port, t)
+    }
+
+    fn round_trip(port: u16, timeout: Duration) -> io::Result<Duration> {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(timeout))?;
+        let t = Instant::now();
+        s.write_all(b"ping")?;
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b)?;
+        Ok(t.elapsed())
+    }
+
+    #[test]
+    fn latency_blackhole_cut_and_heal() {
+        let (target, _server) = echo_server();
+        let proxy = FaultProxy::start(target).expect("proxy");
+        let fast = round_trip(proxy.port(), Duration::from_secs(1)).expect("normal");
+        proxy.set_latency(Duration::from_millis(30));
+        let slow = round_trip(proxy.port(), Duration::from_secs(1)).expect("slow");
+        assert!(
+            slow >= Duration::from_millis(60),
+            "{slow:?} (fast was {fast:?})"
+        );
+        proxy.set_latency(Duration::ZERO);
+        proxy.blackhole();
+        assert!(
+            round_trip(proxy.port(), Duration::from_millis(200)).is_err(),
+            "blackholed"
+        );
+        proxy.cut();
+        assert!(
+            round_trip(proxy.port(), Duration::from_millis(200)).is_err(),
+            "cut"
+        );
+        proxy.heal();
+        assert!(
+            round_trip(proxy.port(), Duration::from_secs(1)).is_ok(),
+            "healed"
+        );
+    }
+}
