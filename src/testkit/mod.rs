@@ -51,8 +51,10 @@
 //! }
 //! ```
 
+mod chaos;
 mod proxy;
 
+pub use chaos::{check_holds, HoldRecord, Report, Workload};
 pub use proxy::FaultProxy;
 
 use std::ffi::OsString;
