@@ -222,7 +222,7 @@ impl Workload {
                 (stop.clone(), faulty.clone(), oracle.clone(), log.clone());
             let (keys, max_grants, seed) = (self.keys, self.max_grants, self.seed);
             clients.push(tokio::spawn(async move {
-                let mut rng = fastrand::Rng::with_seed(seed ^ (client as u64 + 1) * 0x9e37_79b9);
+                let mut rng = fastrand::Rng::with_seed(seed ^ ((client as u64 + 1) * 0x9e37_79b9));
                 while !stop.load(Ordering::SeqCst) && Instant::now() < end {
                     let k = rng.usize(0..keys);
                     let key = format!("chaos-{k}");
