@@ -104,7 +104,7 @@ async fn a_paused_master_costs_little_latency() {
         .build()
         .await
         .expect("build");
-    let mut cycle = || async {
+    let cycle = || async {
         let t = Instant::now();
         let g = locks.acquire(&ctx(5_000), "k").await.expect("acquire");
         let took = t.elapsed();
