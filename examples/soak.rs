@@ -20,7 +20,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("usage: soak SECONDS SEED [CLIENTS] [KEYS] ({e})"))?;
     let secs = args.first().copied().unwrap_or(60);
     let seed = args.get(1).copied().unwrap_or(1);
-    let mut builder = LocalCluster::builder().nodes(5).proxied(true).appendonly(true);
+    let mut builder = LocalCluster::builder()
+        .nodes(5)
+        .proxied(true)
+        .appendonly(true);
     if std::path::Path::new("/dev/shm").is_dir() {
         builder = builder.base_dir("/dev/shm");
     }

@@ -172,8 +172,9 @@ impl RedLockBuilder {
     }
 
     /// Bound on concurrent node requests across this `RedLock`, its clones and groups (a
-    /// `tokio::sync::Semaphore`). Requests beyond it wait, and the wait counts against the node
-    /// timeout. Must be at least the number of nodes.
+    /// `tokio::sync::Semaphore`). Requests beyond it wait for a permit (the node timeout counts
+    /// from when the request is sent; the validity counts the whole round). Must be at least
+    /// the number of nodes.
     ///
     /// # Default
     /// 1024.
@@ -200,7 +201,7 @@ impl RedLockBuilder {
         self
     }
 
-    /// Prefix of every lock key: keys are `<namespace>:<group>:<key>`.
+    /// Prefix of every lock key: keys are `<namespace>:<group>:<key>`. Must not contain `:`.
     ///
     /// # Default
     /// `redquorum`.
@@ -233,8 +234,13 @@ impl RedLockBuilder {
     /// protect and have it reject any token lower than the highest it has seen: that closes the
     /// gap a paused holder leaves, which no lease can.
     ///
-    /// Costs one persistent counter per lock key per node (`<key>:fence`, never expired: about
-    /// 100 bytes each) and, when the granting nodes' counters disagree, a second round.
+    /// **Every** node must keep its counters across restarts (`appendonly yes`, `appendfsync
+    /// always`): a node that loses them can hand out a token that goes back, even while the other
+    /// nodes keep theirs, and delaying its restart does not help (the counters are not leases).
+    ///
+    /// Costs one persistent counter per lock key per node (`<namespace>::fence:<group>:<key>`,
+    /// never expired: about 100 bytes each) and, when the granting nodes' counters disagree, a
+    /// second round. Sets ([`RedLock::acquire_many`]) get no token.
     ///
     /// # Default
     /// Off (the counters would grow without bound for high-cardinality keys).
@@ -327,10 +333,12 @@ impl RedLockBuilder {
         if self.connect_timeout.is_zero() {
             return Err(Error::config("connect_timeout must be greater than zero"));
         }
-        if self.namespace.is_empty() {
-            return Err(Error::config(
-                "namespace is empty; pick a prefix that no other data in these Redis servers uses",
-            ));
+        if self.namespace.is_empty() || self.namespace.contains(':') {
+            return Err(Error::config(format!(
+                "namespace {:?} must be non-empty and must not contain ':' (keys are \
+                 <namespace>:<group>:<key>); pick a prefix no other data on these servers uses",
+                self.namespace
+            )));
         }
         let owner =
             match &self.owner {

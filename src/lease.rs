@@ -60,6 +60,12 @@ pub(crate) struct State {
     /// Wakes the background task when the schedule changed.
     changed: Notify,
     task: Once,
+    /// The runtime the lock was acquired on: the background task is spawned there even when
+    /// `lost()`/`keep_alive()` are first called from outside it.
+    runtime: Option<tokio::runtime::Handle>,
+    /// One extension at a time (user's and renewal's), so an older round never overwrites the
+    /// expiry set by a newer one.
+    extending: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -95,6 +101,8 @@ impl Lease {
             renew: AtomicBool::new(false),
             changed: Notify::new(),
             task: Once::new(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            extending: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -119,7 +127,8 @@ impl Lease {
 
     /// The fencing token of this acquisition, if fencing is on (see
     /// [`RedLockBuilder::fencing`](crate::RedLockBuilder::fencing)): strictly greater than the
-    /// token of every earlier holder of the key, as long as a majority of nodes keeps its data.
+    /// token of every earlier holder of the key, as long as every node keeps its counters
+    /// (AOF with fsync always).
     pub fn fencing_token(&self) -> Option<u64> {
         self.0.fence
     }
@@ -138,7 +147,8 @@ impl Lease {
     }
 
     /// Keeps the lease alive in the background until the guard is released or dropped: when
-    /// half of the TTL is left, the lease is extended by one TTL; a failed extension is retried
+    /// half of the TTL is left (or three node timeouts, if more), the lease is extended by one
+    /// TTL; a failed extension is retried
     /// every node timeout until the validity runs out, when [`lost`](Self::lost) fires. An
     /// extension that finds the key gone or with another owner fires it at once. A failed
     /// extension never releases anything.
@@ -150,17 +160,20 @@ impl Lease {
 
     fn ensure_task(&self) {
         let state = self.0.clone();
-        self.0
-            .task
-            .call_once(|| match tokio::runtime::Handle::try_current() {
-                Ok(rt) => {
-                    rt.spawn(watch(state));
-                }
-                Err(_) => tracing::warn!(
-                    key = &*state.key,
-                    "no tokio runtime: the lease can neither be renewed nor watched"
-                ),
-            });
+        let runtime = self
+            .0
+            .runtime
+            .clone()
+            .or_else(|| tokio::runtime::Handle::try_current().ok());
+        match runtime {
+            Some(rt) => self.0.task.call_once(|| {
+                rt.spawn(watch(state));
+            }),
+            None => tracing::warn!(
+                key = &*state.key,
+                "no tokio runtime: the lease can neither be renewed nor watched"
+            ),
+        }
     }
 
     /// See [`LockGuard::extend`](crate::LockGuard::extend).
@@ -180,6 +193,7 @@ impl Lease {
                 key: state.key.to_string(),
             });
         }
+        let _one_at_a_time = state.extending.lock().await;
         // The lease the nodes get, in whole milliseconds; validity is computed from it.
         let lease = Duration::from_millis(millis(ttl));
         let start = Instant::now();
@@ -228,9 +242,11 @@ impl State {
     }
 }
 
-/// When a renewal is due: once half of the TTL is left.
-pub(crate) fn renew_at(expires_at: Instant, ttl: Duration) -> Instant {
-    expires_at.checked_sub(ttl / 2).unwrap_or(expires_at)
+/// When a renewal is due: once half of the TTL is left, or three node timeouts if that is
+/// more (so a slow but healthy round still ends before the validity does).
+pub(crate) fn renew_at(expires_at: Instant, ttl: Duration, node_timeout: Duration) -> Instant {
+    let margin = (ttl / 2).max(node_timeout * 3);
+    expires_at.checked_sub(margin).unwrap_or(expires_at)
 }
 
 /// The per-guard background task: fires `lost` when the validity runs out and, with
@@ -241,9 +257,10 @@ async fn watch(state: Arc<State>) {
     loop {
         let (expires_at, ttl) = *state.expiry();
         let renew = state.renew.load(Ordering::SeqCst);
+        let node_timeout = state.shared.nodes.timeout();
         let wake = match (renew, retry_at) {
             (true, Some(at)) => at.min(expires_at),
-            (true, None) => renew_at(expires_at, ttl),
+            (true, None) => renew_at(expires_at, ttl, node_timeout),
             (false, _) => expires_at,
         };
         tokio::select! {
@@ -259,12 +276,24 @@ async fn watch(state: Arc<State>) {
         if !state.renew.load(Ordering::SeqCst) {
             continue;
         }
-        match lease.extend(ttl).await {
+        // The renewal races the validity: `lost` fires the moment the validity ends, not when
+        // a slow round finally gives up. The TTL is re-read: a user's extend may have changed it.
+        let ttl = state.expiry().1;
+        let renewal = tokio::select! {
+            biased;
+            () = state.done.cancelled() => return,
+            () = tokio::time::sleep_until(lease.expires_at()) => {
+                state.lose("its validity ran out while a renewal was in flight");
+                return;
+            }
+            renewal = lease.extend(ttl) => renewal,
+        };
+        match renewal {
             Ok(()) => retry_at = None,
             Err(e) if e.is_lost() => return, // `extend` fired `lost`
             Err(e) => {
                 tracing::warn!(key = &*state.key, error = %e, "lease renewal failed; retrying");
-                retry_at = Some(Instant::now() + state.shared.nodes.timeout());
+                retry_at = Some(Instant::now() + node_timeout);
             }
         }
     }
@@ -279,6 +308,14 @@ mod tests {
         let now = Instant::now();
         let ttl = Duration::from_secs(10);
         let exp = now + Duration::from_millis(9_800);
-        assert_eq!(renew_at(exp, ttl), now + Duration::from_millis(4_800));
+        let nt = Duration::from_millis(50);
+        assert_eq!(renew_at(exp, ttl, nt), now + Duration::from_millis(4_800));
+        // A short lease with a slow node timeout renews earlier than half-way.
+        let ttl = Duration::from_millis(300);
+        let exp = now + Duration::from_millis(290);
+        assert_eq!(
+            renew_at(exp, ttl, Duration::from_millis(80)),
+            now + Duration::from_millis(50)
+        );
     }
 }

@@ -60,6 +60,9 @@ pub struct RedLock {
     shared: Arc<Shared>,
     /// `<namespace>:<group>:`
     prefix: Arc<str>,
+    /// `<namespace>::fence:<group>:`: fencing counters, which no lock key can be (groups are
+    /// never empty).
+    fence_prefix: Arc<str>,
 }
 
 /// What every clone and group shares.
@@ -108,6 +111,7 @@ impl RedLock {
         let nodes = Nodes::new(specs, config.node_timeout, config.max_in_flight)
             .map_err(|f| Error::config(format!("node {} cannot be used: {}", f.0, f.1)))?;
         let prefix = format!("{}:{DEFAULT_GROUP}:", config.namespace).into();
+        let fence_prefix = format!("{}::fence:{DEFAULT_GROUP}:", config.namespace).into();
         let wakeups = Wakeups::new(clients, config.node_timeout);
         let shared = Arc::new(Shared {
             nodes,
@@ -157,7 +161,11 @@ impl RedLock {
         for c in &causes {
             tracing::warn!(node = %c.node, cause = %c.cause, "node unreachable at startup; will keep trying");
         }
-        Ok(RedLock { shared, prefix })
+        Ok(RedLock {
+            shared,
+            prefix,
+            fence_prefix,
+        })
     }
 
     /// A `RedLock` sharing these connections and settings whose keys live in group `name`
@@ -187,6 +195,7 @@ impl RedLock {
         Ok(RedLock {
             shared: self.shared.clone(),
             prefix: format!("{}:{name}:", self.shared.config.namespace).into(),
+            fence_prefix: format!("{}::fence:{name}:", self.shared.config.namespace).into(),
         })
     }
 
@@ -253,7 +262,7 @@ impl RedLock {
     /// # Ok(()) }
     /// ```
     pub async fn acquire(&self, ctx: &Context, key: &str) -> Result<LockGuard, Error> {
-        let keys = Keys::one(self.redis_key(key)?.into());
+        let keys = self.single(key)?;
         self.acquire_keys(ctx, key, keys).await
     }
 
@@ -293,6 +302,15 @@ impl RedLock {
         self.try_acquire_keys(&label, keys).await
     }
 
+    /// A single-key lock's keys: the lock key and its fencing counter.
+    fn single(&self, key: &str) -> Result<Keys, Error> {
+        let lock = self.redis_key(key)?;
+        Ok(Keys::one(
+            lock.into(),
+            format!("{}{key}", self.fence_prefix).into(),
+        ))
+    }
+
     /// The Redis keys of a set, sorted and distinct, and a label naming the set in errors.
     fn key_set(&self, keys: &[&str]) -> Result<(String, Keys), Error> {
         if keys.is_empty() {
@@ -306,7 +324,7 @@ impl RedLock {
         full.dedup();
         let label = keys.join(",");
         Ok(match full.len() {
-            1 => (label, Keys::one(full.swap_remove(0))),
+            1 => (label, self.single(keys[0])?),
             _ => (label, Keys::many(full)),
         })
     }
@@ -404,9 +422,10 @@ impl RedLock {
     ///
     /// # Errors
     /// Those of [`acquire`](Self::acquire) (nothing ran); [`Error::LockLost`] when the lock was
-    /// lost while the work ran (its output is dropped: it may have overlapped another holder);
-    /// the errors of [`LockGuard::release`] (the work completed under the lock, but the release
-    /// did not reach a majority; the keys then expire by TTL).
+    /// lost while the work ran (its output is dropped: it may have overlapped another holder;
+    /// work that wants to report partial results should stop on [`Lease::lost`] and return
+    /// them through a channel of its own). A release that fails after the work completed under
+    /// the lock is only logged: the output is returned and the keys expire by TTL.
     ///
     /// # Cancel safety
     /// Dropping the future drops the work and the guard: the lock is released in the background.
@@ -417,12 +436,13 @@ impl RedLock {
     /// # async fn backup() -> u64 { 0 }
     /// # async fn f(locks: RedLock) -> Result<(), redquorum::Error> {
     /// let ctx = Context::with_timeout(Duration::from_secs(10));
-    /// let bytes = locks
+    /// let bytes: u64 = locks
     ///     .with_lock(&ctx, "nightly-backup", |lease| async move {
     ///         let lost = lease.lost();
     ///         tokio::select! {
-    ///             () = lost.cancelled() => None, // stop: someone else may hold it
-    ///             n = backup() => Some(n),
+    ///             // Stop: someone else may hold it; with_lock then returns Error::LockLost.
+    ///             () = lost.cancelled() => 0,
+    ///             n = backup() => n,
     ///         }
     ///     })
     ///     .await?;
@@ -442,7 +462,12 @@ impl RedLock {
         if lost {
             return Err(Error::LockLost { key: key.into() });
         }
-        released.map(|()| out)
+        if let Err(e) = released {
+            // The work finished under the lock; only the clean-up failed (the keys expire
+            // by TTL). Its output is still the caller's.
+            tracing::warn!(key, error = %e, "release after with_lock failed; the lease will expire");
+        }
+        Ok(out)
     }
 
     /// One attempt, no waiting: `Some(guard)` if acquired, `None` if somebody else holds it.
@@ -464,7 +489,7 @@ impl RedLock {
     /// # Ok(()) }
     /// ```
     pub async fn try_acquire(&self, key: &str) -> Result<Option<LockGuard>, Error> {
-        let keys = Keys::one(self.redis_key(key)?.into());
+        let keys = self.single(key)?;
         self.try_acquire_keys(key, keys).await
     }
 
@@ -551,8 +576,10 @@ impl RedLock {
         if tally.decision() == Decision::Reached {
             let mut valid = quorum::validity(lease, elapsed, config.drift_factor);
             let mut token = None;
-            if let (true, Some(single), Some(_)) = (fenced, keys.single(), valid) {
-                let (t, confirmed) = self.fence(single, &value, &fences).await;
+            if let (true, Some(single), Some(counter), Some(_)) =
+                (fenced, keys.single(), keys.fence(), valid)
+            {
+                let (t, confirmed) = self.fence(single, counter, &value, &fences).await;
                 // The token stands only if a majority holds a counter >= t while our value is
                 // there, confirmed within the validity.
                 valid = quorum::validity(lease, start.elapsed(), config.drift_factor)
@@ -644,6 +671,7 @@ impl RedLock {
     async fn fence(
         &self,
         full: &Arc<str>,
+        counter: &Arc<str>,
         value: &Arc<str>,
         fences: &[(usize, u64)],
     ) -> (u64, usize) {
@@ -660,7 +688,7 @@ impl RedLock {
         if lagging.is_empty() {
             return (t, confirmed);
         }
-        let mut cmd = node::evalsha_fenced(&FENCE, full);
+        let mut cmd = node::evalsha_fenced(&FENCE, full, counter);
         cmd.arg(&**value).arg(t);
         let cmd = &cmd;
         let nodes = &self.shared.nodes;

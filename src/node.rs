@@ -142,21 +142,21 @@ impl Nodes {
         self.timeout
     }
 
-    /// Runs one request under a semaphore permit and the node timeout.
+    /// Runs one request under a semaphore permit and the node timeout. The timeout counts from
+    /// when the permit is granted: a client busy with its own burst is not a slow node (every
+    /// permit is held for at most one timeout, so the wait for one is bounded too; and the
+    /// lease's validity counts the whole round anyway).
     async fn bounded<T>(
         &self,
         timeout: Duration,
         request: impl Future<Output = Result<T, NodeCause>>,
     ) -> Result<T, NodeCause> {
-        let work = async {
-            let _permit = self
-                .permits
-                .acquire()
-                .await
-                .map_err(|_| NodeCause::Redis("the lock client is shutting down".into()))?;
-            request.await
-        };
-        tokio::time::timeout(timeout, work)
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| NodeCause::Redis("the lock client is shutting down".into()))?;
+        tokio::time::timeout(timeout, request)
             .await
             .unwrap_or(Err(NodeCause::Timeout))
     }
@@ -284,13 +284,17 @@ pub(crate) struct Keys {
     keys: Arc<[Arc<str>]>,
     /// Names the lock in the local queue: the key itself, or all of them joined.
     id: Arc<str>,
+    /// The persistent fencing counter of a single-key lock.
+    fence: Option<Arc<str>>,
 }
 
 impl Keys {
-    pub(crate) fn one(key: Arc<str>) -> Self {
+    /// A single-key lock and the key of its fencing counter.
+    pub(crate) fn one(key: Arc<str>, fence: Arc<str>) -> Self {
         Keys {
             id: key.clone(),
             keys: Arc::new([key]),
+            fence: Some(fence),
         }
     }
 
@@ -305,7 +309,13 @@ impl Keys {
         Keys {
             keys: keys.into(),
             id,
+            fence: None,
         }
+    }
+
+    /// The fencing counter's key (single-key locks).
+    pub(crate) fn fence(&self) -> Option<&Arc<str>> {
+        self.fence.as_ref()
     }
 
     pub(crate) fn id(&self) -> &Arc<str> {
@@ -342,15 +352,15 @@ pub(crate) fn evalsha(script: &redis::Script, keys: &Keys) -> Cmd {
 /// The acquire round's command: `EVALSHA acquire <n(+1)> <keys...> [<key>:fence] value lease
 /// fencing n`. Fencing applies to single-key locks only.
 pub(crate) fn acquire_cmd(keys: &Keys, value: &str, lease_ms: u64, fencing: bool) -> Cmd {
-    let fence = keys.single().filter(|_| fencing);
+    let fence = keys.fence().filter(|_| fencing && keys.len() == 1);
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(ACQUIRE.get_hash())
         .arg(keys.len() + usize::from(fence.is_some()));
     for k in keys.iter() {
         cmd.arg(&**k);
     }
-    if let Some(key) = fence {
-        cmd.arg(fence_key(key));
+    if let Some(counter) = fence {
+        cmd.arg(&**counter);
     }
     cmd.arg(value)
         .arg(lease_ms)
@@ -359,20 +369,12 @@ pub(crate) fn acquire_cmd(keys: &Keys, value: &str, lease_ms: u64, fencing: bool
     cmd
 }
 
-/// An `EVALSHA <script> 2 <key> <key>:fence <args...>` command: scripts that touch the fencing
+/// An `EVALSHA <script> 2 <key> <counter> <args...>` command: scripts that touch the fencing
 /// counter name it as a key.
-pub(crate) fn evalsha_fenced(script: &redis::Script, key: &str) -> Cmd {
+pub(crate) fn evalsha_fenced(script: &redis::Script, key: &str, counter: &str) -> Cmd {
     let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash())
-        .arg(2)
-        .arg(key)
-        .arg(fence_key(key));
+    cmd.arg(script.get_hash()).arg(2).arg(key).arg(counter);
     cmd
-}
-
-/// The persistent fencing counter of lock key `key`.
-pub(crate) fn fence_key(key: &str) -> String {
-    format!("{key}:fence")
 }
 
 fn redis_cause(e: &RedisError) -> NodeCause {

@@ -27,7 +27,7 @@ fn chaos_cluster(appendonly: bool) -> LocalCluster {
 fn lock_keys_left(c: &LocalCluster) -> Vec<(usize, String)> {
     all_keys(c)
         .into_iter()
-        .filter(|(_, k)| !k.ends_with(":fence"))
+        .filter(|(_, k)| !k.contains("::fence:"))
         .collect()
 }
 

@@ -47,6 +47,7 @@ async fn every_config_error() {
         (nodes().max_in_flight(0), "max_in_flight"),
         (nodes().connect_timeout(Duration::ZERO), "connect_timeout"),
         (nodes().namespace(""), "namespace"),
+        (nodes().namespace("app:locks"), "must not contain ':'"),
         (nodes().owner(""), "owner"),
     ];
     for (builder, needle) in cases {

@@ -177,3 +177,21 @@ async fn tokens_strictly_increase_through_crashes_and_contention() {
         assert!(w[0] < w[1], "token went from {} to {}", w[0], w[1]);
     }
 }
+
+/// Fencing counters live apart from lock keys: a lock named like a counter is just a lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_never_collide_with_lock_keys() {
+    let c = cluster(3);
+    let locks = fenced(&c).await;
+    for key in ["job", "job:fence", "fence:job"] {
+        let g = locks.try_acquire(key).await.expect("ok").expect("free");
+        assert_eq!(g.fencing_token(), Some(1), "{key}");
+        g.release().await.expect("release");
+    }
+    let keys: Vec<String> = all_keys(&c).into_iter().map(|(_, k)| k).collect();
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("redquorum::fence:default:")),
+        "{keys:?}"
+    );
+}

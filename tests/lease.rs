@@ -310,10 +310,16 @@ mod many {
             assert!((0..3).all(|i| get(&c, i, &key).is_none()), "{k} was taken");
         }
         // Waiting for the set ends when the held key is released.
+        let before = total_commands(&c);
         let waiter = {
             let b = b.clone();
             tokio::spawn(async move { b.acquire_many(&ctx(10_000), &["x", "y", "z"]).await })
         };
+        // Release only once the waiter has tried at least once (its requests reached the
+        // nodes), so the waiting path really runs.
+        while total_commands(&c) < before + 3 + 3 {
+            tokio::task::yield_now().await;
+        }
         held.release().await.expect("release");
         let set = waiter.await.expect("no panic").expect("acquired");
         assert!(set.is_held().await.expect("query"));
@@ -389,7 +395,8 @@ mod many {
                                 keys[i]
                             );
                         }
-                        tokio::task::yield_now().await;
+                        let hold = Duration::from_micros(rng.u64(0..3_000));
+                        tokio::time::sleep(hold).await;
                         for &i in &set {
                             holders[i].fetch_sub(1, Ordering::SeqCst);
                         }

@@ -50,6 +50,20 @@
 //!     Ok(())
 //! }
 //! ```
+//!
+//! # Slow and partitioned nodes
+//!
+//! Built with `.proxied(true)`, every node sits behind a [`FaultProxy`] and
+//! [`LocalCluster::urls`] point at the proxies: `cluster.proxy(i)?.set_latency(..)`,
+//! `.blackhole()` (a silent partition), `.cut()`, `.reset()`, `.heal()` act on the path
+//! between clients and a node that keeps running. [`LocalCluster::direct_url`] still reaches
+//! the node itself.
+//!
+//! # A full safety check
+//!
+//! [`Workload`] runs contending clients against a seeded nemesis that kills, pauses, slows down
+//! and partitions a minority of masters, and [`check_holds`] verifies mutual exclusion and
+//! fencing on the recorded holds (see `examples/soak.rs` and `tests/chaos.rs`).
 
 mod chaos;
 mod proxy;
