@@ -25,18 +25,19 @@ pub const DEFAULT_GROUP: &str = "default";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The default per-node request timeout for a lease of `ttl`: `ttl / 200`, kept within
-/// 20 ms ..= 250 ms (50 ms for the default 10 s lease). The Redlock spec asks for a timeout much
+/// 50 ms ..= 250 ms (50 ms for the default 10 s lease; a loopback round trip is well under a
+/// millisecond, but a loaded host's scheduler can add tens). The Redlock spec asks for a timeout much
 /// smaller than the TTL so a dead or frozen node costs little of the lease.
 ///
 /// ```
 /// use std::time::Duration;
 /// use redquorum::config::default_node_timeout;
 /// assert_eq!(default_node_timeout(Duration::from_secs(10)), Duration::from_millis(50));
-/// assert_eq!(default_node_timeout(Duration::from_secs(1)), Duration::from_millis(20));
+/// assert_eq!(default_node_timeout(Duration::from_secs(1)), Duration::from_millis(50));
 /// assert_eq!(default_node_timeout(Duration::from_secs(600)), Duration::from_millis(250));
 /// ```
 pub fn default_node_timeout(ttl: Duration) -> Duration {
-    (ttl / 200).clamp(Duration::from_millis(20), Duration::from_millis(250))
+    (ttl / 200).clamp(Duration::from_millis(50), Duration::from_millis(250))
 }
 
 /// Configures and connects a [`RedLock`]. Obtained from [`RedLock::builder`].
@@ -46,7 +47,7 @@ pub fn default_node_timeout(ttl: Duration) -> Duration {
 /// | [`nodes`](Self::nodes) | — (required) | URLs of the independent Redis masters |
 /// | [`ttl`](Self::ttl) | 10 s | lease per acquisition |
 /// | [`drift_factor`](Self::drift_factor) | 0.01 | clock-drift allowance: `ttl · factor + 2 ms` |
-/// | [`node_timeout`](Self::node_timeout) | `ttl / 200` in 20..=250 ms | per-node request timeout |
+/// | [`node_timeout`](Self::node_timeout) | `ttl / 200` in 50..=250 ms | per-node request timeout |
 /// | [`max_in_flight`](Self::max_in_flight) | 1024 | concurrent node requests, all clones together |
 /// | [`retry`](Self::retry) | 10 ms doubling to 200 ms, full jitter | wait between attempts |
 /// | [`owner`](Self::owner) | `host:pid` | label stored with each grant |

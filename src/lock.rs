@@ -955,12 +955,16 @@ pub(crate) struct OwnedRound {
 }
 
 impl OwnedRound {
-    /// The typed outcome: Ok when a majority did it; NoQuorum when the nodes that did not
-    /// answer could still have made it a majority; otherwise NotOwner if another owner holds the
-    /// key somewhere, else NotHeld.
+    /// The typed outcome: Ok when a majority did it — for a release, also when it deleted our
+    /// value somewhere and a majority is now free of it (a node that never got the grant, e.g.
+    /// a straggler, counts as free); NoQuorum when the nodes that did not answer could still
+    /// have made it a majority; otherwise NotOwner if another owner holds the key somewhere,
+    /// else NotHeld.
     pub(crate) fn outcome(self, op: &'static str, key: &str) -> Result<(), Error> {
         let t = self.tally;
-        if t.yes >= t.required() {
+        let absent = t.no - self.other;
+        let released = op == "release" && t.yes > 0 && t.yes + absent >= t.required();
+        if t.yes >= t.required() || released {
             Ok(())
         } else if t.yes + t.failed >= t.required() {
             Err(Error::NoQuorum {
