@@ -303,6 +303,14 @@ impl NodeStates {
         vote
     }
 
+    /// Whether node `i` is known to have granted.
+    pub(crate) fn granted_on(&self, i: usize) -> bool {
+        self.0
+            .votes
+            .get(i)
+            .is_some_and(|s| s.load(Ordering::SeqCst) == GRANTED)
+    }
+
     pub(crate) fn granted(&self) -> usize {
         self.0
             .votes

@@ -806,10 +806,13 @@ impl Shared {
         let mut round = OwnedRound {
             tally: Tally::new(n),
             other: 0,
+            expired: 0,
             listeners: 0,
             causes: Vec::new(),
         };
         let mut late = Vec::new();
+        let grants = states.clone();
+        let granted_here = move |i: usize| grants.as_ref().is_none_or(|s| s.granted_on(i));
         let missed = move |i: usize, reply: &Result<Owned, NodeCause>, late: &mut Vec<usize>| {
             if let Some(states) = &states {
                 if !matches!(reply, Ok(Owned::Done { .. })) && states.release_missed(i) {
@@ -824,7 +827,12 @@ impl Shared {
                     round.tally.record(Vote::Yes);
                     round.listeners = round.listeners.max(listeners);
                 }
-                Ok(Owned::Absent) => round.tally.record(Vote::No),
+                Ok(Owned::Absent) => {
+                    round.tally.record(Vote::No);
+                    if granted_here(i) {
+                        round.expired += 1;
+                    }
+                }
                 Ok(Owned::Other) => {
                     round.tally.record(Vote::No);
                     round.other += 1;
@@ -949,6 +957,9 @@ pub(crate) struct OwnedRound {
     pub(crate) tally: Tally,
     /// Nodes where another value held the key.
     pub(crate) other: usize,
+    /// Nodes without the key that had granted it (its lease ran out there); without grant
+    /// records, every node without the key.
+    pub(crate) expired: usize,
     /// The most subscribers a release announcement reached on one node.
     pub(crate) listeners: u32,
     pub(crate) causes: Vec<NodeFailure>,
@@ -956,14 +967,16 @@ pub(crate) struct OwnedRound {
 
 impl OwnedRound {
     /// The typed outcome: Ok when a majority did it — for a release, also when it deleted our
-    /// value somewhere and a majority is now free of it (a node that never got the grant, e.g.
-    /// a straggler, counts as free); NoQuorum when the nodes that did not answer could still
+    /// value somewhere, a majority is now free of it, and no node that granted it had let it
+    /// expire (nodes that never got the grant count as free: a killed master no longer turns
+    /// a release into NoQuorum); NoQuorum when the nodes that did not answer could still
     /// have made it a majority; otherwise NotOwner if another owner holds the key somewhere,
     /// else NotHeld.
     pub(crate) fn outcome(self, op: &'static str, key: &str) -> Result<(), Error> {
         let t = self.tally;
         let absent = t.no - self.other;
-        let released = op == "release" && t.yes > 0 && t.yes + absent >= t.required();
+        let released =
+            op == "release" && t.yes > 0 && self.expired == 0 && t.yes + absent >= t.required();
         if t.yes >= t.required() || released {
             Ok(())
         } else if t.yes + t.failed >= t.required() {
@@ -1106,6 +1119,7 @@ mod tests {
         OwnedRound {
             tally,
             other,
+            expired: absent,
             listeners: 0,
             causes: Vec::new(),
         }
