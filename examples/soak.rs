@@ -3,21 +3,28 @@
 //! partitions a minority of them; then the safety checks run.
 //!
 //! ```text
-//! cargo run --release --features testkit --example soak -- SECONDS SEED [CLIENTS] [KEYS]
+//! cargo run --release --features testkit --example soak -- SECONDS SEED [CLIENTS] [KEYS] [PROCESSES]
 //! ```
-//! Prints grants, faults by kind, errors, violations (must be 0), the longest stall and
-//! acquire latency p50/p99 with and without an active fault; exits 1 on any violation.
+//! With PROCESSES > 0 the clients run in that many separate OS processes (CLIENTS each), with
+//! the oracle in a separate redis-server. Prints grants, faults by kind, errors, violations
+//! (must be 0), the longest stall and acquire latency p50/p99 with and without an active
+//! fault; exits 1 on any violation.
 use std::time::Duration;
 
 use redquorum::testkit::{LocalCluster, Workload};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some("--child") {
+        Workload::run_child(&raw[1..]).await?;
+        return Ok(());
+    }
+    let args: Vec<u64> = raw
+        .iter()
         .map(|a| a.parse::<u64>())
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("usage: soak SECONDS SEED [CLIENTS] [KEYS] ({e})"))?;
+        .map_err(|e| format!("usage: soak SECONDS SEED [CLIENTS] [KEYS] [PROCESSES] ({e})"))?;
     let secs = args.first().copied().unwrap_or(60);
     let seed = args.get(1).copied().unwrap_or(1);
     let mut builder = LocalCluster::builder()
@@ -35,11 +42,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(&keys) = args.get(3) {
         workload.keys = usize::try_from(keys)?.max(1);
     }
+    let processes = usize::try_from(args.get(4).copied().unwrap_or(0))?;
     println!(
-        "soak: {secs} s, seed {seed}, {} clients, {} keys, 5 masters (AOF, fsync always), ttl {:?}",
-        workload.clients, workload.keys, workload.ttl
+        "soak: {secs} s, seed {seed}, {} clients x {} processes, {} keys, 5 masters (AOF, fsync always), ttl {:?}",
+        workload.clients,
+        processes.max(1),
+        workload.keys,
+        workload.ttl
     );
-    let report = workload.run(&cluster).await?;
+    let report = if processes == 0 {
+        workload.run(&cluster).await?
+    } else {
+        let exe = std::env::current_exe()?;
+        workload
+            .run_processes(&cluster, processes, || {
+                let mut cmd = std::process::Command::new(&exe);
+                cmd.arg("--child");
+                cmd
+            })
+            .await?
+    };
     println!("{report}");
     if !report.violations.is_empty() {
         std::process::exit(1);

@@ -222,3 +222,32 @@ fn examples_run_against_local_masters() {
     let _ = fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// The soak across OS processes (clients in 2 child processes, oracle in a separate
+/// redis-server), briefly: the checks must come out clean.
+#[test]
+fn soak_across_processes_is_clean() {
+    let Some(bin) = binary("soak") else {
+        eprintln!("examples/soak: not built (needs --features testkit); not run");
+        return;
+    };
+    let out = Command::new(&bin)
+        .args(["6", "7", "3", "3", "2"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run soak");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("violations:   0"), "{text}");
+    let grants: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("grants:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(grants > 100, "{text}");
+}

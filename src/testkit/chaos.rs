@@ -192,7 +192,7 @@ impl Workload {
         }
     }
 
-    /// Runs the workload and the checks.
+    /// Runs the workload (clients in this process) and the checks.
     ///
     /// # Errors
     /// [`Error`] when a client cannot be built (a majority down at the start).
@@ -200,14 +200,149 @@ impl Workload {
         let started = Instant::now();
         let end = started + self.duration;
         let stop = Arc::new(AtomicBool::new(false));
-        let faulty = Arc::new(AtomicU64::new(0));
-        let oracle: Arc<Vec<AtomicU64>> =
-            Arc::new((0..self.keys).map(|_| AtomicU64::new(0)).collect());
+        let oracle = Arc::new(Oracle::Local(
+            (0..self.keys).map(|_| AtomicU64::new(0)).collect(),
+        ));
         let log = Arc::new(Mutex::new(Log::default()));
+        let clients = self
+            .spawn_clients(&cluster.urls(), 0, oracle.clone(), end, &stop, &log)
+            .await?;
+        let (faults, windows) = self.nemesis(cluster, end, &stop).await;
+        stop.store(true, Ordering::SeqCst);
+        for c in clients {
+            let _ = c.await;
+        }
+        let log = std::mem::take(&mut *lock(&log));
+        let values = oracle.values(self.keys).await;
+        Ok(self.report(log, &values, faults, &windows, started))
+    }
+
+    /// Runs the workload with the clients in `processes` separate OS processes (each started
+    /// by `command` with the arguments it is given appended; it must call
+    /// [`run_child`](Self::run_child) with them), the nemesis in this one, and an oracle in a
+    /// separate `redis-server` that is not one of the lock's nodes.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when a child cannot be started or its output cannot be read.
+    pub async fn run_processes(
+        &self,
+        cluster: &LocalCluster,
+        processes: usize,
+        command: impl Fn() -> std::process::Command,
+    ) -> Result<Report, Error> {
+        let fail = |what: String| Error::Config { reason: what };
+        let oracle_node = LocalCluster::start(1).map_err(|e| fail(e.to_string()))?;
+        let oracle_url = oracle_node.url(0).map_err(|e| fail(e.to_string()))?;
+        let started = Instant::now();
+        let end = started + self.duration;
+        let mut children = Vec::new();
+        for p in 0..processes {
+            let mut cmd = command();
+            cmd.args([
+                cluster.urls().join(","),
+                oracle_url.clone(),
+                self.duration.as_millis().to_string(),
+                self.seed.to_string(),
+                (p * self.clients).to_string(),
+                self.clients.to_string(),
+                self.keys.to_string(),
+                self.ttl.as_millis().to_string(),
+                self.node_timeout.as_millis().to_string(),
+            ])
+            .stdout(std::process::Stdio::piped());
+            children.push(
+                cmd.spawn()
+                    .map_err(|e| fail(format!("starting a soak child: {e}")))?,
+            );
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (faults, windows) = self.nemesis(cluster, end, &stop).await;
+        let mut log = Log::default();
+        let clock = Clock::now();
+        for child in children {
+            let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .map_err(|e| fail(format!("waiting for a soak child: {e}")))?;
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                log.parse(line, &clock);
+            }
+        }
+        let oracle = Oracle::redis(&oracle_url).await?;
+        let values = oracle.values(self.keys).await;
+        Ok(self.report(log, &values, faults, &windows, started))
+    }
+
+    /// The child side of [`run_processes`](Self::run_processes): runs `clients` clients with
+    /// the given arguments and prints what they saw on standard output.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for malformed arguments; [`Error`] when a client cannot be built.
+    pub async fn run_child(args: &[String]) -> Result<(), Error> {
+        let bad = || Error::Config {
+            reason: format!("soak child arguments: {args:?}"),
+        };
+        let num = |i: usize| -> Result<u64, Error> {
+            args.get(i).and_then(|a| a.parse().ok()).ok_or_else(bad)
+        };
+        let urls: Vec<String> = args
+            .first()
+            .ok_or_else(bad)?
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        let oracle_url = args.get(1).ok_or_else(bad)?;
+        let mut w = Workload::new(Duration::from_millis(num(2)?), num(3)?);
+        let first = usize::try_from(num(4)?).map_err(|_| bad())?;
+        w.clients = usize::try_from(num(5)?).map_err(|_| bad())?;
+        w.keys = usize::try_from(num(6)?).map_err(|_| bad())?.max(1);
+        w.ttl = Duration::from_millis(num(7)?);
+        w.node_timeout = Duration::from_millis(num(8)?);
+        let end = Instant::now() + w.duration;
+        let stop = Arc::new(AtomicBool::new(false));
+        let oracle = Arc::new(Oracle::redis(oracle_url).await?);
+        let log = Arc::new(Mutex::new(Log::default()));
+        for c in w
+            .spawn_clients(&urls, first, oracle, end, &stop, &log)
+            .await?
+        {
+            let _ = c.await;
+        }
+        let clock = Clock::now();
+        let log = lock(&log);
+        let mut out = String::new();
+        for (h, asked) in &log.holds {
+            out.push_str(&format!(
+                "H {} {} {} {} {} {} {}\n",
+                h.key,
+                h.client,
+                h.token.unwrap_or(0),
+                clock.to_ns(*asked),
+                clock.to_ns(h.start),
+                clock.to_ns(h.end),
+                clock.to_ns(h.valid_until),
+            ));
+        }
+        for (kind, n) in &log.errors {
+            out.push_str(&format!("E {} {n}\n", kind.replace(' ', "_")));
+        }
+        print!("{out}");
+        Ok(())
+    }
+
+    async fn spawn_clients(
+        &self,
+        urls: &[String],
+        first: usize,
+        oracle: Arc<Oracle>,
+        end: Instant,
+        stop: &Arc<AtomicBool>,
+        log: &Arc<Mutex<Log>>,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, Error> {
         let mut clients = Vec::new();
-        for client in 0..self.clients {
+        for client in first..first + self.clients {
             let locks = RedLock::builder()
-                .nodes(cluster.urls())
+                .nodes(urls)
                 .ttl(self.ttl)
                 .node_timeout(self.node_timeout)
                 .fencing(true)
@@ -218,8 +353,7 @@ impl Workload {
                 .owner(format!("client-{client}"))
                 .build()
                 .await?;
-            let (stop, faulty, oracle, log) =
-                (stop.clone(), faulty.clone(), oracle.clone(), log.clone());
+            let (stop, oracle, log) = (stop.clone(), oracle.clone(), log.clone());
             let (keys, max_grants, seed) = (self.keys, self.max_grants, self.seed);
             clients.push(tokio::spawn(async move {
                 let mut rng = fastrand::Rng::with_seed(seed ^ ((client as u64 + 1) * 0x9e37_79b9));
@@ -227,111 +361,263 @@ impl Workload {
                     let k = rng.usize(0..keys);
                     let key = format!("chaos-{k}");
                     let asked = Instant::now();
-                    let during_fault = faulty.load(Ordering::SeqCst) > 0;
                     let ctx = Context::with_timeout(Duration::from_secs(5));
                     match locks.acquire(&ctx, &key).await {
                         Ok(guard) => {
                             let start = Instant::now();
                             // The oracle: a read-modify-write that two holders would break.
-                            let read = oracle[k].load(Ordering::SeqCst);
-                            tokio::task::yield_now().await;
-                            oracle[k].store(read + 1, Ordering::SeqCst);
-                            let end = Instant::now();
+                            if let Err(e) = oracle.rmw(k).await {
+                                tracing::warn!(error = %e, "oracle unreachable");
+                            }
                             let hold = HoldRecord {
                                 key,
                                 client,
                                 token: guard.fencing_token(),
                                 start,
-                                end,
+                                end: Instant::now(),
                                 valid_until: guard.expires_at(),
                             };
-                            let grants = log.lock().unwrap_or_else(PoisonError::into_inner).grant(
-                                hold,
-                                start - asked,
-                                during_fault,
-                            );
+                            let grants = lock(&log).grant(hold, asked);
                             let _ = guard.release().await;
                             if grants >= max_grants {
                                 stop.store(true, Ordering::SeqCst);
                             }
                         }
-                        Err(e) => log.lock().unwrap_or_else(PoisonError::into_inner).error(&e),
+                        Err(e) => lock(&log).error(&e),
                     }
                 }
             }));
         }
-        let nemesis = self.nemesis.then(|| {
-            let (stop, faulty) = (stop.clone(), faulty.clone());
-            Nemesis::new(self.seed, cluster.len(), self.fault_interval, stop, faulty)
-        });
-        let faults = match nemesis {
-            Some(n) => n.run(cluster, end).await,
-            None => {
-                while !stop.load(Ordering::SeqCst) && Instant::now() < end {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                BTreeMap::new()
+        Ok(clients)
+    }
+
+    /// Runs the nemesis (or just waits) until `end` or `stop`; returns the faults injected by
+    /// kind and the windows during which some fault was active.
+    async fn nemesis(
+        &self,
+        cluster: &LocalCluster,
+        end: Instant,
+        stop: &Arc<AtomicBool>,
+    ) -> (BTreeMap<&'static str, u64>, Vec<(Instant, Instant)>) {
+        if self.nemesis {
+            Nemesis::new(self.seed, cluster.len(), self.fault_interval, stop.clone())
+                .run(cluster, end)
+                .await
+        } else {
+            while !stop.load(Ordering::SeqCst) && Instant::now() < end {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        };
-        stop.store(true, Ordering::SeqCst);
-        for c in clients {
-            let _ = c.await;
+            (BTreeMap::new(), Vec::new())
         }
-        let log = std::mem::take(&mut *log.lock().unwrap_or_else(PoisonError::into_inner));
-        let mut violations = check_holds(&log.holds);
+    }
+
+    fn report(
+        &self,
+        log: Log,
+        oracle: &[u64],
+        faults: BTreeMap<&'static str, u64>,
+        windows: &[(Instant, Instant)],
+        started: Instant,
+    ) -> Report {
+        let holds: Vec<HoldRecord> = log.holds.iter().map(|(h, _)| h.clone()).collect();
+        let mut violations = check_holds(&holds);
         for (k, value) in oracle.iter().enumerate() {
-            let holds = log
-                .holds
-                .iter()
-                .filter(|h| h.key == format!("chaos-{k}"))
-                .count() as u64;
-            let value = value.load(Ordering::SeqCst);
-            if value != holds {
+            let name = format!("chaos-{k}");
+            let count = holds.iter().filter(|h| h.key == name).count() as u64;
+            if *value != count {
                 violations.push(format!(
-                    "key chaos-{k}: oracle counted {value} updates for {holds} holds (lost update)"
+                    "key {name}: oracle counted {value} updates for {count} holds (lost update)"
                 ));
             }
         }
-        Ok(Report {
-            grants: log.holds.len() as u64,
+        let (mut healthy, mut faulty) = (Vec::new(), Vec::new());
+        for (h, asked) in &log.holds {
+            let during = windows.iter().any(|(a, b)| a <= asked && asked <= b);
+            let latency = h.start.saturating_duration_since(*asked);
+            if during {
+                faulty.push(latency);
+            } else {
+                healthy.push(latency);
+            }
+        }
+        Report {
+            grants: holds.len() as u64,
             errors: log.errors,
             faults,
             violations,
-            max_stall: max_gap(&log.holds, started),
-            healthy_latency: percentiles(log.healthy),
-            faulty_latency: percentiles(log.faulty),
+            max_stall: max_gap(&holds, started),
+            healthy_latency: percentiles(healthy),
+            faulty_latency: percentiles(faulty),
             elapsed: started.elapsed(),
-        })
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where holders do their read-modify-write: in this process, or a `redis-server` outside the
+/// quorum shared by processes.
+enum Oracle {
+    Local(Vec<AtomicU64>),
+    Redis(redis::aio::MultiplexedConnection),
+}
+
+impl Oracle {
+    async fn redis(url: &str) -> Result<Oracle, Error> {
+        let conn = redis::Client::open(url)
+            .map_err(|e| Error::Config {
+                reason: e.to_string(),
+            })?
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| Error::Config {
+                reason: format!("oracle: {e}"),
+            })?;
+        Ok(Oracle::Redis(conn))
+    }
+
+    /// Reads, yields, writes back plus one: not atomic on purpose.
+    async fn rmw(&self, k: usize) -> Result<(), String> {
+        match self {
+            Oracle::Local(v) => {
+                let read = v[k].load(Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                v[k].store(read + 1, Ordering::SeqCst);
+                Ok(())
+            }
+            Oracle::Redis(conn) => {
+                let mut conn = conn.clone();
+                let key = format!("oracle-{k}");
+                let read: Option<u64> = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::task::yield_now().await;
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(read.unwrap_or(0) + 1)
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    async fn values(&self, keys: usize) -> Vec<u64> {
+        let mut out = Vec::with_capacity(keys);
+        for k in 0..keys {
+            out.push(match self {
+                Oracle::Local(v) => v[k].load(Ordering::SeqCst),
+                Oracle::Redis(conn) => {
+                    let mut conn = conn.clone();
+                    redis::cmd("GET")
+                        .arg(format!("oracle-{k}"))
+                        .query_async::<Option<u64>>(&mut conn)
+                        .await
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+                }
+            });
+        }
+        out
+    }
+}
+
+/// Converts between this process's monotonic instants and nanoseconds of the system clock,
+/// the one clock processes on one machine share.
+struct Clock {
+    instant: Instant,
+    ns: u128,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        let ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Clock {
+            instant: Instant::now(),
+            ns,
+        }
+    }
+
+    fn to_ns(&self, t: Instant) -> u128 {
+        if t >= self.instant {
+            self.ns + (t - self.instant).as_nanos()
+        } else {
+            self.ns.saturating_sub((self.instant - t).as_nanos())
+        }
+    }
+
+    fn to_instant(&self, ns: u128) -> Instant {
+        let nanos = |d: u128| Duration::from_nanos(u64::try_from(d).unwrap_or(u64::MAX));
+        if ns >= self.ns {
+            self.instant + nanos(ns - self.ns)
+        } else {
+            self.instant
+                .checked_sub(nanos(self.ns - ns))
+                .unwrap_or(self.instant)
+        }
     }
 }
 
 #[derive(Default)]
 struct Log {
-    holds: Vec<HoldRecord>,
+    /// Each hold with the instant its acquire began.
+    holds: Vec<(HoldRecord, Instant)>,
     errors: BTreeMap<&'static str, u64>,
-    healthy: Vec<Duration>,
-    faulty: Vec<Duration>,
 }
 
 impl Log {
-    fn grant(&mut self, hold: HoldRecord, latency: Duration, during_fault: bool) -> u64 {
-        self.holds.push(hold);
-        if during_fault {
-            self.faulty.push(latency);
-        } else {
-            self.healthy.push(latency);
-        }
+    fn grant(&mut self, hold: HoldRecord, asked: Instant) -> u64 {
+        self.holds.push((hold, asked));
         self.holds.len() as u64
     }
 
     fn error(&mut self, e: &Error) {
-        let kind = match e {
-            Error::Timeout { .. } => "timeout",
-            Error::NoQuorum { .. } => "no quorum",
-            Error::RetriesExhausted { .. } => "retries exhausted",
-            _ => "other",
-        };
-        *self.errors.entry(kind).or_default() += 1;
+        *self.errors.entry(error_kind(e)).or_default() += 1;
+    }
+
+    /// One line of a child's output.
+    fn parse(&mut self, line: &str, clock: &Clock) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["H", key, client, token, asked, start, end, valid] => {
+                let n = |s: &str| s.parse::<u128>().unwrap_or(0);
+                let hold = HoldRecord {
+                    key: (*key).to_owned(),
+                    client: client.parse().unwrap_or(usize::MAX),
+                    token: token.parse().ok().filter(|t| *t > 0),
+                    start: clock.to_instant(n(start)),
+                    end: clock.to_instant(n(end)),
+                    valid_until: clock.to_instant(n(valid)),
+                };
+                self.holds.push((hold, clock.to_instant(n(asked))));
+            }
+            ["E", kind, n] => {
+                let kind = match *kind {
+                    "timeout" => "timeout",
+                    "no_quorum" => "no quorum",
+                    "retries_exhausted" => "retries exhausted",
+                    _ => "other",
+                };
+                *self.errors.entry(kind).or_default() += n.parse().unwrap_or(0);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn error_kind(e: &Error) -> &'static str {
+    match e {
+        Error::Timeout { .. } => "timeout",
+        Error::NoQuorum { .. } => "no quorum",
+        Error::RetriesExhausted { .. } => "retries exhausted",
+        _ => "other",
     }
 }
 
@@ -361,7 +647,6 @@ struct Nemesis {
     nodes: usize,
     interval: Duration,
     stop: Arc<AtomicBool>,
-    faulty: Arc<AtomicU64>,
 }
 
 #[derive(Clone, Copy)]
@@ -373,26 +658,26 @@ enum Fault {
 }
 
 impl Nemesis {
-    fn new(
-        seed: u64,
-        nodes: usize,
-        interval: Duration,
-        stop: Arc<AtomicBool>,
-        faulty: Arc<AtomicU64>,
-    ) -> Self {
+    fn new(seed: u64, nodes: usize, interval: Duration, stop: Arc<AtomicBool>) -> Self {
         Nemesis {
             rng: fastrand::Rng::with_seed(seed),
             nodes,
             interval,
             stop,
-            faulty,
         }
     }
 
-    async fn run(mut self, cluster: &LocalCluster, end: Instant) -> BTreeMap<&'static str, u64> {
+    /// Returns the faults injected by kind and the windows during which any was active.
+    async fn run(
+        mut self,
+        cluster: &LocalCluster,
+        end: Instant,
+    ) -> (BTreeMap<&'static str, u64>, Vec<(Instant, Instant)>) {
         let minority = crate::quorum::tolerated_failures(self.nodes);
         let mut active: Vec<(usize, Fault)> = Vec::new();
         let mut counts = BTreeMap::new();
+        let mut windows = Vec::new();
+        let mut since: Option<Instant> = None;
         while !self.stop.load(Ordering::SeqCst) && Instant::now() < end {
             tokio::time::sleep(self.interval).await;
             // Heal one fault, or inject one more while that stays a minority.
@@ -415,13 +700,22 @@ impl Nemesis {
                     *counts.entry(name).or_default() += 1;
                 }
             }
-            self.faulty.store(active.len() as u64, Ordering::SeqCst);
+            match (active.is_empty(), since) {
+                (false, None) => since = Some(Instant::now()),
+                (true, Some(from)) => {
+                    windows.push((from, Instant::now()));
+                    since = None;
+                }
+                _ => {}
+            }
         }
         for (i, fault) in active {
             heal(cluster, i, fault);
         }
-        self.faulty.store(0, Ordering::SeqCst);
-        counts
+        if let Some(from) = since {
+            windows.push((from, Instant::now()));
+        }
+        (counts, windows)
     }
 }
 
