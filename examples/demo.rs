@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redquorum::testkit::LocalCluster;
 use redquorum::{Context, RedLock};
 use tokio::time::Instant;
 
@@ -18,19 +17,10 @@ const ROUNDS: usize = 3;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (urls, cluster) = match std::env::var("REDQUORUM_NODES") {
-        Ok(list) if !list.trim().is_empty() => {
-            (list.split(',').map(|s| s.trim().to_owned()).collect(), None)
-        }
-        _ => {
-            let cluster = LocalCluster::start(5)?;
-            println!(
-                "started 5 local redis-server masters: {}",
-                cluster.urls().join(" ")
-            );
-            (cluster.urls(), Some(cluster))
-        }
-    };
+    let (urls, cluster) = redquorum::testkit::env_or_local(5)?;
+    if cluster.is_some() {
+        println!("started 5 local redis-server masters: {}", urls.join(" "));
+    }
     let cluster = Arc::new(cluster);
     let start = Instant::now();
     let handoffs = Arc::new(AtomicUsize::new(0));

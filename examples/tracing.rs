@@ -9,24 +9,10 @@
 //! ```
 use std::time::Duration;
 
-use redquorum::testkit::LocalCluster;
 use redquorum::{Context, RedLock};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter};
-
-/// `REDQUORUM_NODES` if set, else 3 local masters (kept alive by the returned cluster).
-fn nodes() -> Result<(Vec<String>, Option<LocalCluster>), Box<dyn std::error::Error>> {
-    match std::env::var("REDQUORUM_NODES") {
-        Ok(list) if !list.trim().is_empty() => {
-            Ok((list.split(',').map(|s| s.trim().to_owned()).collect(), None))
-        }
-        _ => {
-            let cluster = LocalCluster::start(3)?;
-            Ok((cluster.urls(), Some(cluster)))
-        }
-    }
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -38,12 +24,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with(filter)
         .init();
 
-    let (urls, _cluster) = nodes()?;
+    let (urls, _cluster) = redquorum::testkit::env_or_local(3)?;
     println!("nodes: {}", urls.join(" "));
     let locks = RedLock::builder()
         .nodes(&urls)
         .ttl(Duration::from_secs(2))
-        // The default (ttl / 200, at least 20 ms) suits a quiet network; a busy laptop or CI
+        // The default (ttl / 200, at least 50 ms) suits a quiet network; a busy laptop or CI
         // machine running a debug build needs more.
         .node_timeout(Duration::from_millis(250))
         .owner("tracing-example")

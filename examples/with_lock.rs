@@ -11,31 +11,17 @@
 //! the local masters.
 use std::time::Duration;
 
-use redquorum::testkit::LocalCluster;
 use redquorum::{Context, Error, RedLock};
-
-/// `REDQUORUM_NODES` if set, else 5 local masters (kept alive by the returned cluster).
-fn nodes() -> Result<(Vec<String>, Option<LocalCluster>), Box<dyn std::error::Error>> {
-    match std::env::var("REDQUORUM_NODES") {
-        Ok(list) if !list.trim().is_empty() => {
-            Ok((list.split(',').map(|s| s.trim().to_owned()).collect(), None))
-        }
-        _ => {
-            let cluster = LocalCluster::start(5)?;
-            Ok((cluster.urls(), Some(cluster)))
-        }
-    }
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (urls, cluster) = nodes()?;
+    let (urls, cluster) = redquorum::testkit::env_or_local(3)?;
     println!("nodes: {}", urls.join(" "));
     // A short TTL so that renewals (at half the TTL) happen within the example.
     let locks = RedLock::builder()
         .nodes(&urls)
         .ttl(Duration::from_millis(600))
-        // The default (ttl / 200, at least 20 ms) suits a quiet network; a busy laptop or CI
+        // The default (ttl / 200, at least 50 ms) suits a quiet network; a busy laptop or CI
         // machine running a debug build needs more.
         .node_timeout(Duration::from_millis(150))
         .build()

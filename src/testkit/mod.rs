@@ -71,6 +71,29 @@ mod proxy;
 pub use chaos::{check_holds, HoldRecord, Report, Workload};
 pub use proxy::FaultProxy;
 
+/// The node URLs in `$REDQUORUM_NODES` (comma-separated) if it is set, else those of `n` local
+/// masters started here (returned too: they live as long as it does). For examples and tools
+/// that should run against real masters when given some, and against local ones otherwise.
+///
+/// # Errors
+/// As for [`LocalCluster::start`].
+///
+/// ```no_run
+/// let (urls, _local) = redquorum::testkit::env_or_local(3)?;
+/// # Ok::<(), redquorum::testkit::TestkitError>(())
+/// ```
+pub fn env_or_local(n: usize) -> Result<(Vec<String>, Option<LocalCluster>), TestkitError> {
+    match std::env::var("REDQUORUM_NODES") {
+        Ok(list) if !list.trim().is_empty() => {
+            Ok((list.split(',').map(|s| s.trim().to_owned()).collect(), None))
+        }
+        _ => {
+            let cluster = LocalCluster::start(n)?;
+            Ok((cluster.urls(), Some(cluster)))
+        }
+    }
+}
+
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
