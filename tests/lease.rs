@@ -46,16 +46,24 @@ async fn release_after_another_owner_took_it_is_not_owner_and_leaves_their_key()
         .await
         .expect("acquired after a's lease ran out");
     let key = b.redis_key("k").expect("key");
-    let before: Vec<_> = (0..3).map(|i| get(&c, i, &key)).collect();
-    assert!(before.iter().all(|v| v.as_deref() == Some(fresh.value())));
+    // b holds a majority (a node whose copy of a's key had not expired yet may have refused).
+    let theirs: Vec<usize> = (0..3)
+        .filter(|&i| get(&c, i, &key).as_deref() == Some(fresh.value()))
+        .collect();
+    assert!(theirs.len() >= 2, "{theirs:?}");
 
     let err = stale.release().await.expect_err("not ours any more");
     assert!(
         matches!(err, Error::NotOwner { op: "release", .. }),
         "{err:?}"
     );
-    let after: Vec<_> = (0..3).map(|i| get(&c, i, &key)).collect();
-    assert_eq!(before, after, "the other owner's key was touched");
+    for &i in &theirs {
+        assert_eq!(
+            get(&c, i, &key).as_deref(),
+            Some(fresh.value()),
+            "the other owner's key was touched on node {i}"
+        );
+    }
     assert!(fresh.is_held().await.expect("query"));
     fresh.release().await.expect("release");
 }

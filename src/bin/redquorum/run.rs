@@ -1,0 +1,280 @@
+//! `redquorum run`: a command under a lock whose lease is kept alive while it runs.
+
+use std::io::{self, IsTerminal};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use redquorum::{Context, Error, LockGuard, RedLock};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::RunArgs;
+use crate::exit::{self, Failure};
+use crate::signals::{self, Incoming, Target};
+
+/// How long the "who holds it" look-up after a failed acquisition may take.
+const OWNER_LOOKUP: Duration = Duration::from_secs(1);
+
+pub async fn run(args: RunArgs) -> Result<i32, Failure> {
+    let mut settle = None;
+    let outcome = run_locked(args, &mut settle).await;
+    // A release (or the undo of a failed attempt) is decided by a majority; the other nodes
+    // get theirs from background tasks, each bounded by the node timeout. Give them that long
+    // before the process ends them, rather than leave keys behind until the TTL.
+    if let Some(node_timeout) = settle {
+        tokio::time::sleep(node_timeout).await;
+    }
+    outcome
+}
+
+async fn run_locked(args: RunArgs, settle: &mut Option<Duration>) -> Result<i32, Failure> {
+    let urls = args.nodes.urls()?;
+    let mut builder = RedLock::builder()
+        .nodes(&urls)
+        .ttl(args.ttl)
+        .namespace(args.nodes.namespace.as_str())
+        .fencing(args.fencing);
+    if let Some(timeout) = args.nodes.node_timeout {
+        builder = builder.node_timeout(timeout);
+    }
+    if let Some(owner) = &args.owner {
+        builder = builder.owner(owner.as_str());
+    }
+    let mut incoming = Incoming::listen()
+        .map_err(|e| Failure::new(exit::SOFTWARE, format!("cannot listen for signals: {e}")))?;
+    // Nothing is held while connecting: a signal simply ends it.
+    let locks = tokio::select! {
+        built = builder.build() => built.map_err(exit::connect_failure)?,
+        sig = incoming.recv() => return Ok(exit::signalled(sig)),
+    };
+    let locks = locks.group(&args.nodes.group)?;
+    *settle = Some(locks.node_timeout());
+    let key = args.key.as_str();
+    let redis_key = locks.redis_key(key)?;
+
+    let Some(guard) = acquire(&locks, key, args.wait, &mut incoming).await? else {
+        let holder = match tokio::time::timeout(OWNER_LOOKUP, locks.owner(key)).await {
+            Ok(Ok(Some(owner))) => format!("held by {owner}"),
+            _ => "held by another owner".to_owned(),
+        };
+        let waited = if args.wait.is_zero() {
+            String::new()
+        } else {
+            format!(" for {:?} (--wait)", args.wait)
+        };
+        return Err(Failure::new(
+            exit::NOT_ACQUIRED,
+            format!("lock {key:?} ({redis_key}) stayed {holder}{waited}; not running the command"),
+        ));
+    };
+    if args.verbose {
+        let token = guard
+            .fencing_token()
+            .map(|t| format!(", fencing token {t}"))
+            .unwrap_or_default();
+        eprintln!(
+            "redquorum: acquired lock {key:?} ({redis_key}) on {} of {} nodes{token}",
+            guard.granted_nodes(),
+            locks.nodes()
+        );
+    }
+    guard.keep_alive();
+    let lost = guard.lost();
+
+    let (status, lost_while_running) =
+        match supervise(&args, key, &guard, &lost, &mut incoming).await {
+            Ok(outcome) => outcome,
+            Err(failure) => {
+                release(guard, key, args.verbose, false).await;
+                return Err(failure);
+            }
+        };
+    let lost_at_release = release(guard, key, args.verbose, lost_while_running).await;
+    let described = describe(status);
+    if lost_while_running || lost_at_release {
+        eprintln!(
+            "redquorum: exiting with {}: the lock {key:?} was not held throughout; the command {described}",
+            exit::LOST
+        );
+        return Ok(exit::LOST);
+    }
+    Ok(status
+        .code()
+        .or_else(|| status.signal().map(exit::signalled))
+        .unwrap_or(exit::SOFTWARE))
+}
+
+/// Takes the lock: one attempt with `wait` zero, else waits up to `wait`. `None` when it
+/// stayed held elsewhere. A signal cancels the wait and ends redquorum with 128+signal.
+async fn acquire(
+    locks: &RedLock,
+    key: &str,
+    wait: Duration,
+    incoming: &mut Incoming,
+) -> Result<Option<LockGuard>, Failure> {
+    let cancel = CancellationToken::new();
+    let ctx = Context::with_timeout(wait).with_cancel(cancel.clone());
+    let attempt = async {
+        if wait.is_zero() {
+            locks.try_acquire(key).await
+        } else {
+            locks.acquire(&ctx, key).await.map(Some)
+        }
+    };
+    tokio::pin!(attempt);
+    // The attempt is awaited to its end even after a signal, so that nothing is left behind on
+    // the nodes when redquorum exits right after.
+    let mut signalled = None;
+    let acquired = loop {
+        tokio::select! {
+            acquired = &mut attempt => break acquired,
+            sig = incoming.recv(), if signalled.is_none() => {
+                signalled = Some(sig);
+                cancel.cancel();
+            }
+        }
+    };
+    if let Some(sig) = signalled {
+        if let Ok(Some(guard)) = acquired {
+            let _ = guard.release().await;
+        }
+        return Err(Failure::new(
+            exit::signalled(sig),
+            format!(
+                "got {} while waiting for lock {key:?}; nothing is held",
+                signals::name(sig)
+            ),
+        ));
+    }
+    match acquired {
+        Ok(guard) => Ok(guard),
+        Err(e) if e.is_timeout() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs the command to its end. Returns its status and whether the lock was lost meanwhile.
+async fn supervise(
+    args: &RunArgs,
+    key: &str,
+    guard: &LockGuard,
+    lost: &CancellationToken,
+    incoming: &mut Incoming,
+) -> Result<(ExitStatus, bool), Failure> {
+    let (program, rest) = args
+        .command
+        .split_first()
+        .ok_or_else(|| Failure::new(exit::USAGE, "no command to run"))?;
+    let mut command = tokio::process::Command::new(program);
+    command.args(rest).env("REDQUORUM_KEY", key);
+    match guard.fencing_token() {
+        Some(token) => command.env("REDQUORUM_FENCING_TOKEN", token.to_string()),
+        // Not an outer redquorum's token, which would be meaningless here.
+        None => command.env_remove("REDQUORUM_FENCING_TOKEN"),
+    };
+    // Its own process group reaches what the command starts; but a command that may read the
+    // terminal stays in ours (a background group reading it would be stopped).
+    let own_group = !io::stdin().is_terminal();
+    if own_group {
+        command.process_group(0);
+    }
+    let mut child = command.spawn().map_err(|e| {
+        let code = match e.kind() {
+            io::ErrorKind::NotFound => exit::NOT_FOUND,
+            _ => exit::CANNOT_EXECUTE,
+        };
+        Failure::new(code, format!("cannot run {program:?}: {e}"))
+    })?;
+    let target = child.id().map(|pid| {
+        if own_group {
+            Target::Group(pid)
+        } else {
+            Target::Process(pid)
+        }
+    });
+    let send = |sig: i32| {
+        if let Some(target) = target {
+            if let Err(e) = target.send(sig) {
+                eprintln!(
+                    "redquorum: cannot send {} to the command: {e}",
+                    signals::name(sig)
+                );
+            }
+        }
+    };
+    let mut kill_at: Option<Instant> = None;
+    let mut killed = false;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            () = lost.cancelled(), if kill_at.is_none() => {
+                eprintln!(
+                    "redquorum: lock {key:?} was lost while the command ran (its lease could not be \
+                     renewed on a majority of the nodes); sending SIGTERM, SIGKILL in {:?}",
+                    args.grace
+                );
+                send(libc::SIGTERM);
+                kill_at = Some(Instant::now() + args.grace);
+            }
+            () = sleep_until(kill_at), if kill_at.is_some() && !killed => {
+                eprintln!("redquorum: the command is still running after {:?}; sending SIGKILL", args.grace);
+                send(libc::SIGKILL);
+                killed = true;
+            }
+            sig = incoming.recv() => {
+                // From a terminal, the keyboard's SIGINT already reached the command's group.
+                if own_group || sig != libc::SIGINT {
+                    send(sig);
+                }
+            }
+        }
+    };
+    let status = status.map_err(|e| {
+        Failure::new(
+            exit::SOFTWARE,
+            format!("waiting for the command failed: {e}"),
+        )
+    })?;
+    // As `with_lock` judges it: a lease that ran out by the end was not held throughout.
+    let lost_meanwhile = kill_at.is_some() || lost.is_cancelled() || guard.validity().is_zero();
+    Ok((status, lost_meanwhile))
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Releases the lock. Returns whether it turned out to be lost (not already known).
+async fn release(guard: LockGuard, key: &str, verbose: bool, known_lost: bool) -> bool {
+    match guard.release().await {
+        Ok(()) => {
+            if verbose {
+                eprintln!("redquorum: released lock {key:?}");
+            }
+            false
+        }
+        Err(_) if known_lost => false,
+        Err(e @ (Error::NotHeld { .. } | Error::NotOwner { .. })) => {
+            eprintln!("redquorum: {e}");
+            true
+        }
+        Err(e) => {
+            eprintln!(
+                "redquorum: warning: releasing lock {key:?} failed, it expires by its TTL: {e}"
+            );
+            false
+        }
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("was killed by {}", signals::name(sig)),
+        _ => format!("ended with {status}"),
+    }
+}

@@ -1,0 +1,568 @@
+//! End-to-end tests of the `redquorum` binary against real redis-server processes.
+#![cfg(feature = "cli")]
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::cluster;
+use redquorum::testkit::LocalCluster;
+use redquorum::RedLock;
+
+const BIN: &str = env!("CARGO_BIN_EXE_redquorum");
+/// Longest any single invocation may take before the test fails (and kills it).
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "redquorum-cli-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    fn read(&self, name: &str) -> String {
+        fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What a finished invocation left.
+#[derive(Debug)]
+struct Outcome {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+impl Outcome {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+/// A started invocation whose output goes to files (no pipe can block anything).
+struct Running {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+    started: Instant,
+}
+
+impl Running {
+    fn wait(mut self) -> Outcome {
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Outcome {
+                    status,
+                    stdout: fs::read_to_string(&self.out).unwrap_or_default(),
+                    stderr: fs::read_to_string(&self.err).unwrap_or_default(),
+                    took: self.started.elapsed(),
+                };
+            }
+            if self.started.elapsed() > LIMIT {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "redquorum did not finish within {LIMIT:?}; stderr:\n{}",
+                    fs::read_to_string(&self.err).unwrap_or_default()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Starts the binary with `args` and a clean environment as far as redquorum is concerned.
+fn start<I, S>(scratch: &Scratch, args: I, env: &[(&str, &str)]) -> Running
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let (out, err) = (
+        scratch.path(&format!("stdout-{n}")),
+        scratch.path(&format!("stderr-{n}")),
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("REDQUORUM_NODES")
+        .env_remove("REDQUORUM_FENCING_TOKEN")
+        .current_dir(&scratch.0)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out).expect("stdout file"))
+        .stderr(fs::File::create(&err).expect("stderr file"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Running {
+        child: cmd.spawn().expect("spawn redquorum"),
+        out,
+        err,
+        started: Instant::now(),
+    }
+}
+
+fn run_bin<I, S>(scratch: &Scratch, args: I) -> Outcome
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    start(scratch, args, &[]).wait()
+}
+
+fn nodes(c: &LocalCluster) -> String {
+    c.urls().join(",")
+}
+
+/// `run` with the cluster's nodes and settings that suit a loaded 2-core machine, then `rest`.
+fn run_args(c: &LocalCluster, key: &str, rest: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "run".to_owned(),
+        "--nodes".to_owned(),
+        nodes(c),
+        "--key".to_owned(),
+        key.to_owned(),
+        "--node-timeout".to_owned(),
+        "250ms".to_owned(),
+    ];
+    args.extend(rest.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn wait_for_file(path: &Path, needle: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if fs::read_to_string(path).is_ok_and(|s| s.contains(needle)) {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn help_reads_like_a_man_page() {
+    let s = Scratch::new();
+    for args in [&["--help"][..], &["run", "--help"], &["help", "run"]] {
+        let out = run_bin(&s, args);
+        assert_eq!(out.code(), Some(0), "{args:?}: {out:?}");
+        for section in [
+            "Usage: redquorum",
+            "EXIT STATUS",
+            "ENVIRONMENT",
+            "EXAMPLES",
+            "REDQUORUM_NODES",
+            "REDQUORUM_FENCING_TOKEN",
+            "75",
+            "76",
+            "64",
+        ] {
+            assert!(
+                out.stdout.contains(section),
+                "{args:?} lacks {section:?}:\n{}",
+                out.stdout
+            );
+        }
+    }
+    let run_help = run_bin(&s, ["run", "--help"]).stdout;
+    for option in [
+        "--nodes",
+        "--key",
+        "--ttl",
+        "--wait",
+        "--grace",
+        "--owner",
+        "--namespace",
+        "--group",
+        "--fencing",
+    ] {
+        assert!(run_help.contains(option), "run --help lacks {option}");
+    }
+    let short = run_bin(&s, ["-h"]);
+    assert_eq!(short.code(), Some(0));
+    assert!(short.stdout.contains("run") && short.stdout.contains("status"));
+}
+
+#[test]
+fn bad_usage_exits_64_with_a_clear_message() {
+    let s = Scratch::new();
+    let cases: [(&[&str], &str); 7] = [
+        (&["run", "--bogus", "--key", "k", "--", "true"], "--bogus"),
+        (
+            &[
+                "run",
+                "--nodes",
+                "redis://127.0.0.1:1",
+                "--key",
+                "k",
+                "--ttl",
+                "5x",
+                "--",
+                "true",
+            ],
+            "unknown unit",
+        ),
+        (
+            &["run", "--nodes", "redis://127.0.0.1:1", "--key", "k"],
+            "COMMAND",
+        ),
+        (&["run", "--key", "k", "--", "true"], "REDQUORUM_NODES"),
+        (
+            &["run", "--nodes", "notaurl", "--key", "k", "--", "true"],
+            "not a valid Redis URL",
+        ),
+        (&["status", "--nodes", "redis://127.0.0.1:1"], "--key"),
+        (&["frobnicate"], "frobnicate"),
+    ];
+    for (args, says) in cases {
+        let out = run_bin(&s, args);
+        assert_eq!(out.code(), Some(64), "{args:?}: {out:?}");
+        assert!(
+            out.stderr.contains(says),
+            "{args:?} should mention {says:?}: {}",
+            out.stderr
+        );
+    }
+    let bare = run_bin(&s, std::iter::empty::<&str>());
+    assert_eq!(bare.code(), Some(64), "{bare:?}");
+    assert!(bare.stderr.contains("Usage"), "{bare:?}");
+}
+
+#[test]
+fn the_commands_exit_status_is_passed_through() {
+    let c = cluster(5);
+    let s = Scratch::new();
+    let script = "echo \"key=$REDQUORUM_KEY\"; exit 7";
+    let out = run_bin(&s, run_args(&c, "job", &["--", "sh", "-c", script]));
+    assert_eq!(out.code(), Some(7), "{out:?}");
+    assert!(out.stdout.contains("key=job"), "{out:?}");
+
+    // Nodes from the environment, and a command given without `--`.
+    let nodes = nodes(&c);
+    let out = start(
+        &s,
+        ["run", "--key", "job", "sh", "-c", "exit 0"],
+        &[("REDQUORUM_NODES", &nodes)],
+    )
+    .wait();
+    assert_eq!(out.code(), Some(0), "{out:?}");
+
+    let killed = run_bin(&s, run_args(&c, "job", &["--", "sh", "-c", "kill -9 $$"]));
+    assert_eq!(killed.code(), Some(128 + 9), "{killed:?}");
+    let missing = run_bin(&s, run_args(&c, "job", &["--", "./no-such-command"]));
+    assert_eq!(missing.code(), Some(127), "{missing:?}");
+    // Every run released the lock.
+    assert!(
+        common::all_keys(&c).is_empty(),
+        "{:?}",
+        common::all_keys(&c)
+    );
+}
+
+#[test]
+fn a_lock_held_elsewhere_gives_75_after_the_wait() {
+    let c = cluster(5);
+    let s = Scratch::new();
+    let rt = runtime();
+    let guard = rt.block_on(async {
+        let locks = common::builder(&c)
+            .ttl(Duration::from_secs(30))
+            .owner("other-holder")
+            .build()
+            .await
+            .expect("build");
+        locks
+            .try_acquire("backup")
+            .await
+            .expect("try")
+            .expect("free")
+    });
+    let marker = s.path("ran");
+    let touch = format!("touch {}", marker.display());
+
+    let at_once = run_bin(&s, run_args(&c, "backup", &["--", "sh", "-c", &touch]));
+    assert_eq!(at_once.code(), Some(75), "{at_once:?}");
+    assert!(at_once.stderr.contains("other-holder"), "{at_once:?}");
+    assert!(at_once.took < Duration::from_secs(3), "{at_once:?}");
+
+    let waited = run_bin(
+        &s,
+        run_args(&c, "backup", &["--wait", "700ms", "--", "sh", "-c", &touch]),
+    );
+    assert_eq!(waited.code(), Some(75), "{waited:?}");
+    assert!(waited.took >= Duration::from_millis(700), "{waited:?}");
+    assert!(!marker.exists(), "the command ran without the lock");
+
+    // Another group or namespace is another lock.
+    for other in [&["--group", "other"][..], &["--namespace", "elsewhere"]] {
+        let mut rest = other.to_vec();
+        rest.extend(["--", "true"]);
+        let out = run_bin(&s, run_args(&c, "backup", &rest));
+        assert_eq!(out.code(), Some(0), "{other:?}: {out:?}");
+    }
+    rt.block_on(guard.release()).expect("release");
+}
+
+#[test]
+fn concurrent_runs_never_overlap() {
+    let c = cluster(5);
+    let s = Scratch::new();
+    let log = s.path("log");
+    let script = format!(
+        "echo \"start $$\" >> {log}; sleep 0.15; echo \"end $$\" >> {log}",
+        log = log.display()
+    );
+    let args = run_args(
+        &c,
+        "exclusive",
+        &["--wait", "15s", "--", "sh", "-c", &script],
+    );
+    thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                for _ in 0..3 {
+                    let out = run_bin(&s, &args);
+                    assert_eq!(out.code(), Some(0), "{out:?}");
+                }
+            });
+        }
+    });
+    let lines: Vec<String> = s.read("log").lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 12, "{lines:?}");
+    for pair in lines.chunks(2) {
+        let (start, end) = (&pair[0], &pair[1]);
+        let pid = start
+            .strip_prefix("start ")
+            .unwrap_or_else(|| panic!("overlap: {lines:?}"));
+        assert_eq!(end, &format!("end {pid}"), "overlap: {lines:?}");
+    }
+}
+
+#[test]
+fn the_fencing_token_reaches_the_command() {
+    let c = cluster(5);
+    let s = Scratch::new();
+    let show = "echo \"token=$REDQUORUM_FENCING_TOKEN\"";
+    let token = |out: &Outcome| -> u64 {
+        assert_eq!(out.code(), Some(0), "{out:?}");
+        out.stdout
+            .trim()
+            .strip_prefix("token=")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no token in {:?}", out.stdout))
+    };
+    let first = token(&run_bin(
+        &s,
+        run_args(&c, "fenced", &["--fencing", "--", "sh", "-c", show]),
+    ));
+    let second = token(&run_bin(
+        &s,
+        run_args(&c, "fenced", &["--fencing", "--", "sh", "-c", show]),
+    ));
+    assert!(first >= 1 && second > first, "{first} then {second}");
+
+    // Without --fencing there is none, not even an outer one inherited from the environment.
+    let plain = start(
+        &s,
+        run_args(&c, "fenced", &["--", "sh", "-c", show]),
+        &[("REDQUORUM_FENCING_TOKEN", "999")],
+    )
+    .wait();
+    assert_eq!(plain.code(), Some(0), "{plain:?}");
+    assert_eq!(plain.stdout.trim(), "token=", "{plain:?}");
+}
+
+#[test]
+fn losing_the_lock_sends_sigterm_and_exits_76() {
+    let c = cluster(5);
+    let s = Scratch::new();
+    let log = s.path("log");
+    let script = format!(
+        "trap 'echo TERM >> {log}; exit 3' TERM; echo started >> {log}; sleep 30 & wait",
+        log = log.display()
+    );
+    let running = start(
+        &s,
+        run_args(
+            &c,
+            "fragile",
+            &["--ttl", "2s", "--grace", "5s", "--", "sh", "-c", &script],
+        ),
+        &[],
+    );
+    assert!(
+        wait_for_file(&log, "started", Duration::from_secs(10)),
+        "the command did not start"
+    );
+    let paused = Instant::now();
+    for i in 0..3 {
+        c.pause(i).expect("pause");
+    }
+    let out = running.wait();
+    let after_pause = paused.elapsed();
+    for i in 0..3 {
+        c.resume(i).expect("resume");
+    }
+    assert_eq!(out.code(), Some(76), "{out:?}");
+    assert!(
+        s.read("log").contains("TERM"),
+        "the command got no SIGTERM: {out:?}"
+    );
+    assert!(out.stderr.contains("lost"), "{out:?}");
+    // It went on SIGTERM (lease of 2 s), well before the 5 s grace would have sent SIGKILL.
+    assert!(
+        after_pause < Duration::from_secs(5),
+        "took {after_pause:?}: {out:?}"
+    );
+}
+
+#[test]
+fn a_command_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    let c = cluster(5);
+    let s = Scratch::new();
+    let log = s.path("log");
+    let script = format!(
+        "trap 'echo TERM >> {log}' TERM; echo started >> {log}; while :; do sleep 0.05; done",
+        log = log.display()
+    );
+    let running = start(
+        &s,
+        run_args(
+            &c,
+            "stubborn",
+            &["--ttl", "2s", "--grace", "500ms", "--", "sh", "-c", &script],
+        ),
+        &[],
+    );
+    assert!(
+        wait_for_file(&log, "started", Duration::from_secs(10)),
+        "the command did not start"
+    );
+    for i in 2..5 {
+        c.pause(i).expect("pause");
+    }
+    let out = running.wait();
+    for i in 2..5 {
+        c.resume(i).expect("resume");
+    }
+    assert_eq!(out.code(), Some(76), "{out:?}");
+    assert!(s.read("log").contains("TERM"), "{out:?}");
+    assert!(out.stderr.contains("SIGKILL"), "{out:?}");
+}
+
+#[test]
+fn status_shows_each_node_and_the_quorum_view() {
+    let c = cluster(5);
+    let s = Scratch::new();
+    let rt = runtime();
+    let (locks, guard): (RedLock, _) = rt.block_on(async {
+        let locks = common::builder(&c)
+            .ttl(Duration::from_secs(30))
+            .owner("status-holder")
+            .fencing(true)
+            .build()
+            .await
+            .expect("build");
+        let guard = locks
+            .try_acquire("report")
+            .await
+            .expect("try")
+            .expect("free");
+        (locks, guard)
+    });
+    let redis_key = locks.redis_key("report").expect("key");
+    let status = ["status", "--nodes", &nodes(&c), "--key", "report"];
+
+    let held = run_bin(&s, status);
+    assert_eq!(held.code(), Some(0), "{held:?}");
+    assert!(held.stdout.contains(&redis_key), "{held:?}");
+    assert!(
+        held.stdout.contains(&format!("{redis_key}:fence")),
+        "{held:?}"
+    );
+    assert!(held.stdout.contains("held by status-holder"), "{held:?}");
+    let holder_rows = held
+        .stdout
+        .lines()
+        .filter(|l| l.contains("status-holder"))
+        .count();
+    assert!(holder_rows >= 4, "a row per node that granted: {held:?}");
+    assert!(held.stdout.contains(" 1\n"), "fencing counter 1: {held:?}");
+    assert!(
+        held.stdout
+            .contains(&c.url(0).expect("url")["redis://".len()..]),
+        "{held:?}"
+    );
+
+    rt.block_on(guard.release()).expect("release");
+    c.kill(4).expect("kill");
+    let free = run_bin(&s, status);
+    assert_eq!(free.code(), Some(1), "{free:?}");
+    assert!(free.stdout.contains("free"), "{free:?}");
+    assert!(free.stdout.contains("unreachable"), "{free:?}");
+}
+
+#[test]
+fn demo_shows_hand_offs() {
+    let s = Scratch::new();
+    let out = run_bin(&s, ["demo", "--workers", "2", "--rounds", "2"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(out.stdout.matches("got the lock").count(), 4, "{out:?}");
+    assert!(out.stdout.contains("killed master 0"), "{out:?}");
+}
+
+#[test]
+fn unreachable_masters_give_69_and_the_command_does_not_run() {
+    let s = Scratch::new();
+    let marker = s.path("ran");
+    let touch = format!("touch {}", marker.display());
+    let dead = "redis://127.0.0.1:1,redis://127.0.0.1:2,redis://127.0.0.1:3";
+    let out = run_bin(
+        &s,
+        [
+            "run", "--nodes", dead, "--key", "k", "--", "sh", "-c", &touch,
+        ],
+    );
+    assert_eq!(out.code(), Some(69), "{out:?}");
+    assert!(
+        out.stderr.contains("0 of 3 Redis masters answered"),
+        "{out:?}"
+    );
+    assert!(!marker.exists(), "the command ran without the lock");
+    let status = run_bin(&s, ["status", "--nodes", dead, "--key", "k"]);
+    assert_eq!(status.code(), Some(69), "{status:?}");
+}
