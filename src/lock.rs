@@ -302,12 +302,27 @@ impl RedLock {
         self.try_acquire_keys(&label, keys).await
     }
 
+    /// The Redis key of lock `key`'s fencing counter on every node:
+    /// `<namespace>::fence:<group>:<key>` (never a lock key: groups are never empty).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty key.
+    ///
+    /// ```no_run
+    /// # async fn f(locks: redquorum::RedLock) -> Result<(), redquorum::Error> {
+    /// assert_eq!(locks.fence_key("job")?, "redquorum::fence:default:job");
+    /// # Ok(()) }
+    /// ```
+    pub fn fence_key(&self, key: &str) -> Result<String, Error> {
+        self.redis_key(key)?;
+        Ok(format!("{}{key}", self.fence_prefix))
+    }
+
     /// A single-key lock's keys: the lock key and its fencing counter.
     fn single(&self, key: &str) -> Result<Keys, Error> {
-        let lock = self.redis_key(key)?;
         Ok(Keys::one(
-            lock.into(),
-            format!("{}{key}", self.fence_prefix).into(),
+            self.redis_key(key)?.into(),
+            self.fence_key(key)?.into(),
         ))
     }
 

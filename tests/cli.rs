@@ -511,7 +511,8 @@ fn status_shows_each_node_and_the_quorum_view() {
     assert_eq!(held.code(), Some(0), "{held:?}");
     assert!(held.stdout.contains(&redis_key), "{held:?}");
     assert!(
-        held.stdout.contains(&format!("{redis_key}:fence")),
+        held.stdout
+            .contains(&locks.fence_key("report").expect("fence key")),
         "{held:?}"
     );
     assert!(held.stdout.contains("held by status-holder"), "{held:?}");

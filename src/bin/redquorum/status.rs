@@ -36,11 +36,14 @@ pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
         .group(&args.nodes.group)?;
     let key = args.key.as_str();
     let redis_key = locks.redis_key(key)?;
+    let fence_key = locks.fence_key(key)?;
 
     let views = futures::future::join_all(urls.iter().map(|url| {
-        let redis_key = redis_key.as_str();
+        let (redis_key, fence_key) = (redis_key.as_str(), fence_key.as_str());
         async move {
-            match tokio::time::timeout(NODE_READ_TIMEOUT, read_node(url, redis_key)).await {
+            match tokio::time::timeout(NODE_READ_TIMEOUT, read_node(url, redis_key, fence_key))
+                .await
+            {
                 Ok(read) => read,
                 Err(_) => Err(format!("no answer within {NODE_READ_TIMEOUT:?}")),
             }
@@ -50,7 +53,7 @@ pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
     let quorum_view = locks.owner(key).await;
 
     println!("lock       {key}");
-    println!("redis key  {redis_key} (fencing counter {redis_key}:fence)");
+    println!("redis key  {redis_key} (fencing counter {fence_key})");
     println!("quorum     {} of {} nodes", locks.quorum(), locks.nodes());
     println!();
     let mut rows = vec![[
@@ -109,7 +112,7 @@ pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
     }
 }
 
-async fn read_node(url: &str, redis_key: &str) -> Result<NodeView, String> {
+async fn read_node(url: &str, redis_key: &str, fence_key: &str) -> Result<NodeView, String> {
     let client = redis::Client::open(url).map_err(|e| e.to_string())?;
     let mut con = client
         .get_multiplexed_async_connection()
@@ -121,7 +124,7 @@ async fn read_node(url: &str, redis_key: &str) -> Result<NodeView, String> {
         .cmd("PTTL")
         .arg(redis_key)
         .cmd("GET")
-        .arg(format!("{redis_key}:fence"))
+        .arg(fence_key)
         .query_async(&mut con)
         .await
         .map_err(|e| e.to_string())?;
