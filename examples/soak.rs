@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --features testkit --example soak -- SECONDS SEED [CLIENTS] [KEYS] [PROCESSES]
+//! cargo run --features testkit --example soak -- 10 1    # a quick debug-build run
 //! ```
 //! With PROCESSES > 0 the clients run in that many separate OS processes (CLIENTS each), with
 //! the oracle in a separate redis-server. Prints grants, faults by kind, errors, violations

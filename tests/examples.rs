@@ -33,7 +33,7 @@ const EXAMPLES: &[(&str, Option<&str>)] = &[
 
 /// Examples that always start their own masters: they inject faults, or need a short TTL on a
 /// fresh cluster.
-const OWN_MASTERS: &[&str] = &["chaos", "fencing"];
+const OWN_MASTERS: &[&str] = &["chaos", "fencing", "soak"];
 
 /// Per example; each takes about 2 s at most, all of them together about 5 s.
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -126,7 +126,7 @@ fn every_example_says_how_to_run_it() {
         );
         if !OWN_MASTERS.contains(&name.as_str()) {
             assert!(
-                src.contains("REDQUORUM_NODES") && src.contains("LocalCluster"),
+                src.contains("REDQUORUM_NODES") && src.contains("env_or_local"),
                 "examples/{name}.rs: should use REDQUORUM_NODES, or local masters without it"
             );
         }
