@@ -851,6 +851,9 @@ impl Shared {
                 Ok(Owned::Other) => {
                     round.tally.record(Vote::No);
                     round.other += 1;
+                    if granted_here(i) {
+                        round.expired += 1;
+                    }
                 }
                 Err(cause) => {
                     round.tally.record(Vote::Failed);
@@ -972,8 +975,8 @@ pub(crate) struct OwnedRound {
     pub(crate) tally: Tally,
     /// Nodes where another value held the key.
     pub(crate) other: usize,
-    /// Nodes without the key that had granted it (its lease ran out there); without grant
-    /// records, every node without the key.
+    /// Nodes that had granted the key but no longer hold our value (its lease ran out there,
+    /// and maybe another owner took it); without grant records, every node without our value.
     pub(crate) expired: usize,
     /// The most subscribers a release announcement reached on one node.
     pub(crate) listeners: u32,
@@ -981,17 +984,15 @@ pub(crate) struct OwnedRound {
 }
 
 impl OwnedRound {
-    /// The typed outcome: Ok when a majority did it — for a release, also when it deleted our
-    /// value somewhere, a majority is now free of it, and no node that granted it had let it
-    /// expire (nodes that never got the grant count as free: a killed master no longer turns
-    /// a release into NoQuorum); NoQuorum when the nodes that did not answer could still
-    /// have made it a majority; otherwise NotOwner if another owner holds the key somewhere,
-    /// else NotHeld.
+    /// The typed outcome: Ok when a majority did it — for a release, also when every granting
+    /// node that answered still had our value (now deleted) and too few nodes are silent for
+    /// our value to remain on a majority (a killed master, or contenders' partial grants on
+    /// the nodes that never granted us, must not turn a clean release into an error);
+    /// NoQuorum when the silent nodes could still hold a majority; otherwise NotOwner if
+    /// another owner holds the key somewhere, else NotHeld.
     pub(crate) fn outcome(self, op: &'static str, key: &str) -> Result<(), Error> {
         let t = self.tally;
-        let absent = t.no - self.other;
-        let released =
-            op == "release" && t.yes > 0 && self.expired == 0 && t.yes + absent >= t.required();
+        let released = op == "release" && t.yes > 0 && self.expired == 0 && t.failed < t.required();
         if t.yes >= t.required() || released {
             Ok(())
         } else if t.yes + t.failed >= t.required() {
@@ -1134,7 +1135,8 @@ mod tests {
         OwnedRound {
             tally,
             other,
-            expired: absent,
+            // Without grant records every node counts as having granted.
+            expired: absent + other,
             listeners: 0,
             causes: Vec::new(),
         }
