@@ -34,6 +34,9 @@ fn lock_keys_left(c: &LocalCluster) -> Vec<(usize, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_grants_under_minority_faults_without_a_violation() {
     let c = chaos_cluster(true);
+    let tasks_before = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
     let mut w = Workload::new(Duration::from_secs(90), 20261122);
     w.max_grants = 5_000;
     let report = w.run(&c).await.expect("run");
@@ -52,6 +55,22 @@ async fn five_thousand_grants_under_minority_faults_without_a_violation() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(lock_keys_left(&c).is_empty(), "{:?}", lock_keys_left(&c));
+    // No task outlives the run for long: subscriptions, lease watchers, stragglers and
+    // background releases all end once the clients are gone.
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive() > tasks_before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        alive() <= tasks_before,
+        "{} tasks left (from {tasks_before})",
+        alive()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
