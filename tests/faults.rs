@@ -98,17 +98,18 @@ async fn build_with_a_minority_down_works_and_the_node_joins_later() {
     c.restart(0).expect("restart");
     // The connection to node 0 comes back by itself: node 0 grants again.
     let key = locks.redis_key("k").expect("key");
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Generous: the reconnect backs off while the node is down, and CI machines are busy.
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let g = locks.try_acquire("k").await.expect("ok").expect("free");
+        // Node 0 may answer after the decision (a straggler): look at it directly, for up to
+        // a node timeout.
+        let this_round = Instant::now() + locks.node_timeout();
         let on_node_0 = loop {
-            // Node 0 may answer after the decision (a straggler): look at it directly.
             if get(&c, 0, &key).as_deref() == Some(g.value()) {
                 break true;
             }
-            if g.granted_nodes() + usize::from(get(&c, 0, &key).is_some()) >= 3
-                || Instant::now() >= deadline
-            {
+            if Instant::now() >= this_round {
                 break false;
             }
             tokio::task::yield_now().await;
@@ -118,6 +119,7 @@ async fn build_with_a_minority_down_works_and_the_node_joins_later() {
             break;
         }
         assert!(Instant::now() < deadline, "node 0 never rejoined");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
