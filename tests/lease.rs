@@ -72,22 +72,31 @@ async fn release_after_another_owner_took_it_is_not_owner_and_leaves_their_key()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extend_keeps_the_lock_past_its_first_lease() {
     let c = cluster(5);
-    let locks = short_lease(&c).await;
-    let rival = short_lease(&c).await;
+    let lease = |c| {
+        builder(c)
+            .ttl(Duration::from_millis(900))
+            .node_timeout(Duration::from_millis(100))
+            .build()
+    };
+    let locks = lease(&c).await.expect("build");
+    let rival = lease(&c).await.expect("build");
     let mut g = locks.try_acquire("k").await.expect("ok").expect("free");
     let key = locks.redis_key("k").expect("key");
     for _ in 0..6 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        g.extend(Duration::from_millis(300)).await.expect("extend");
-        assert!(g.validity() > Duration::from_millis(200));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        g.extend(Duration::from_millis(900)).await.expect("extend");
+        assert!(g.validity() > Duration::from_millis(500));
         assert!(rival.try_acquire("k").await.expect("ok").is_none());
     }
-    // 600 ms in, twice the TTL: still ours on every node.
-    assert!((0..5).all(|i| get(&c, i, &key).as_deref() == Some(g.value())));
+    // 1.8 s in, twice the TTL: still ours on a majority.
+    let ours: Vec<usize> = (0..5)
+        .filter(|&i| get(&c, i, &key).as_deref() == Some(g.value()))
+        .collect();
+    assert!(ours.len() >= 3, "{ours:?}");
     g.extend(Duration::from_secs(5))
         .await
         .expect("longer lease");
-    assert!(pttl(&c, 0, &key) > 4_000);
+    assert!(pttl(&c, ours[0], &key) > 4_000);
     assert!(g.is_held().await.expect("query"));
     g.release().await.expect("release");
 }

@@ -213,7 +213,7 @@ async fn dropping_the_guard_releases() {
             .await
             .expect("ok")
             .expect("free");
-        assert!((0..3).all(|i| get(&c, i, &key).is_some()));
+        assert!((0..3).filter(|&i| get(&c, i, &key).is_some()).count() >= 2);
     }
     // The release runs in a spawned task; acquire waits for it.
     let g = locks
