@@ -143,13 +143,17 @@ async fn an_undetermined_majority_is_no_quorum_not_free() {
     let g = locks.try_acquire("k").await.expect("ok").expect("free");
     let key = locks.redis_key("k").expect("key");
     // Let node 2's (possibly straggling) grant land first, then wipe it by a restart.
-    while get(&c, 2, &key).is_none() {
+    let settle = tokio::time::Instant::now() + Duration::from_secs(2);
+    while get(&c, 2, &key).is_none() && tokio::time::Instant::now() < settle {
         tokio::task::yield_now().await;
     }
     c.restart(2).expect("restart");
     assert_eq!(get(&c, 2, &key), None);
     // Make sure the observer's connection to node 2 is back before freezing node 0.
-    while observer.is_locked("warm-up").await.is_err() {}
+    let warm = tokio::time::Instant::now() + Duration::from_secs(5);
+    while observer.is_locked("warm-up").await.is_err() {
+        assert!(tokio::time::Instant::now() < warm, "node 2 never came back");
+    }
     c.pause(0).expect("pause");
     let locked = observer.is_locked("k").await;
     let owner = observer.owner("k").await;

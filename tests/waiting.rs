@@ -90,7 +90,10 @@ async fn a_local_holder_makes_local_waiters_time_out_without_redis_traffic() {
     let holder = locks.try_acquire("k").await.expect("ok").expect("free");
     // Let the straggling third grant land before counting.
     let key = locks.redis_key("k").expect("key");
-    while (0..3).any(|i| get(&c, i, &key).as_deref() != Some(holder.value())) {
+    let settle = Instant::now() + Duration::from_secs(2);
+    while (0..3).any(|i| get(&c, i, &key).as_deref() != Some(holder.value()))
+        && Instant::now() < settle
+    {
         tokio::task::yield_now().await;
     }
     let commands = total_commands(&c);
