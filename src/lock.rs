@@ -911,6 +911,9 @@ impl Shared {
     /// Tells waiters of other processes that `key` (a single lock key) is free (a bare PUBLISH
     /// on every node).
     async fn announce(&self, key: &str) {
+        if key.contains('\n') {
+            return; // a set's queue id: sets poll, nobody listens for it
+        }
         let channel = crate::wake::channel(key);
         futures::future::join_all((0..self.nodes.len()).map(|i| self.nodes.publish(i, &channel)))
             .await;
