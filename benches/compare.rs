@@ -1,7 +1,7 @@
-//! redquorum against rslock (the most used async Redlock crate), in one process, on the same
-//! local `redis-server` masters, with the two libraries' batches interleaved (alternating, the
-//! order swapped every round) so machine noise hits both alike. Prints a table with both
-//! figures and their ratio; docs/benchmarks.md has a run and reads it.
+//! redquorum against rslock (an async Redlock crate on the same redis-rs), in one process, on
+//! the same local `redis-server` masters, with the two libraries' batches interleaved
+//! (alternating, the order swapped every round) so machine noise hits both alike. Prints a
+//! table with both figures and their ratio; docs/benchmarks.md has a run and reads it.
 //!
 //! ```text
 //! cargo bench --features testkit --bench compare
@@ -255,7 +255,7 @@ async fn main() -> Res<()> {
 
     // 4. Eight tasks contending for one key, 1 ms hold.
     println!("4. 8 tasks, one key, 1 ms hold");
-    let (rounds, secs) = (6, 2.0);
+    let (rounds, secs) = (8, 1.25);
     let mut acq = [0u64; 2];
     let mut cmds = [(0u64, 0u64); 2];
     let mut exhausted = 0;
@@ -302,13 +302,13 @@ async fn main() -> Res<()> {
 
     // 5. 64 tasks on distinct keys.
     println!("5. 64 tasks, distinct keys");
-    let (rounds, secs) = (6, 1.5);
+    let (rounds, secs) = (12, 0.5);
     let mut cycles = [0u64; 2];
     for round in 0..rounds {
         let lib = round % 2;
         let n = distinct(&libs, lib, 64, secs).await?;
         cycles[lib] += n;
-        println!("  round {round} {:<9}: {n} cycles", NAMES[lib]);
+        println!("  round {round:>2} {:<9}: {n} cycles", NAMES[lib]);
     }
     table.row(
         "64 tasks, distinct keys: cycles/s",
