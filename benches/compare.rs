@@ -1,0 +1,468 @@
+//! redquorum against rslock (an async Redlock crate on the same redis-rs), in one process, on
+//! the same local `redis-server` masters, with the two libraries' batches interleaved
+//! (alternating, the order swapped every round) so machine noise hits both alike. Prints a
+//! table with both figures and their ratio; docs/benchmarks.md has a run and reads it.
+//!
+//! ```text
+//! cargo bench --features testkit --bench compare
+//! ```
+//!
+//! Both libraries use their defaults and a 10 s TTL. rslock's `lock` makes up to 3 attempts
+//! 0-200 ms apart and waits for every node (redis-rs' 500 ms response timeout bounds a silent
+//! one); redquorum returns as soon as a majority has answered (50 ms node timeout).
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redquorum::testkit::LocalCluster;
+use redquorum::{Context, RedLock};
+use rslock::LockManager;
+use tokio::time::Instant;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Res<T> = Result<T, BoxError>;
+
+const TTL: Duration = Duration::from_secs(10);
+const HOLD: Duration = Duration::from_millis(1);
+const NAMES: [&str; 2] = ["redquorum", "rslock"];
+
+/// The two clients on the same masters.
+struct Libs {
+    rq: RedLock,
+    rs: LockManager,
+}
+
+impl Libs {
+    async fn new(urls: &[String]) -> Res<Libs> {
+        let rq = RedLock::builder().nodes(urls).ttl(TTL).build().await?;
+        let rs = LockManager::new(urls.to_vec());
+        let libs = Libs { rq, rs };
+        for lib in 0..2 {
+            for _ in 0..200 {
+                libs.cycle(lib, "warm-up").await?;
+            }
+        }
+        Ok(libs)
+    }
+
+    /// One uncontended acquire + release by library `lib` (0 redquorum, 1 rslock).
+    async fn cycle(&self, lib: usize, key: &str) -> Res<()> {
+        if lib == 0 {
+            let guard = self.rq.try_acquire(key).await?.ok_or("key was held")?;
+            guard.release().await?;
+        } else {
+            let lock = self.rs.lock(key, TTL).await?;
+            self.rs.unlock(&lock).await;
+        }
+        Ok(())
+    }
+}
+
+/// How much of a latency scenario each library runs: `cycles` in batches of `batch`, or fewer
+/// if its measured time reaches `cap`.
+#[derive(Clone, Copy)]
+struct Plan {
+    cycles: usize,
+    batch: usize,
+    cap: Duration,
+}
+
+impl Plan {
+    const fn new(cycles: usize, batch: usize, cap_secs: u64) -> Plan {
+        Plan {
+            cycles,
+            batch,
+            cap: Duration::from_secs(cap_secs),
+        }
+    }
+}
+
+/// Latency samples of acquire + release, the libraries' batches alternating.
+async fn interleaved(libs: &Libs, key: &str, plans: [Plan; 2]) -> Res<[Vec<Duration>; 2]> {
+    let mut samples: [Vec<Duration>; 2] = Default::default();
+    let mut spent = [Duration::ZERO; 2];
+    let open = |s: &[Vec<Duration>; 2], spent: &[Duration; 2], lib: usize| {
+        s[lib].len() < plans[lib].cycles && spent[lib] < plans[lib].cap
+    };
+    for round in 0.. {
+        if !open(&samples, &spent, 0) && !open(&samples, &spent, 1) {
+            break;
+        }
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for lib in order {
+            if !open(&samples, &spent, lib) {
+                continue;
+            }
+            let n = plans[lib].batch.min(plans[lib].cycles - samples[lib].len());
+            for _ in 0..n {
+                let t = Instant::now();
+                libs.cycle(lib, key).await?;
+                let took = t.elapsed();
+                samples[lib].push(took);
+                spent[lib] += took;
+            }
+        }
+    }
+    for s in &mut samples {
+        s.sort_unstable();
+    }
+    Ok(samples)
+}
+
+fn pct(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+}
+
+/// One row of the table: both figures, rslock ÷ redquorum, and which is better.
+struct Table {
+    out: String,
+}
+
+impl Table {
+    fn new() -> Table {
+        let mut out = String::new();
+        out.push_str("| scenario | redquorum | rslock | rslock / redquorum | better |\n");
+        out.push_str("|---|---|---|---|---|\n");
+        Table { out }
+    }
+
+    fn row(&mut self, scenario: &str, rq: f64, rs: f64, unit: &str, lower_is_better: bool) {
+        let fmt = |v: f64| {
+            if v >= 100.0 {
+                format!("{v:.0}{unit}")
+            } else {
+                format!("{v:.1}{unit}")
+            }
+        };
+        self.cells(scenario, rq, rs, fmt(rq), fmt(rs), lower_is_better);
+    }
+
+    fn latency(&mut self, scenario: &str, rq: Duration, rs: Duration) {
+        let fmt = |d: Duration| {
+            let us = d.as_secs_f64() * 1e6;
+            if us < 10_000.0 {
+                format!("{us:.0} µs")
+            } else {
+                format!("{:.1} ms", us / 1000.0)
+            }
+        };
+        let (a, b) = (rq.as_secs_f64(), rs.as_secs_f64());
+        self.cells(scenario, a, b, fmt(rq), fmt(rs), true);
+    }
+
+    fn cells(&mut self, scenario: &str, rq: f64, rs: f64, a: String, b: String, lower: bool) {
+        let ratio = rs / rq;
+        let better = match (ratio, lower) {
+            (r, _) if (0.95..=1.05).contains(&r) => "tie (within 5 %)",
+            (r, true) if r > 1.0 => "redquorum",
+            (_, true) => "rslock",
+            (r, false) if r > 1.0 => "rslock",
+            (_, false) => "redquorum",
+        };
+        let _ = writeln!(
+            self.out,
+            "| {scenario} | {a} | {b} | {ratio:.2} | {better} |"
+        );
+        println!("    -> {scenario}: redquorum {a}, rslock {b}, ratio {ratio:.2}");
+    }
+}
+
+/// Notes for every library that stopped at its time cap before its planned cycles.
+fn cap_notes(notes: &mut Vec<String>, scenario: &str, plans: [Plan; 2], s: &[Vec<Duration>; 2]) {
+    for lib in 0..2 {
+        if s[lib].len() < plans[lib].cycles {
+            notes.push(format!(
+                "{scenario}: {} stopped at its {:?} cap after {} of {} cycles",
+                NAMES[lib],
+                plans[lib].cap,
+                s[lib].len(),
+                plans[lib].cycles
+            ));
+        }
+    }
+}
+
+fn counts(samples: &[Vec<Duration>; 2]) -> String {
+    format!("({} / {} cycles)", samples[0].len(), samples[1].len())
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let started = Instant::now();
+    let mut table = Table::new();
+    let mut notes = Vec::new();
+
+    // 1. Uncontended latency, N=5.
+    let cluster = LocalCluster::start(5)?;
+    let urls = cluster.urls();
+    let libs = Libs::new(&urls).await?;
+    println!("1. uncontended acquire + release, N=5");
+    let plans = [Plan::new(3_000, 200, 30); 2];
+    let s = interleaved(&libs, "uncontended", plans).await?;
+    cap_notes(&mut notes, "scenario 1", plans, &s);
+    table.latency(
+        &format!("uncontended acquire+release, N=5, p50 {}", counts(&s)),
+        pct(&s[0], 50),
+        pct(&s[1], 50),
+    );
+    table.latency(
+        "uncontended acquire+release, N=5, p99",
+        pct(&s[0], 99),
+        pct(&s[1], 99),
+    );
+
+    // 2. Two of five nodes 20 ms away each way, through the fault proxies.
+    println!("2. 2 of 5 nodes +20 ms each way");
+    {
+        let slow = LocalCluster::builder().nodes(5).proxied(true).start()?;
+        let libs = Libs::new(&slow.urls()).await?;
+        for i in 0..2 {
+            slow.proxy(i)?.set_latency(Duration::from_millis(20));
+        }
+        let plans = [Plan::new(200, 25, 10); 2];
+        let s = interleaved(&libs, "slow-nodes", plans).await?;
+        cap_notes(&mut notes, "scenario 2", plans, &s);
+        table.latency(
+            &format!("2 of 5 nodes +20 ms each way, p50 {}", counts(&s)),
+            pct(&s[0], 50),
+            pct(&s[1], 50),
+        );
+    }
+
+    // 3. One of five nodes frozen with SIGSTOP (connections open, nothing answered).
+    println!("3. 1 of 5 nodes SIGSTOPped");
+    {
+        let frozen = LocalCluster::start(5)?;
+        let libs = Libs::new(&frozen.urls()).await?;
+        frozen.pause(4)?;
+        let plans = [Plan::new(400, 50, 10), Plan::new(10, 2, 15)];
+        let s = interleaved(&libs, "paused-node", plans).await;
+        frozen.resume(4)?;
+        let s = s?;
+        cap_notes(&mut notes, "scenario 3", plans, &s);
+        table.latency(
+            &format!("1 of 5 nodes SIGSTOPped, p50 {}", counts(&s)),
+            pct(&s[0], 50),
+            pct(&s[1], 50),
+        );
+        notes.push(
+            "scenario 3: rslock runs a fixed 10 cycles: each waits out redis-rs' 500 ms \
+             response timeout on the frozen node, once acquiring and once releasing"
+                .into(),
+        );
+    }
+
+    // 4. Eight tasks contending for one key, 1 ms hold.
+    println!("4. 8 tasks, one key, 1 ms hold");
+    let (rounds, secs) = (8, 1.25);
+    let mut acq = [0u64; 2];
+    let mut cmds = [(0u64, 0u64); 2];
+    let mut exhausted = 0;
+    for round in 0..rounds {
+        let lib = round % 2;
+        let key = format!("contend-{}-{round}", NAMES[lib]);
+        let before = commands(&cluster, lib)?;
+        let (n, gave_up) = contend(&libs, lib, &key, 8, secs).await?;
+        let after = commands(&cluster, lib)?;
+        acq[lib] += n;
+        exhausted += gave_up;
+        cmds[lib].0 += after.0 - before.0;
+        cmds[lib].1 += after.1 - before.1;
+        println!("  round {round} {:<9}: {n} acquisitions", NAMES[lib]);
+    }
+    let rate = |lib: usize| acq[lib] as f64 / ((rounds / 2) as f64 * secs);
+    let per = |lib: usize, x: u64| x as f64 / acq[lib].max(1) as f64;
+    table.row(
+        "8 tasks, one key, 1 ms hold: acquisitions/s",
+        rate(0),
+        rate(1),
+        " /s",
+        false,
+    );
+    table.row(
+        "same: client requests per acquisition",
+        per(0, cmds[0].1),
+        per(1, cmds[1].1),
+        "",
+        true,
+    );
+    table.row(
+        "same: total_commands_processed per acquisition",
+        per(0, cmds[0].0),
+        per(1, cmds[1].0),
+        "",
+        true,
+    );
+    notes.push(format!(
+        "scenario 4: rslock via its retrying `lock` (3 attempts, random 0-200 ms apart, every \
+         failed attempt unlocks on all nodes), called again when it gives up: it gave up \
+         {exhausted} times; redquorum `acquire` with its default PubSub wait"
+    ));
+
+    // 5. 64 tasks on distinct keys.
+    println!("5. 64 tasks, distinct keys");
+    let (rounds, secs) = (12, 0.5);
+    let mut cycles = [0u64; 2];
+    for round in 0..rounds {
+        let lib = round % 2;
+        let n = distinct(&libs, lib, 64, secs).await?;
+        cycles[lib] += n;
+        println!("  round {round:>2} {:<9}: {n} cycles", NAMES[lib]);
+    }
+    table.row(
+        "64 tasks, distinct keys: cycles/s",
+        cycles[0] as f64 / ((rounds / 2) as f64 * secs),
+        cycles[1] as f64 / ((rounds / 2) as f64 * secs),
+        " /s",
+        false,
+    );
+    drop(libs);
+    drop(cluster);
+
+    // 6. Cluster size.
+    println!("6. uncontended p50 by N");
+    for n in [1, 3, 5, 7] {
+        let c = LocalCluster::start(n)?;
+        let libs = Libs::new(&c.urls()).await?;
+        let plans = [Plan::new(1_000, 200, 15); 2];
+        let s = interleaved(&libs, "by-n", plans).await?;
+        cap_notes(&mut notes, &format!("scenario 6, N={n}"), plans, &s);
+        table.latency(
+            &format!("uncontended p50, N={n} {}", counts(&s)),
+            pct(&s[0], 50),
+            pct(&s[1], 50),
+        );
+    }
+
+    println!("\n{}", table.out);
+    println!("Settings: both libraries at their defaults with a 10 s TTL; nothing else changed.");
+    for note in notes {
+        println!("- {note}");
+    }
+    println!("total run time {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// `tasks` tasks of library `lib` contend for `key` for `secs` seconds, each holding it for
+/// 1 ms. Returns acquisitions, and how often rslock's `lock` gave up after its retries.
+async fn contend(libs: &Libs, lib: usize, key: &str, tasks: usize, secs: f64) -> Res<(u64, u64)> {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let gave_up = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let (rq, rs) = (libs.rq.clone(), libs.rs.clone());
+            let (key, gave_up) = (key.to_owned(), gave_up.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < end {
+                    if lib == 0 {
+                        match rq.acquire(&Context::with_deadline(end), &key).await {
+                            Ok(g) => {
+                                std::thread::sleep(HOLD); // the critical section
+                                g.release().await?;
+                                n += 1;
+                            }
+                            Err(e) if e.is_timeout() => break,
+                            Err(e) => return Err(BoxError::from(e)),
+                        }
+                    } else {
+                        match tokio::time::timeout_at(end, rs.lock(key.as_str(), TTL)).await {
+                            Ok(Ok(lock)) => {
+                                std::thread::sleep(HOLD);
+                                rs.unlock(&lock).await;
+                                n += 1;
+                            }
+                            Ok(Err(rslock::LockError::Unavailable)) => {
+                                gave_up.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(Err(e)) => return Err(BoxError::from(e)),
+                            Err(_elapsed) => break,
+                        }
+                    }
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for h in handles {
+        total += h.await??;
+    }
+    Ok((total, gave_up.load(Ordering::Relaxed)))
+}
+
+/// `tasks` tasks of library `lib`, each on its own key, for `secs` seconds: cycles done.
+async fn distinct(libs: &Libs, lib: usize, tasks: usize, secs: f64) -> Res<u64> {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let libs = Arc::new(Libs {
+        rq: libs.rq.clone(),
+        rs: libs.rs.clone(),
+    });
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let libs = libs.clone();
+            tokio::spawn(async move {
+                let key = format!("distinct-{}-{t}", NAMES[lib]);
+                let mut n = 0u64;
+                while Instant::now() < end {
+                    libs.cycle(lib, &key).await?;
+                    n += 1;
+                }
+                Ok::<_, BoxError>(n)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for h in handles {
+        total += h.await??;
+    }
+    Ok(total)
+}
+
+/// Commands that library `lib`'s scripts run inside Redis and that it never sends itself
+/// (rslock sends SET NX directly, so SET is a request there).
+fn internal(lib: usize) -> &'static [&'static str] {
+    if lib == 0 {
+        &["set", "get", "del", "pexpire", "publish", "pttl"]
+    } else {
+        &["get", "del"]
+    }
+}
+
+/// Over all nodes: `total_commands_processed` less this benchmark's own INFO calls, and the
+/// requests clients sent (that minus the script-internal commands of library `lib`, from
+/// `INFO commandstats`).
+fn commands(cluster: &LocalCluster, lib: usize) -> Res<(u64, u64)> {
+    let (mut total, mut inside, mut info_calls) = (0, 0, 0);
+    for url in cluster.urls() {
+        let mut conn = redis::Client::open(url)?.get_connection()?;
+        let info: String = redis::cmd("INFO").arg("stats").query(&mut conn)?;
+        total += info
+            .lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or("no total_commands_processed in INFO")?;
+        let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut conn)?;
+        for line in stats.lines() {
+            let Some((name, rest)) = line
+                .strip_prefix("cmdstat_")
+                .and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let calls = || {
+                rest.strip_prefix("calls=")
+                    .and_then(|r| r.split(',').next())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or("unparsable commandstats line")
+            };
+            if name == "info" {
+                info_calls += calls()?;
+            } else if internal(lib).contains(&name) {
+                inside += calls()?;
+            }
+        }
+    }
+    Ok((total - info_calls, total - info_calls - inside))
+}
