@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redquorum::testkit::LocalCluster;
+use redquorum::testkit::SCRIPT_COMMANDS;
 use redquorum::{Context, RedLock};
 use rslock::LockManager;
 use tokio::time::Instant;
@@ -262,13 +263,13 @@ async fn main() -> Res<()> {
     for round in 0..rounds {
         let lib = round % 2;
         let key = format!("contend-{}-{round}", NAMES[lib]);
-        let before = commands(&cluster, lib)?;
+        let before = cluster.command_stats()?;
         let (n, gave_up) = contend(&libs, lib, &key, 8, secs).await?;
-        let after = commands(&cluster, lib)?;
+        let used = cluster.command_stats()?.since(&before);
         acq[lib] += n;
         exhausted += gave_up;
-        cmds[lib].0 += after.0 - before.0;
-        cmds[lib].1 += after.1 - before.1;
+        cmds[lib].0 += used.total();
+        cmds[lib].1 += used.requests(internal(lib));
         println!("  round {round} {:<9}: {n} acquisitions", NAMES[lib]);
     }
     let rate = |lib: usize| acq[lib] as f64 / ((rounds / 2) as f64 * secs);
@@ -420,49 +421,12 @@ async fn distinct(libs: &Libs, lib: usize, tasks: usize, secs: f64) -> Res<u64> 
     Ok(total)
 }
 
-/// Commands that library `lib`'s scripts run inside Redis and that it never sends itself
-/// (rslock sends SET NX directly, so SET is a request there).
+/// The commands that run inside Redis without a client sending them: redquorum's scripts
+/// ([`SCRIPT_COMMANDS`]); rslock sends SET itself and scripts only GET + DEL.
 fn internal(lib: usize) -> &'static [&'static str] {
     if lib == 0 {
-        &["set", "get", "del", "pexpire", "publish", "pttl"]
+        SCRIPT_COMMANDS
     } else {
         &["get", "del"]
     }
-}
-
-/// Over all nodes: `total_commands_processed` less this benchmark's own INFO calls, and the
-/// requests clients sent (that minus the script-internal commands of library `lib`, from
-/// `INFO commandstats`).
-fn commands(cluster: &LocalCluster, lib: usize) -> Res<(u64, u64)> {
-    let (mut total, mut inside, mut info_calls) = (0, 0, 0);
-    for url in cluster.urls() {
-        let mut conn = redis::Client::open(url)?.get_connection()?;
-        let info: String = redis::cmd("INFO").arg("stats").query(&mut conn)?;
-        total += info
-            .lines()
-            .find_map(|l| l.strip_prefix("total_commands_processed:"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or("no total_commands_processed in INFO")?;
-        let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut conn)?;
-        for line in stats.lines() {
-            let Some((name, rest)) = line
-                .strip_prefix("cmdstat_")
-                .and_then(|l| l.split_once(':'))
-            else {
-                continue;
-            };
-            let calls = || {
-                rest.strip_prefix("calls=")
-                    .and_then(|r| r.split(',').next())
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or("unparsable commandstats line")
-            };
-            if name == "info" {
-                info_calls += calls()?;
-            } else if internal(lib).contains(&name) {
-                inside += calls()?;
-            }
-        }
-    }
-    Ok((total - info_calls, total - info_calls - inside))
 }

@@ -8,7 +8,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use redquorum::testkit::LocalCluster;
+use redquorum::testkit::{CommandStats, LocalCluster, SCRIPT_COMMANDS};
 use redquorum::{Context, RedLock, WaitStrategy};
 use tokio::time::Instant;
 
@@ -35,12 +35,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let urls = cluster.urls();
     println!("hand-off, N=5, 1 ms hold, {secs} s per run");
     for name in ["pubsub", "poll"] {
-        let before = commands(&cluster)?;
+        let before = cluster.command_stats()?;
         let n = contend(&urls, 8, secs, strategy(name)).await?;
-        let cmds = delta(before, commands(&cluster)?);
+        let cmds = cluster.command_stats()?.since(&before);
         report(&format!("1 process  x 8 tasks, {name}"), n, cmds, secs);
 
-        let before = commands(&cluster)?;
+        let before = cluster.command_stats()?;
         let exe = std::env::current_exe()?;
         let children: Vec<_> = (0..4)
             .map(|_| {
@@ -56,7 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             per_process.push(String::from_utf8_lossy(&out.stdout).trim().parse::<u64>()?);
         }
         let n = per_process.iter().sum();
-        let cmds = delta(before, commands(&cluster)?);
+        let cmds = cluster.command_stats()?.since(&before);
         report(&format!("4 processes x 4 tasks, {name}"), n, cmds, secs);
         println!("  {:<30} per process: {per_process:?}", "");
     }
@@ -71,7 +71,8 @@ fn strategy(name: &str) -> WaitStrategy {
     }
 }
 
-fn report(label: &str, acquisitions: u64, (commands, requests): (u64, u64), secs: u64) {
+fn report(label: &str, acquisitions: u64, used: CommandStats, secs: u64) {
+    let (commands, requests) = (used.total(), used.requests(SCRIPT_COMMANDS));
     let per = |x: u64| x as f64 / acquisitions.max(1) as f64;
     println!(
         "  {label:<30} {:>7.0} acquisitions/s  {:>5.1} requests/acquisition  {:>5.1} commands/acquisition",
@@ -123,44 +124,4 @@ async fn contend(
         })??;
     }
     Ok(total)
-}
-
-fn delta(before: (u64, u64), after: (u64, u64)) -> (u64, u64) {
-    (after.0 - before.0, after.1 - before.1)
-}
-
-/// Commands the scripts run inside Redis; the benchmark never sends them directly.
-const SCRIPT_INTERNAL: [&str; 6] = ["set", "get", "del", "pexpire", "publish", "pttl"];
-
-/// Over all nodes: `total_commands_processed` (which counts the commands scripts run too) and
-/// the requests clients sent (that total minus the script-internal commands, from
-/// `INFO commandstats`).
-fn commands(cluster: &LocalCluster) -> Result<(u64, u64), Box<dyn std::error::Error>> {
-    let (mut total, mut internal) = (0, 0);
-    for url in cluster.urls() {
-        let mut conn = redis::Client::open(url)?.get_connection()?;
-        let info: String = redis::cmd("INFO").arg("stats").query(&mut conn)?;
-        total += info
-            .lines()
-            .find_map(|l| l.strip_prefix("total_commands_processed:"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or("no total_commands_processed in INFO")?;
-        let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut conn)?;
-        for line in stats.lines() {
-            let Some((name, rest)) = line
-                .strip_prefix("cmdstat_")
-                .and_then(|l| l.split_once(':'))
-            else {
-                continue;
-            };
-            if SCRIPT_INTERNAL.contains(&name) {
-                internal += rest
-                    .strip_prefix("calls=")
-                    .and_then(|r| r.split(',').next())
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or("unparsable commandstats line")?;
-            }
-        }
-    }
-    Ok((total, total - internal))
 }

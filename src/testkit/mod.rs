@@ -67,9 +67,11 @@
 
 mod chaos;
 mod proxy;
+mod stats;
 
 pub use chaos::{check_holds, HoldRecord, Report, Workload};
 pub use proxy::FaultProxy;
+pub use stats::{CommandStats, SCRIPT_COMMANDS};
 
 /// The node URLs in `$REDQUORUM_NODES` (comma-separated) if it is set, else those of `n` local
 /// masters started here (returned too: they live as long as it does). For examples and tools

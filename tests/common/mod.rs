@@ -87,21 +87,10 @@ pub fn ctx(timeout_ms: u64) -> redquorum::Context {
     redquorum::Context::with_timeout(Duration::from_millis(timeout_ms))
 }
 
-/// Sum of `total_commands_processed` over the running nodes (each call adds one INFO per node).
-pub fn total_commands(cluster: &LocalCluster) -> u64 {
-    (0..cluster.len())
-        .filter(|i| cluster.is_running(*i))
-        .map(|i| {
-            let info: String = redis::cmd("INFO")
-                .arg("stats")
-                .query(&mut conn(cluster, i))
-                .expect("INFO");
-            info.lines()
-                .find_map(|l| l.strip_prefix("total_commands_processed:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .expect("total_commands_processed in INFO")
-        })
-        .sum()
+/// Commands the running nodes processed, for before/after comparisons (see
+/// `CommandStats::since`, which leaves out the INFO calls that read them).
+pub fn command_stats(cluster: &LocalCluster) -> redquorum::testkit::CommandStats {
+    cluster.command_stats().expect("INFO")
 }
 
 pub fn numsub(c: &LocalCluster, i: usize, channel: &str) -> i64 {

@@ -1,0 +1,141 @@
+//! Command counters of a cluster, to measure what a workload costs in Redis commands.
+
+use std::collections::BTreeMap;
+
+use super::{LocalCluster, TestkitError};
+
+/// The commands redquorum's Lua scripts run inside Redis (they show up in
+/// `total_commands_processed` and `INFO commandstats` though no client sent them).
+pub const SCRIPT_COMMANDS: &[&str] = &["set", "get", "del", "pexpire", "publish", "pttl", "incr"];
+
+/// Command counters summed over the running nodes of a [`LocalCluster`]: take one before and
+/// one after a workload and subtract.
+///
+/// ```no_run
+/// # fn main() -> Result<(), redquorum::testkit::TestkitError> {
+/// use redquorum::testkit::{LocalCluster, SCRIPT_COMMANDS};
+/// let cluster = LocalCluster::start(5)?;
+/// let before = cluster.command_stats()?;
+/// // ... run a workload ...
+/// let used = cluster.command_stats()?.since(&before);
+/// println!("{} requests, {} commands", used.requests(SCRIPT_COMMANDS), used.total());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandStats {
+    total: u64,
+    calls: BTreeMap<String, u64>,
+}
+
+impl CommandStats {
+    /// `total_commands_processed`: every command, the ones scripts run included.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Calls of one command (lower case, e.g. `"evalsha"`).
+    pub fn calls(&self, command: &str) -> u64 {
+        self.calls.get(command).copied().unwrap_or(0)
+    }
+
+    /// What clients sent: [`total`](Self::total) minus the calls of `internal` commands (those
+    /// only scripts run, e.g. [`SCRIPT_COMMANDS`]).
+    pub fn requests(&self, internal: &[&str]) -> u64 {
+        let inside: u64 = internal.iter().map(|c| self.calls(c)).sum();
+        self.total.saturating_sub(inside)
+    }
+
+    /// The counts since `earlier`, less the `INFO` calls that read them (two per node per
+    /// reading).
+    pub fn since(&self, earlier: &CommandStats) -> CommandStats {
+        let info = self.calls("info").saturating_sub(earlier.calls("info"));
+        let mut calls: BTreeMap<String, u64> = self
+            .calls
+            .iter()
+            .map(|(k, v)| (k.clone(), v.saturating_sub(earlier.calls(k))))
+            .collect();
+        calls.insert("info".into(), 0);
+        CommandStats {
+            total: self
+                .total
+                .saturating_sub(earlier.total)
+                .saturating_sub(info),
+            calls,
+        }
+    }
+}
+
+impl LocalCluster {
+    /// The command counters of every running node, summed (`INFO stats` and
+    /// `INFO commandstats`, read directly, never through a proxy).
+    ///
+    /// # Errors
+    /// [`TestkitError::Io`] when a node cannot be read.
+    pub fn command_stats(&self) -> Result<CommandStats, TestkitError> {
+        let mut stats = CommandStats::default();
+        for i in (0..self.len()).filter(|&i| self.is_running(i)) {
+            let io = |e: redis::RedisError| TestkitError::Io {
+                context: format!("reading INFO of node {i}"),
+                source: std::io::Error::other(e.to_string()),
+            };
+            let mut conn = redis::Client::open(self.direct_url(i)?)
+                .and_then(|c| c.get_connection())
+                .map_err(io)?;
+            let info: String = redis::cmd("INFO")
+                .arg("stats")
+                .query(&mut conn)
+                .map_err(io)?;
+            stats.total += info
+                .lines()
+                .find_map(|l| l.strip_prefix("total_commands_processed:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            let cmds: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query(&mut conn)
+                .map_err(io)?;
+            for (name, calls) in cmds.lines().filter_map(parse_cmdstat) {
+                *stats.calls.entry(name.to_owned()).or_default() += calls;
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// `cmdstat_get:calls=12,usec=...` → `("get", 12)`.
+fn parse_cmdstat(line: &str) -> Option<(&str, u64)> {
+    let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+    let calls = rest
+        .strip_prefix("calls=")?
+        .split(',')
+        .next()?
+        .parse()
+        .ok()?;
+    Some((name, calls))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdstat_lines_parse() {
+        assert_eq!(
+            parse_cmdstat("cmdstat_evalsha:calls=3314,usec=1,usec_per_call=0.1"),
+            Some(("evalsha", 3314))
+        );
+        assert_eq!(parse_cmdstat("# Commandstats"), None);
+    }
+
+    #[test]
+    fn since_subtracts_and_drops_its_own_info_calls() {
+        let at = |total, info, get| CommandStats {
+            total,
+            calls: [("info".to_owned(), info), ("get".to_owned(), get)].into(),
+        };
+        let d = at(130, 12, 40).since(&at(100, 2, 30));
+        assert_eq!(d.total(), 20); // 30 more, 10 of them INFO
+        assert_eq!(d.calls("get"), 10);
+        assert_eq!(d.requests(&["get"]), 10);
+    }
+}
