@@ -51,7 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 );
                 if n == WORKERS * ROUNDS / 2 {
                     if let Some(c) = cluster.as_ref() {
-                        c.kill(0).map_err(|e| redquorum::Error::Config { reason: e.to_string() })?;
+                        c.kill(0)?;
                         println!("{:>6.0?}  -- killed master 0: 4 of 5 left, locking goes on --", start.elapsed());
                     }
                 }
@@ -60,11 +60,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 guard.release().await?;
                 println!("{:>6.0?}  worker-{w} released", start.elapsed());
             }
-            Ok::<_, redquorum::Error>(())
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
         }));
     }
     for t in tasks {
-        t.await??;
+        t.await?.map_err(|e| e.to_string())?;
     }
     println!(
         "{} hand-offs between {WORKERS} workers in {:.0?}; never two holders at once",

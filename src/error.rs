@@ -70,12 +70,13 @@ pub enum Error {
 
     /// Fewer than a majority of nodes answered, so no decision could be made either way.
     #[error(
-        "no quorum for {op} of {key:?}: {ok} of {nodes} nodes answered in time but {required} are \
+        "no quorum for {what}: {ok} of {nodes} nodes answered in time but {required} are \
          required; check that a majority of the Redis masters is reachable ({causes})",
+        what = Operation(op, key),
         causes = NodeFailures(causes)
     )]
     NoQuorum {
-        /// What was being done: `acquire`, `release`, `extend` or `query`.
+        /// What was being done: `connect`, `acquire`, `release`, `extend` or `query`.
         op: &'static str,
         /// The key as the caller named it.
         key: String,
@@ -218,6 +219,18 @@ impl fmt::Display for NodeCause {
             NodeCause::Timeout => f.write_str("no answer within the node timeout"),
             NodeCause::Redis(e) => write!(f, "redis error: {e}"),
             NodeCause::Protocol(e) => write!(f, "unexpected reply: {e}"),
+        }
+    }
+}
+
+/// `acquire of "k"`, or just `connect` when no key is involved.
+struct Operation<'a>(&'a str, &'a str);
+
+impl fmt::Display for Operation<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Operation(op, "") => f.write_str(op),
+            Operation(op, key) => write!(f, "{op} of {key:?}"),
         }
     }
 }

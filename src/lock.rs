@@ -318,12 +318,16 @@ impl RedLock {
         Ok(format!("{}{key}", self.fence_prefix))
     }
 
-    /// A single-key lock's keys: the lock key and its fencing counter.
+    /// A single-key lock's keys: the lock key and, with fencing on, its counter (no
+    /// allocation for it otherwise: this runs on every acquire).
     fn single(&self, key: &str) -> Result<Keys, Error> {
-        Ok(Keys::one(
-            self.redis_key(key)?.into(),
-            self.fence_key(key)?.into(),
-        ))
+        let lock = self.redis_key(key)?.into();
+        let fence = self
+            .shared
+            .config
+            .fencing
+            .then(|| format!("{}{key}", self.fence_prefix).into());
+        Ok(Keys::one(lock, fence))
     }
 
     /// The Redis keys of a set, sorted and distinct, and a label naming the set in errors.

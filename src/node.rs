@@ -289,12 +289,12 @@ pub(crate) struct Keys {
 }
 
 impl Keys {
-    /// A single-key lock and the key of its fencing counter.
-    pub(crate) fn one(key: Arc<str>, fence: Arc<str>) -> Self {
+    /// A single-key lock and, with fencing on, the key of its fencing counter.
+    pub(crate) fn one(key: Arc<str>, fence: Option<Arc<str>>) -> Self {
         Keys {
             id: key.clone(),
             keys: Arc::new([key]),
-            fence: Some(fence),
+            fence,
         }
     }
 

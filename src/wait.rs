@@ -3,6 +3,7 @@
 //! This is the one seam the waiting strategy lives behind: `acquire` asks [`Waiter::wait`] to
 //! return when the next attempt is worth making, or why it should stop.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -57,8 +58,8 @@ pub(crate) struct Busy {
 /// Passes the time between attempts for one `acquire`.
 pub(crate) struct Waiter {
     delays: Delays,
-    /// PubSub: the hub and the channel to subscribe to.
-    wake: Option<(Wakeups, String)>,
+    /// PubSub: the hub and the key whose release channel to subscribe to (only when needed).
+    wake: Option<(Wakeups, Arc<str>)>,
     sub: Option<Subscription>,
 }
 
@@ -67,11 +68,11 @@ impl Waiter {
         delays: Delays,
         strategy: WaitStrategy,
         wakeups: &Wakeups,
-        redis_key: &str,
+        redis_key: &Arc<str>,
         sub: Option<Subscription>,
     ) -> Self {
         let wake = match strategy {
-            WaitStrategy::PubSub => Some((wakeups.clone(), crate::wake::channel(redis_key))),
+            WaitStrategy::PubSub => Some((wakeups.clone(), redis_key.clone())),
             WaitStrategy::Poll => None,
         };
         Waiter { delays, wake, sub }
@@ -100,16 +101,17 @@ impl Waiter {
     /// Cancel safe: it only sleeps (and subscribes).
     pub(crate) async fn wait(&mut self, ctx: &Context, busy: Busy) -> WaitEnd {
         if self.sub.is_none() {
-            if let Some((hub, channel)) = &self.wake {
+            if let Some((hub, key)) = &self.wake {
                 // The re-check after subscribing is an attempt of the retry policy.
                 if self.delays.next().is_none() {
                     return WaitEnd::Exhausted;
                 }
+                let channel = crate::wake::channel(key);
                 tokio::select! {
                     biased;
                     () = ctx.cancelled() => return WaitEnd::Cancelled,
                     () = tokio::time::sleep_until(ctx.deadline()) => return WaitEnd::Deadline,
-                    sub = hub.subscribe(channel) => self.sub = Some(sub),
+                    sub = hub.subscribe(&channel) => self.sub = Some(sub),
                 }
                 return WaitEnd::Retry;
             }
@@ -185,7 +187,7 @@ mod tests {
 
     fn poll(delays: Delays) -> Waiter {
         let hub = Wakeups::new(Vec::new(), MS);
-        Waiter::new(delays, WaitStrategy::Poll, &hub, "k", None)
+        Waiter::new(delays, WaitStrategy::Poll, &hub, &"k".into(), None)
     }
 
     fn left(d: Duration) -> Busy {

@@ -262,12 +262,19 @@ async fn poll_strategy_never_subscribes() {
         .await
         .expect("build");
     let g = holder.try_acquire("k").await.expect("ok").expect("free");
+    let before = command_stats(&c);
     let task = {
         let waiter = waiter.clone();
         tokio::spawn(async move { waiter.acquire(&ctx(10_000), "k").await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await; // the waiter polls meanwhile
+    // Several attempts (a PubSub waiter subscribes right after its first one).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while command_stats(&c).since(&before).calls("evalsha") < 9 {
+        assert!(Instant::now() < deadline, "the waiter is not polling");
+        tokio::task::yield_now().await;
+    }
     assert!((0..3).all(|i| channels(&c, i).is_empty()));
+    assert_eq!(command_stats(&c).since(&before).calls("subscribe"), 0);
     g.release().await.expect("release");
     task.await
         .expect("no panic")
