@@ -82,6 +82,7 @@ struct Reading {
     bytes: u64,
     client_ns: u64,
     server_us: f64,
+    requests: u64,
 }
 
 impl Reading {
@@ -91,6 +92,9 @@ impl Reading {
             bytes: BYTES.load(Ordering::Relaxed),
             client_ns: client_cpu_ns()?,
             server_us: server_cpu_us(cluster)?,
+            requests: cluster
+                .command_stats()?
+                .requests(&["get", "del", "set", "pexpire", "publish", "pttl", "incr"]),
         })
     }
 }
@@ -186,6 +190,12 @@ async fn measure(
         h.await??;
     }
     let wall = started.elapsed();
+    if std::env::var_os("COST_CMDSTATS").is_some() {
+        let mut conn = redis::Client::open(cluster.direct_url(0)?)?.get_connection()?;
+        let info: String = redis::cmd("INFO").arg("commandstats").query(&mut conn)?;
+        let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut conn)?;
+        eprintln!("{} {tasks}:\n{info}", NAMES[lib]);
+    }
     let after = Reading::take(cluster)?;
     let sys = syscalls.stop();
     let n = (tasks * cycles) as f64;
@@ -194,8 +204,12 @@ async fn measure(
         format!("{:.1}", (after.allocs - before.allocs) as f64 / n),
         format!("{:.0}", (after.bytes - before.bytes) as f64 / n),
         sys.map_or("n/a".into(), |s| format!("{:.1}", s as f64 / n)),
-        format!("{:.1}", (after.client_ns - before.client_ns) as f64 / n / 1e3),
+        format!(
+            "{:.1}",
+            (after.client_ns - before.client_ns) as f64 / n / 1e3
+        ),
         format!("{:.1}", (after.server_us - before.server_us) / n),
+        format!("{:.2}", (after.requests - before.requests) as f64 / n),
     ])
 }
 
@@ -213,9 +227,9 @@ async fn main() -> Res<()> {
         }
     }
     println!(
-        "| workload | library | cycles/s | allocations | bytes allocated | syscalls | client CPU µs | servers' CPU µs |"
+        "| workload | library | cycles/s | allocations | bytes allocated | syscalls | client CPU µs | servers' CPU µs | requests |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (tasks, cycles, name) in [(1, 3_000, "1 task"), (64, 300, "64 tasks, distinct keys")] {
         for round in 0..2 {
             for lib in [round % 2, 1 - round % 2] {

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::check_ttl;
 use crate::error::Error;
 use crate::lock::{millis, Shared};
-use crate::node::{self, Keys, EXTEND};
+use crate::node::{Keys, Op, Script};
 use crate::quorum;
 
 /// A handle on a held lock's lease, cheap to clone and `Send + Sync`: what work running under
@@ -197,9 +197,10 @@ impl Lease {
         // The lease the nodes get, in whole milliseconds; validity is computed from it.
         let lease = Duration::from_millis(millis(ttl));
         let start = Instant::now();
-        let mut cmd = node::evalsha(&EXTEND, &state.keys);
-        cmd.arg(&*state.value).arg(millis(lease));
-        let round = shared.owned_round(&EXTEND, cmd, None, None).await;
+        let request = Op::new(Script::Extend, &state.keys)
+            .text(&state.value)
+            .number(millis(lease));
+        let round = shared.owned_round(request, None, None).await;
         let decided = Instant::now();
         if let Err(e) = round.outcome(op, &state.key) {
             if e.is_lost() {

@@ -11,7 +11,7 @@ use crate::context::Context;
 use crate::error::{Error, NodeCause, NodeFailure};
 use crate::guard::{LockGuard, NodeStates};
 use crate::lease::Lease;
-use crate::node::{self, Grant, Keys, NodeSpec, Nodes, Owned, FENCE, RELEASE};
+use crate::node::{Grant, Keys, NodeSpec, Nodes, Op, Owned, Script};
 use crate::queue::{Queues, Ticket};
 use crate::quorum::{self, Decision, Tally, Vote};
 use crate::wait::{self, Busy, WaitEnd, WaitStrategy, Waiter};
@@ -536,7 +536,7 @@ impl RedLock {
         // The lease the nodes get, in whole milliseconds; validity is computed from it.
         let lease = Duration::from_millis(millis(config.ttl));
         let fenced = config.fencing && keys.single().is_some();
-        let cmd = Arc::new(node::acquire_cmd(keys, &value, millis(lease), fenced));
+        let op = Arc::new(Op::acquire(keys, &value, millis(lease), fenced));
 
         // Armed until the grant is handed to a guard: a failed or dropped round is undone.
         let undo = Undo {
@@ -549,8 +549,8 @@ impl RedLock {
         let mut pending: FuturesUnordered<_> = (0..n)
             .map(|i| {
                 let shared = shared.clone();
-                let cmd = cmd.clone();
-                async move { (i, shared.nodes.acquire(i, &cmd).await) }
+                let op = op.clone();
+                async move { (i, shared.nodes.acquire(i, &op).await) }
             })
             .collect();
         let mut tally = Tally::new(n);
@@ -707,14 +707,12 @@ impl RedLock {
         if lagging.is_empty() {
             return (t, confirmed);
         }
-        let mut cmd = node::evalsha_fenced(&FENCE, full, counter);
-        cmd.arg(&**value).arg(t);
-        let cmd = &cmd;
+        let op = &Arc::new(Op::fence(full, counter, value, t));
         let nodes = &self.shared.nodes;
         let replies = futures::future::join_all(
             lagging
                 .iter()
-                .map(|&i| async move { nodes.owned(i, &FENCE, cmd).await }),
+                .map(|&i| async move { nodes.owned(i, op).await }),
         )
         .await;
         confirmed += replies
@@ -808,18 +806,17 @@ impl Shared {
     /// value is checked against a straggling acquire that may have landed after it.
     pub(crate) async fn owned_round(
         self: &Arc<Self>,
-        script: &'static redis::Script,
-        cmd: redis::Cmd,
+        op: Op,
         states: Option<NodeStates>,
         key_value: Option<(Keys, Arc<str>)>,
     ) -> OwnedRound {
         let n = self.nodes.len();
-        let cmd = Arc::new(cmd);
+        let op = Arc::new(op);
         let mut pending: FuturesUnordered<_> = (0..n)
             .map(|i| {
                 let shared = self.clone();
-                let cmd = cmd.clone();
-                async move { (i, shared.nodes.owned(i, script, &cmd).await) }
+                let op = op.clone();
+                async move { (i, shared.nodes.owned(i, &op).await) }
             })
             .collect();
         let mut round = OwnedRound {
@@ -888,8 +885,8 @@ impl Shared {
     }
 
     /// Releases `value` from `keys` on every node; used to undo failed rounds.
-    pub(crate) async fn release(self: &Arc<Self>, keys: &Keys, value: &str) -> OwnedRound {
-        self.owned_round(&RELEASE, release_cmd(keys, value, false), None, None)
+    pub(crate) async fn release(self: &Arc<Self>, keys: &Keys, value: &Arc<str>) -> OwnedRound {
+        self.owned_round(release_op(keys, value, false), None, None)
             .await
     }
 
@@ -904,8 +901,7 @@ impl Shared {
     ) -> OwnedRound {
         states.mark_released();
         self.owned_round(
-            &RELEASE,
-            release_cmd(keys, value, announce),
+            release_op(keys, value, announce),
             Some(states.clone()),
             Some((keys.clone(), value.clone())),
         )
@@ -924,16 +920,15 @@ impl Shared {
     }
 
     /// Releases `value` from `key` on the given nodes (one request each, in parallel).
-    async fn release_nodes(&self, keys: &Keys, value: &str, nodes: Vec<usize>) {
+    async fn release_nodes(&self, keys: &Keys, value: &Arc<str>, nodes: Vec<usize>) {
         if nodes.is_empty() {
             return;
         }
-        let cmd = release_cmd(keys, value, true);
-        let cmd = &cmd;
+        let op = &Arc::new(release_op(keys, value, true));
         futures::future::join_all(
             nodes
                 .into_iter()
-                .map(|i| async move { self.nodes.owned(i, &RELEASE, cmd).await }),
+                .map(|i| async move { self.nodes.owned(i, op).await }),
         )
         .await;
     }
@@ -1079,20 +1074,14 @@ pub(crate) fn spawn_release(
         }
         // Some node did not answer in time (down, frozen, reconnecting): try it again with a
         // longer timeout, a few times. Compare-and-delete makes repeats harmless.
-        let cmd = release_cmd(&keys, &value, states.is_some());
+        let op = Arc::new(release_op(&keys, &value, states.is_some()));
         let patience = shared.nodes.timeout().max(Duration::from_millis(500));
         let mut left: Vec<usize> = (0..shared.nodes.len()).collect();
         for pause in [50, 200, 800] {
             tokio::time::sleep(Duration::from_millis(pause)).await;
             let replies = futures::future::join_all(left.iter().map(|&i| {
-                let cmd = &cmd;
-                let shared = &shared;
-                async move {
-                    (
-                        i,
-                        shared.nodes.owned_within(i, &RELEASE, cmd, patience).await,
-                    )
-                }
+                let (op, shared) = (&op, &shared);
+                async move { (i, shared.nodes.owned_within(i, op, patience).await) }
             }))
             .await;
             left = replies
@@ -1111,11 +1100,9 @@ pub(crate) fn spawn_release(
     });
 }
 
-/// `EVALSHA release 1 key value publish`: a holder's release publishes, an undo does not.
-fn release_cmd(keys: &Keys, value: &str, publish: bool) -> redis::Cmd {
-    let mut cmd = node::evalsha(&RELEASE, keys);
-    cmd.arg(value).arg(if publish { "1" } else { "0" });
-    cmd
+/// A compare-and-delete of `value`: a holder's release publishes, an undo does not.
+fn release_op(keys: &Keys, value: &Arc<str>, publish: bool) -> Op {
+    Op::new(Script::Release, keys).text(value).flag(publish)
 }
 
 /// Whole milliseconds of `d`, at least 1.

@@ -7,19 +7,118 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
 
 use crate::error::NodeCause;
 
-/// The Lua scripts, hashed once per process (EVALSHA; loaded on NOSCRIPT).
-pub(crate) static ACQUIRE: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("scripts/acquire.lua")));
-pub(crate) static RELEASE: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("scripts/release.lua")));
-pub(crate) static EXTEND: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("scripts/extend.lua")));
-pub(crate) static FENCE: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("scripts/fence.lua")));
+/// The four requests, each a Lua function of (KEYS, ARGV) in `src/scripts/`, and the batch
+/// script that runs a sequence of them in one call (EVALSHA; loaded on NOSCRIPT).
+static BATCH: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(concat!(
+        "local acquire = function(KEYS, ARGV)\n",
+        include_str!("scripts/acquire.lua"),
+        "end\nlocal release = function(KEYS, ARGV)\n",
+        include_str!("scripts/release.lua"),
+        "end\nlocal extend = function(KEYS, ARGV)\n",
+        include_str!("scripts/extend.lua"),
+        "end\nlocal fence = function(KEYS, ARGV)\n",
+        include_str!("scripts/fence.lua"),
+        "end\n",
+        include_str!("scripts/batch.lua"),
+    ))
+});
+
+/// Requests waiting for a node's connection are sent together, up to this many per call.
+const MAX_BATCH: usize = 128;
+
+/// Which script a request runs (its index in `batch.lua`'s table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Script {
+    /// `acquire.lua`: take every key unless another value holds one.
+    Acquire = 1,
+    /// `release.lua`: compare-and-delete.
+    Release = 2,
+    /// `extend.lua`: compare-and-extend.
+    Extend = 3,
+    /// `fence.lua`: raise the fencing counter under our value.
+    Fence = 4,
+}
+
+/// One request, built once per round and sent to every node.
+#[derive(Debug)]
+pub(crate) struct Op {
+    script: Script,
+    keys: Vec<Arc<str>>,
+    args: Vec<Arg>,
+}
+
+#[derive(Debug)]
+enum Arg {
+    Text(Arc<str>),
+    Number(u64),
+    Flag(bool),
+}
+
+impl Op {
+    /// `script` on the keys of a lock; add its arguments with [`arg`](Self::arg) and friends.
+    pub(crate) fn new(script: Script, keys: &Keys) -> Self {
+        Op {
+            script,
+            keys: keys.iter().cloned().collect(),
+            args: Vec::with_capacity(4),
+        }
+    }
+
+    /// The acquire round's request: the lock keys (and the fencing counter with fencing, for
+    /// single-key locks), then value, lease, fencing flag and the number of lock keys.
+    pub(crate) fn acquire(keys: &Keys, value: &Arc<str>, lease_ms: u64, fencing: bool) -> Self {
+        let mut op = Op::new(Script::Acquire, keys);
+        let fence = keys.fence().filter(|_| fencing && keys.len() == 1);
+        if let Some(counter) = fence {
+            op.keys.push(counter.clone());
+        }
+        op.text(value)
+            .number(lease_ms)
+            .flag(fence.is_some())
+            .number(keys.len() as u64)
+    }
+
+    /// Raising the fencing counter `counter` of lock key `key` to `token` under `value`.
+    pub(crate) fn fence(key: &Arc<str>, counter: &Arc<str>, value: &Arc<str>, token: u64) -> Self {
+        Op {
+            script: Script::Fence,
+            keys: vec![key.clone(), counter.clone()],
+            args: Vec::with_capacity(2),
+        }
+        .text(value)
+        .number(token)
+    }
+
+    pub(crate) fn text(mut self, v: &Arc<str>) -> Self {
+        self.args.push(Arg::Text(v.clone()));
+        self
+    }
+
+    pub(crate) fn number(mut self, v: u64) -> Self {
+        self.args.push(Arg::Number(v));
+        self
+    }
+
+    /// A `"1"`/`"0"` argument.
+    pub(crate) fn flag(mut self, v: bool) -> Self {
+        self.args.push(Arg::Flag(v));
+        self
+    }
+}
+
+/// A request waiting for its node's connection, and where its reply goes.
+struct Job {
+    op: Arc<Op>,
+    /// When its caller stops waiting.
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Value, NodeCause>>,
+}
 
 /// One node's answer to an acquire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +183,8 @@ fn redact(url: &str) -> String {
 struct Node {
     addr: Arc<str>,
     conn: ConnectionManager,
+    /// To this node's sender task (see [`serve`]).
+    jobs: mpsc::UnboundedSender<Job>,
 }
 
 /// All nodes of a [`RedLock`](crate::RedLock), shared by its clones and groups.
@@ -95,7 +196,8 @@ pub(crate) struct Nodes {
 
 impl Nodes {
     /// Creates the connections without waiting for them; each connects on first use and
-    /// reconnects by itself after a failure.
+    /// reconnects by itself after a failure. Spawns one sender task per node on the current
+    /// runtime (it ends when the `Nodes` is dropped).
     pub(crate) fn new(
         specs: Vec<NodeSpec>,
         timeout: Duration,
@@ -115,12 +217,15 @@ impl Nodes {
             .into_iter()
             .enumerate()
             .map(|(i, spec)| {
-                ConnectionManager::new_lazy_with_config(spec.client, config.clone())
-                    .map(|conn| Node {
-                        addr: spec.addr,
-                        conn,
-                    })
-                    .map_err(|e| NodeFailureAt(i, redis_cause(&e)))
+                let conn = ConnectionManager::new_lazy_with_config(spec.client, config.clone())
+                    .map_err(|e| NodeFailureAt(i, redis_cause(&e)))?;
+                let (jobs, queue) = mpsc::unbounded_channel();
+                tokio::spawn(serve(conn.clone(), queue));
+                Ok(Node {
+                    addr: spec.addr,
+                    conn,
+                    jobs,
+                })
             })
             .collect::<Result<_, _>>()?;
         Ok(Nodes {
@@ -161,34 +266,28 @@ impl Nodes {
             .unwrap_or(Err(NodeCause::Timeout))
     }
 
-    /// Sends a prepared EVALSHA of `script` to node `i`, loading the script on NOSCRIPT.
-    async fn eval(
-        &self,
-        i: usize,
-        script: &redis::Script,
-        cmd: &Cmd,
-        timeout: Duration,
-    ) -> Result<Value, NodeCause> {
-        let mut conn = self.nodes[i].conn.clone();
-        self.bounded(timeout, async move {
-            match cmd.query_async::<Value>(&mut conn).await {
-                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    script
-                        .load_async(&mut conn)
-                        .await
-                        .map_err(|e| redis_cause(&e))?;
-                    cmd.query_async::<Value>(&mut conn)
-                        .await
-                        .map_err(|e| redis_cause(&e))
-                }
-                other => other.map_err(|e| redis_cause(&e)),
-            }
+    /// Queues `op` for node `i`'s next batch and waits for its reply, within `timeout`.
+    async fn call(&self, i: usize, op: &Arc<Op>, timeout: Duration) -> Result<Value, NodeCause> {
+        self.bounded(timeout, async {
+            let (reply, replied) = oneshot::channel();
+            let job = Job {
+                op: op.clone(),
+                deadline: Instant::now() + timeout,
+                reply,
+            };
+            self.nodes[i]
+                .jobs
+                .send(job)
+                .map_err(|_| NodeCause::Redis("the lock client is shutting down".into()))?;
+            replied
+                .await
+                .unwrap_or_else(|_| Err(NodeCause::Redis("the request was dropped".into())))
         })
         .await
     }
 
-    pub(crate) async fn acquire(&self, i: usize, cmd: &Cmd) -> Result<Grant, NodeCause> {
-        let reply = self.eval(i, &ACQUIRE, cmd, self.timeout).await?;
+    pub(crate) async fn acquire(&self, i: usize, op: &Arc<Op>) -> Result<Grant, NodeCause> {
+        let reply = self.call(i, op, self.timeout).await?;
         match redis::from_redis_value::<(i64, i64)>(reply) {
             Ok((1, fence)) => Ok(Grant::Granted {
                 fence: u64::try_from(fence).unwrap_or(0),
@@ -201,25 +300,19 @@ impl Nodes {
         }
     }
 
-    /// Compare-and-delete (`RELEASE`) or compare-and-extend (`EXTEND`) on node `i`.
-    pub(crate) async fn owned(
-        &self,
-        i: usize,
-        script: &redis::Script,
-        cmd: &Cmd,
-    ) -> Result<Owned, NodeCause> {
-        self.owned_within(i, script, cmd, self.timeout).await
+    /// A compare-and-delete, compare-and-extend or fence `op` on node `i`.
+    pub(crate) async fn owned(&self, i: usize, op: &Arc<Op>) -> Result<Owned, NodeCause> {
+        self.owned_within(i, op, self.timeout).await
     }
 
     /// [`owned`](Self::owned) with another timeout (background clean-up is not in a hurry).
     pub(crate) async fn owned_within(
         &self,
         i: usize,
-        script: &redis::Script,
-        cmd: &Cmd,
+        op: &Arc<Op>,
         timeout: Duration,
     ) -> Result<Owned, NodeCause> {
-        let reply = self.eval(i, script, cmd, timeout).await?;
+        let reply = self.call(i, op, timeout).await?;
         match redis::from_redis_value::<i64>(reply) {
             Ok(n @ 1..) => Ok(Owned::Done {
                 listeners: u32::try_from(n - 1).unwrap_or(u32::MAX),
@@ -339,42 +432,101 @@ impl Keys {
     }
 }
 
-/// An `EVALSHA <script> <n> <keys...> <args...>` command, built once and sent to every node.
-pub(crate) fn evalsha(script: &redis::Script, keys: &Keys) -> Cmd {
+/// A node's sender task: sends the requests queued for the node, all that are waiting in one
+/// EVALSHA of the batch script, one call at a time, so they reach the node in the order they
+/// were queued. With one caller a request goes out at once; with many, those that arrive while
+/// a call is out go together in the next. Ends when the `Nodes` is dropped.
+async fn serve(mut conn: ConnectionManager, mut queue: mpsc::UnboundedReceiver<Job>) {
+    let mut batch = Vec::new();
+    while let Some(job) = queue.recv().await {
+        batch.push(job);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // Nothing goes out after its caller's deadline, and no acquire whose caller stopped
+        // waiting (its round already counts this node as failed, perhaps granted: not taking
+        // the key is the safe answer). Releases and extensions whose caller left (a dropped
+        // future) still go out while their deadline lasts: a late compare-and-delete only helps.
+        let now = Instant::now();
+        batch.retain(|j| {
+            j.deadline > now && !(j.op.script == Script::Acquire && j.reply.is_closed())
+        });
+        // The call ends at the first deadline in it: no request is in flight past its own
+        // (a node that comes back must not receive an acquire its caller gave up on).
+        let Some(deadline) = batch.iter().map(|j| j.deadline).min() else {
+            continue;
+        };
+        let cmd = batch_cmd(&batch);
+        let reply = tokio::time::timeout_at(deadline, async {
+            match cmd.query_async::<Value>(&mut conn).await {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    BATCH.load_async(&mut conn).await?;
+                    cmd.query_async::<Value>(&mut conn).await
+                }
+                other => other,
+            }
+        })
+        .await;
+        let replies: Result<Vec<Value>, NodeCause> = match reply {
+            Ok(Ok(Value::Array(replies))) if replies.len() == batch.len() => Ok(replies),
+            Ok(Ok(other)) => Err(protocol(format!("batch returned {other:?}"))),
+            Ok(Err(e)) => Err(redis_cause(&e)),
+            Err(_elapsed) => Err(NodeCause::Timeout),
+        };
+        match replies {
+            Ok(replies) => {
+                for (job, reply) in batch.drain(..).zip(replies) {
+                    let _ = job.reply.send(unbatch(reply));
+                }
+            }
+            Err(cause) => {
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(cause.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// `EVALSHA batch <keys> <all keys> <m> <m headers> <all arguments>` (see `batch.lua`).
+fn batch_cmd(batch: &[Job]) -> Cmd {
     let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(keys.len());
-    for k in keys.iter() {
-        cmd.arg(&**k);
+    let keys: usize = batch.iter().map(|j| j.op.keys.len()).sum();
+    cmd.arg(BATCH.get_hash()).arg(keys);
+    for job in batch {
+        for k in &job.op.keys {
+            cmd.arg(&**k);
+        }
+    }
+    cmd.arg(batch.len());
+    for job in batch {
+        cmd.arg(job.op.script as u8)
+            .arg(job.op.keys.len())
+            .arg(job.op.args.len());
+    }
+    for job in batch {
+        for arg in &job.op.args {
+            match arg {
+                Arg::Text(t) => cmd.arg(&**t),
+                Arg::Number(n) => cmd.arg(*n),
+                Arg::Flag(f) => cmd.arg(if *f { "1" } else { "0" }),
+            };
+        }
     }
     cmd
 }
 
-/// The acquire round's command: `EVALSHA acquire <n(+1)> <keys...> [<key>:fence] value lease
-/// fencing n`. Fencing applies to single-key locks only.
-pub(crate) fn acquire_cmd(keys: &Keys, value: &str, lease_ms: u64, fencing: bool) -> Cmd {
-    let fence = keys.fence().filter(|_| fencing && keys.len() == 1);
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(ACQUIRE.get_hash())
-        .arg(keys.len() + usize::from(fence.is_some()));
-    for k in keys.iter() {
-        cmd.arg(&**k);
+/// One request's reply out of a batch: a `"!..."` string is the error it raised.
+fn unbatch(reply: Value) -> Result<Value, NodeCause> {
+    match reply {
+        Value::BulkString(b) if b.first() == Some(&b'!') => Err(NodeCause::Redis(
+            String::from_utf8_lossy(&b[1..]).into_owned().into(),
+        )),
+        other => Ok(other),
     }
-    if let Some(counter) = fence {
-        cmd.arg(&**counter);
-    }
-    cmd.arg(value)
-        .arg(lease_ms)
-        .arg(if fence.is_some() { "1" } else { "0" })
-        .arg(keys.len());
-    cmd
-}
-
-/// An `EVALSHA <script> 2 <key> <counter> <args...>` command: scripts that touch the fencing
-/// counter name it as a key.
-pub(crate) fn evalsha_fenced(script: &redis::Script, key: &str, counter: &str) -> Cmd {
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(2).arg(key).arg(counter);
-    cmd
 }
 
 fn redis_cause(e: &RedisError) -> NodeCause {
@@ -414,15 +566,7 @@ mod tests {
     }
 
     #[test]
-    fn scripts_hash_to_distinct_shas() {
-        let shas = [
-            ACQUIRE.get_hash(),
-            RELEASE.get_hash(),
-            EXTEND.get_hash(),
-            FENCE.get_hash(),
-        ];
-        assert!(shas.iter().all(|s| s.len() == 40));
-        assert_ne!(shas[0], shas[1]);
-        assert_ne!(shas[1], shas[2]);
+    fn the_batch_script_hashes() {
+        assert_eq!(BATCH.get_hash().len(), 40);
     }
 }

@@ -106,6 +106,11 @@ async fn namespace_prefixes_every_key() {
     let c = cluster(3);
     let locks = builder(&c).namespace("app1").build().await.expect("build");
     let g = locks.try_acquire("k").await.expect("ok").expect("free");
+    // The grant is decided by 2 of 3; wait until the third node's reply is recorded too.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while g.granted_nodes() < 3 && std::time::Instant::now() < until {
+        tokio::task::yield_now().await;
+    }
     let keys = all_keys(&c);
     assert_eq!(keys.len(), 3);
     assert!(keys.iter().all(|(_, k)| k == "app1:default:k"), "{keys:?}");
