@@ -422,7 +422,7 @@ async fn distinct(libs: &Libs, lib: usize, tasks: usize, secs: f64) -> Res<u64> 
 }
 
 /// The commands that run inside Redis without a client sending them: redquorum's scripts
-/// ([`SCRIPT_COMMANDS`]); rslock sends SET itself and scripts only GET + DEL.
+/// ([`SCRIPT_COMMANDS`]); rslock sends SET itself and its script runs GET + DEL.
 fn internal(lib: usize) -> &'static [&'static str] {
     if lib == 0 {
         SCRIPT_COMMANDS

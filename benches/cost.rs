@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redquorum::testkit::LocalCluster;
+use redquorum::testkit::{LocalCluster, SCRIPT_COMMANDS};
 use redquorum::RedLock;
 use rslock::LockManager;
 use tokio::time::Instant;

@@ -399,7 +399,9 @@ impl RedLock {
             }
             attempts += 1;
             waiter.before_attempt();
-            let busy = match self.attempt(key, &keys).await {
+            // From the second attempt on, a refusal also tells how long the holder has left
+            // (the first wait is short anyway).
+            let busy = match self.attempt(key, &keys, attempts > 1).await {
                 Attempt::Granted(guard) => break Ok(guard),
                 Attempt::Busy(busy) => {
                     unreachable = 0;
@@ -520,7 +522,7 @@ impl RedLock {
             return Ok(None);
         }
         ticket.attempting();
-        match self.attempt(key, &keys).await {
+        match self.attempt(key, &keys, false).await {
             Attempt::Granted(guard) => Ok(Some(guard.with_ticket(ticket))),
             Attempt::Busy(_) => Ok(None),
             Attempt::Unreachable(e) => Err(e),
@@ -528,7 +530,7 @@ impl RedLock {
     }
 
     /// One Redlock round.
-    async fn attempt(&self, key: &str, keys: &Keys) -> Attempt {
+    async fn attempt(&self, key: &str, keys: &Keys, hint: bool) -> Attempt {
         let shared = &self.shared;
         let config = &shared.config;
         let n = shared.nodes.len();
@@ -536,7 +538,7 @@ impl RedLock {
         // The lease the nodes get, in whole milliseconds; validity is computed from it.
         let lease = Duration::from_millis(millis(config.ttl));
         let fenced = config.fencing && keys.single().is_some();
-        let op = Arc::new(Op::acquire(keys, &value, millis(lease), fenced));
+        let op = Arc::new(Op::acquire(keys, &value, millis(lease), fenced, hint));
 
         // Armed until the grant is handed to a guard: a failed or dropped round is undone.
         let undo = Undo {
@@ -1100,9 +1102,14 @@ pub(crate) fn spawn_release(
     });
 }
 
-/// A compare-and-delete of `value`: a holder's release publishes, an undo does not.
+/// A compare-and-delete of `value`: a holder's release of a single key announces itself on
+/// the key's channel; an undo, or a set's release (sets poll), does not.
 fn release_op(keys: &Keys, value: &Arc<str>, publish: bool) -> Op {
-    Op::new(Script::Release, keys).text(value).flag(publish)
+    let channel = match keys.single() {
+        Some(key) if publish => crate::wake::channel(key).into(),
+        _ => Arc::from(""),
+    };
+    Op::new(Script::Release, keys).text(value).text(&channel)
 }
 
 /// Whole milliseconds of `d`, at least 1.

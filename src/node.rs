@@ -6,43 +6,42 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
+use redis::{Client, RedisError, ServerErrorKind, Value};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::NodeCause;
 
-/// The four requests, each a Lua function of (KEYS, ARGV) in `src/scripts/`, and the batch
-/// script that runs a sequence of them in one call (EVALSHA; loaded on NOSCRIPT).
-static BATCH: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(concat!(
-        "local acquire = function(KEYS, ARGV)\n",
-        include_str!("scripts/acquire.lua"),
-        "end\nlocal release = function(KEYS, ARGV)\n",
-        include_str!("scripts/release.lua"),
-        "end\nlocal extend = function(KEYS, ARGV)\n",
-        include_str!("scripts/extend.lua"),
-        "end\nlocal fence = function(KEYS, ARGV)\n",
-        include_str!("scripts/fence.lua"),
-        "end\n",
-        include_str!("scripts/batch.lua"),
-    ))
-});
+/// The Lua scripts' sources and their hashes (EVALSHA; all four loaded on NOSCRIPT).
+const SOURCES: [&str; 4] = [
+    include_str!("scripts/acquire.lua"),
+    include_str!("scripts/release.lua"),
+    include_str!("scripts/extend.lua"),
+    include_str!("scripts/fence.lua"),
+];
+static SCRIPTS: LazyLock<[redis::Script; 4]> = LazyLock::new(|| SOURCES.map(redis::Script::new));
 
-/// Requests waiting for a node's connection are sent together, up to this many per call.
+/// Requests waiting for a node's connection are sent together, up to this many per pipeline.
 const MAX_BATCH: usize = 128;
 
-/// Which script a request runs (its index in `batch.lua`'s table).
+/// Which script a request runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Script {
-    /// `acquire.lua`: take every key unless another value holds one.
-    Acquire = 1,
+    /// `acquire.lua`: take every key unless another value holds one (a plain `SET NX PX` for a
+    /// single key without fencing).
+    Acquire = 0,
     /// `release.lua`: compare-and-delete.
-    Release = 2,
+    Release,
     /// `extend.lua`: compare-and-extend.
-    Extend = 3,
+    Extend,
     /// `fence.lua`: raise the fencing counter under our value.
-    Fence = 4,
+    Fence,
+}
+
+impl Script {
+    fn sha(self) -> &'static str {
+        SCRIPTS[self as usize].get_hash()
+    }
 }
 
 /// One request, built once per round and sent to every node.
@@ -51,6 +50,10 @@ pub(crate) struct Op {
     script: Script,
     keys: Vec<Arc<str>>,
     args: Vec<Arg>,
+    /// A single-key acquire without fencing, sent as `SET key value NX PX lease`: Redis runs a
+    /// plain SET several times faster than a script's. `Some(true)`: followed by `PTTL key`, the
+    /// holder's remaining lease for a waiter that will sleep.
+    plain: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -61,22 +64,34 @@ enum Arg {
 }
 
 impl Op {
-    /// `script` on the keys of a lock; add its arguments with [`arg`](Self::arg) and friends.
+    /// `script` on the keys of a lock; add its arguments with [`text`](Self::text) and friends.
     pub(crate) fn new(script: Script, keys: &Keys) -> Self {
         Op {
             script,
             keys: keys.iter().cloned().collect(),
             args: Vec::with_capacity(4),
+            plain: None,
         }
     }
 
     /// The acquire round's request: the lock keys (and the fencing counter with fencing, for
-    /// single-key locks), then value, lease, fencing flag and the number of lock keys.
-    pub(crate) fn acquire(keys: &Keys, value: &Arc<str>, lease_ms: u64, fencing: bool) -> Self {
+    /// single-key locks), then value, lease, fencing flag and the number of lock keys. With
+    /// `hint`, a refusal also tells how long the holder's lease has left (otherwise only the
+    /// script path does).
+    pub(crate) fn acquire(
+        keys: &Keys,
+        value: &Arc<str>,
+        lease_ms: u64,
+        fencing: bool,
+        hint: bool,
+    ) -> Self {
         let mut op = Op::new(Script::Acquire, keys);
         let fence = keys.fence().filter(|_| fencing && keys.len() == 1);
         if let Some(counter) = fence {
             op.keys.push(counter.clone());
+        }
+        if keys.len() == 1 && fence.is_none() {
+            op.plain = Some(hint);
         }
         op.text(value)
             .number(lease_ms)
@@ -90,6 +105,7 @@ impl Op {
             script: Script::Fence,
             keys: vec![key.clone(), counter.clone()],
             args: Vec::with_capacity(2),
+            plain: None,
         }
         .text(value)
         .number(token)
@@ -110,6 +126,73 @@ impl Op {
         self.args.push(Arg::Flag(v));
         self
     }
+
+    /// Appends this request's commands to `pipe`; returns how many.
+    fn push(&self, pipe: &mut redis::Pipeline) -> usize {
+        if let (Some(hint), [key, ..], [Arg::Text(value), Arg::Number(lease), ..]) =
+            (self.plain, &*self.keys, &*self.args)
+        {
+            pipe.cmd("SET")
+                .arg(&**key)
+                .arg(&**value)
+                .arg("NX")
+                .arg("PX")
+                .arg(*lease);
+            if hint {
+                pipe.cmd("PTTL").arg(&**key);
+                return 2;
+            }
+            return 1;
+        }
+        let cmd = pipe
+            .cmd("EVALSHA")
+            .arg(self.script.sha())
+            .arg(self.keys.len());
+        for k in &self.keys {
+            cmd.arg(&**k);
+        }
+        for arg in &self.args {
+            match arg {
+                Arg::Text(t) => cmd.arg(&**t),
+                Arg::Number(n) => cmd.arg(*n),
+                Arg::Flag(f) => cmd.arg(if *f { "1" } else { "0" }),
+            };
+        }
+        1
+    }
+
+    /// This request's reply from its commands' replies, in the shape of its script's reply
+    /// (a plain acquire's SET and PTTL become `{1, 0}` or `{0, pttl}`, pttl -1 when not asked).
+    fn reply(&self, replies: &mut impl Iterator<Item = Value>) -> Result<Value, Failed> {
+        let mut next = || match replies.next() {
+            Some(Value::ServerError(e)) if e.kind() == Some(ServerErrorKind::NoScript) => {
+                Err(Failed::NoScript)
+            }
+            Some(Value::ServerError(e)) => {
+                Err(Failed::Cause(NodeCause::Redis(e.to_string().into())))
+            }
+            Some(v) => Ok(v),
+            None => Err(Failed::Cause(protocol(
+                "a pipeline reply is missing".into(),
+            ))),
+        };
+        let Some(hint) = self.plain else {
+            return next();
+        };
+        let set = next()?;
+        let pttl = if hint { next()? } else { Value::Int(-1) };
+        Ok(match set {
+            Value::Nil => Value::Array(vec![Value::Int(0), pttl]),
+            _ => Value::Array(vec![Value::Int(1), Value::Int(0)]),
+        })
+    }
+}
+
+/// Why a request in a pipeline failed.
+enum Failed {
+    /// Its script is not in the node's cache (the node restarted).
+    NoScript,
+    Cause(NodeCause),
 }
 
 /// A request waiting for its node's connection, and where its reply goes.
@@ -433,9 +516,10 @@ impl Keys {
 }
 
 /// A node's sender task: sends the requests queued for the node, all that are waiting in one
-/// EVALSHA of the batch script, one call at a time, so they reach the node in the order they
-/// were queued. With one caller a request goes out at once; with many, those that arrive while
-/// a call is out go together in the next. Ends when the `Nodes` is dropped.
+/// pipeline, one pipeline at a time, so they reach the node in the order they were queued.
+/// With one caller a request goes out at once; with many, those that arrive while a pipeline
+/// is out go together in the next (fewer syscalls and wake-ups on both sides). Ends when the
+/// `Nodes` is dropped.
 async fn serve(mut conn: ConnectionManager, mut queue: mpsc::UnboundedReceiver<Job>) {
     let mut batch = Vec::new();
     while let Some(job) = queue.recv().await {
@@ -454,79 +538,82 @@ async fn serve(mut conn: ConnectionManager, mut queue: mpsc::UnboundedReceiver<J
         batch.retain(|j| {
             j.deadline > now && !(j.op.script == Script::Acquire && j.reply.is_closed())
         });
-        // The call ends at the first deadline in it: no request is in flight past its own
+        // The pipeline ends at the first deadline in it: no request is in flight past its own
         // (a node that comes back must not receive an acquire its caller gave up on).
         let Some(deadline) = batch.iter().map(|j| j.deadline).min() else {
             continue;
         };
-        let cmd = batch_cmd(&batch);
-        let reply = tokio::time::timeout_at(deadline, async {
-            match cmd.query_async::<Value>(&mut conn).await {
-                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    BATCH.load_async(&mut conn).await?;
-                    cmd.query_async::<Value>(&mut conn).await
-                }
-                other => other,
-            }
-        })
-        .await;
-        let replies: Result<Vec<Value>, NodeCause> = match reply {
-            Ok(Ok(Value::Array(replies))) if replies.len() == batch.len() => Ok(replies),
-            Ok(Ok(other)) => Err(protocol(format!("batch returned {other:?}"))),
-            Ok(Err(e)) => Err(redis_cause(&e)),
-            Err(_elapsed) => Err(NodeCause::Timeout),
+        let sent = tokio::time::timeout_at(deadline, send(&mut conn, &batch)).await;
+        let replies = match sent {
+            Ok(Ok(replies)) => replies,
+            Ok(Err(cause)) => vec![Err(cause); batch.len()],
+            Err(_elapsed) => vec![Err(NodeCause::Timeout); batch.len()],
         };
-        match replies {
-            Ok(replies) => {
-                for (job, reply) in batch.drain(..).zip(replies) {
-                    let _ = job.reply.send(unbatch(reply));
-                }
-            }
-            Err(cause) => {
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(cause.clone()));
-                }
-            }
+        for (job, reply) in batch.drain(..).zip(replies) {
+            let _ = job.reply.send(reply);
         }
     }
 }
 
-/// `EVALSHA batch <keys> <all keys> <m> <m headers> <all arguments>` (see `batch.lua`).
-fn batch_cmd(batch: &[Job]) -> Cmd {
-    let mut cmd = redis::cmd("EVALSHA");
-    let keys: usize = batch.iter().map(|j| j.op.keys.len()).sum();
-    cmd.arg(BATCH.get_hash()).arg(keys);
-    for job in batch {
-        for k in &job.op.keys {
-            cmd.arg(&**k);
-        }
+/// Sends `batch` as one pipeline and splits the replies per request. Requests that found
+/// their script missing (a restarted node) are sent again after loading all four scripts, so
+/// a node's script cache is only ever empty or full.
+async fn send(
+    conn: &mut ConnectionManager,
+    batch: &[Job],
+) -> Result<Vec<Result<Value, NodeCause>>, NodeCause> {
+    let mut replies = run(conn, batch.iter().map(|j| &*j.op)).await?;
+    let missing: Vec<usize> = (0..batch.len())
+        .filter(|&i| matches!(replies[i], Err(Failed::NoScript)))
+        .collect();
+    let done = |replies: Vec<Result<Value, Failed>>| {
+        replies
+            .into_iter()
+            .map(|r| {
+                r.map_err(|f| match f {
+                    Failed::NoScript => NodeCause::Redis("NOSCRIPT after SCRIPT LOAD".into()),
+                    Failed::Cause(c) => c,
+                })
+            })
+            .collect()
+    };
+    if missing.is_empty() {
+        return Ok(done(replies));
     }
-    cmd.arg(batch.len());
-    for job in batch {
-        cmd.arg(job.op.script as u8)
-            .arg(job.op.keys.len())
-            .arg(job.op.args.len());
+    let mut load = redis::pipe();
+    for source in SOURCES {
+        load.cmd("SCRIPT").arg("LOAD").arg(source);
     }
-    for job in batch {
-        for arg in &job.op.args {
-            match arg {
-                Arg::Text(t) => cmd.arg(&**t),
-                Arg::Number(n) => cmd.arg(*n),
-                Arg::Flag(f) => cmd.arg(if *f { "1" } else { "0" }),
-            };
-        }
+    load.query_async::<()>(conn)
+        .await
+        .map_err(|e| redis_cause(&e))?;
+    let again = run(conn, missing.iter().map(|&i| &*batch[i].op)).await?;
+    for (i, reply) in missing.into_iter().zip(again) {
+        replies[i] = reply;
     }
-    cmd
+    Ok(done(replies))
 }
 
-/// One request's reply out of a batch: a `"!..."` string is the error it raised.
-fn unbatch(reply: Value) -> Result<Value, NodeCause> {
-    match reply {
-        Value::BulkString(b) if b.first() == Some(&b'!') => Err(NodeCause::Redis(
-            String::from_utf8_lossy(&b[1..]).into_owned().into(),
-        )),
-        other => Ok(other),
+/// One pipeline of `ops`' commands; one reply per op (a command's error fails only its op).
+async fn run<'a>(
+    conn: &mut ConnectionManager,
+    ops: impl Iterator<Item = &'a Op> + Clone,
+) -> Result<Vec<Result<Value, Failed>>, NodeCause> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    let mut count = 0;
+    for op in ops.clone() {
+        count += op.push(&mut pipe);
     }
+    let values: Vec<Value> = pipe.query_async(conn).await.map_err(|e| redis_cause(&e))?;
+    if values.len() != count {
+        return Err(protocol(format!(
+            "{} replies to {count} commands",
+            values.len()
+        )));
+    }
+    let mut values = values.into_iter();
+    Ok(ops.map(|op| op.reply(&mut values)).collect())
 }
 
 fn redis_cause(e: &RedisError) -> NodeCause {
@@ -566,7 +653,17 @@ mod tests {
     }
 
     #[test]
-    fn the_batch_script_hashes() {
-        assert_eq!(BATCH.get_hash().len(), 40);
+    fn scripts_hash_to_distinct_shas() {
+        let shas = [
+            Script::Acquire,
+            Script::Release,
+            Script::Extend,
+            Script::Fence,
+        ]
+        .map(Script::sha);
+        assert!(shas.iter().all(|s| s.len() == 40));
+        assert_ne!(shas[0], shas[1]);
+        assert_ne!(shas[1], shas[2]);
+        assert_ne!(shas[2], shas[3]);
     }
 }

@@ -1,28 +1,30 @@
 -- Delete the lock's keys that this owner's value still holds; another owner's keys are left
--- untouched. A holder's release (ARGV[2] = "1") also announces it to waiters subscribed to
--- "<key>:released"; undoing a failed attempt does not, or contenders woken together would
--- collide again and again.
--- KEYS: the lock keys; ARGV[1]: the owner's value; ARGV[2]: "1" to publish.
--- Returns 1 + the most subscribers told for one key when something was deleted, 0 when no key
--- was there, -1 when only another owner's keys were.
-local deleted, other, told = 0, false, 0
+-- untouched. A holder's release of a single key also announces it on ARGV[2], the key's
+-- "<key>:released" channel, to subscribed waiters; undoing a failed attempt passes "" and does
+-- not, or contenders woken together would collide again and again (sets are never announced:
+-- their waiters poll).
+-- KEYS: the lock keys; ARGV[1]: the owner's value; ARGV[2]: channel or "".
+-- Returns 1 + the subscribers told when something was deleted, 0 when no key was there, -1
+-- when only another owner's keys were.
+local deleted, other = false, false
 for i = 1, #KEYS do
   local current = redis.call('GET', KEYS[i])
   if current == ARGV[1] then
     redis.call('DEL', KEYS[i])
-    deleted = deleted + 1
-    if ARGV[2] == '1' then
-      -- pcall: an ACL user without channel rights still releases (waiters then poll).
-      local n = redis.pcall('PUBLISH', KEYS[i] .. ':released', '')
-      if type(n) == 'number' and n > told then
-        told = n
-      end
-    end
+    deleted = true
   elseif current then
     other = true
   end
 end
-if deleted > 0 then
+if deleted then
+  local told = 0
+  if ARGV[2] ~= '' then
+    -- pcall: an ACL user without channel rights still releases (waiters then poll).
+    local n = redis.pcall('PUBLISH', ARGV[2], '')
+    if type(n) == 'number' then
+      told = n
+    end
+  end
   return 1 + told
 elseif other then
   return -1

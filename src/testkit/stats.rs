@@ -5,8 +5,12 @@ use std::collections::BTreeMap;
 use super::{LocalCluster, TestkitError};
 
 /// The commands redquorum's Lua scripts run inside Redis (they show up in
-/// `total_commands_processed` and `INFO commandstats` though no client sent them).
-pub const SCRIPT_COMMANDS: &[&str] = &["set", "get", "del", "pexpire", "publish", "pttl", "incr"];
+/// `total_commands_processed` and `INFO commandstats` though no client sent them), for
+/// single-key locks without fencing: there an acquire is a plain `SET NX PX` (plus `PTTL` from
+/// a waiter's second attempt on) that the client sends itself, and only releases and
+/// extensions run scripts. (Sets and fencing also run SET, PTTL and INCR inside scripts; the
+/// ownership queries send GET themselves.)
+pub const SCRIPT_COMMANDS: &[&str] = &["get", "del", "pexpire", "publish"];
 
 /// Command counters summed over the running nodes of a [`LocalCluster`]: take one before and
 /// one after a workload and subtract.
