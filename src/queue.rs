@@ -56,6 +56,9 @@ struct Entry {
     unannounced: bool,
     /// The next local head should let waiters of other processes (just told) try first.
     yield_next: bool,
+    /// The last release ended a streak of local hand-offs while local waiters were queued: it
+    /// went to Redis so that other processes could have the key.
+    streak_ended: bool,
     /// A grant left by the last holder for whichever ticket gets the turn next.
     baton: Option<Baton>,
     /// Tickets that stopped waiting for the turn (their holder's lease ran out): they never
@@ -94,6 +97,7 @@ impl Queues {
             streak: 0,
             unannounced: false,
             yield_next: false,
+            streak_ended: false,
             baton: None,
             bypassed: 0,
         });
@@ -219,9 +223,33 @@ impl Ticket {
         self.with_entry(|e| e.baton.take()).flatten()
     }
 
+    /// Takes the baton (with the turn) only if no other ticket could take it after us: for a
+    /// waiter that leaves without the lock and releases the grant itself.
+    pub(crate) fn take_last_baton(&self) -> Option<Baton> {
+        self.permit.as_ref()?;
+        self.with_entry(|e| {
+            if e.tickets - e.bypassed > 1 {
+                None
+            } else {
+                e.baton.take()
+            }
+        })
+        .flatten()
+    }
+
+    /// Whether the release before our turn ended a local streak (see [`LOCAL_STREAK`]), which
+    /// other processes that poll can only use if we do not take the key straight back.
+    pub(crate) fn after_streak(&self) -> bool {
+        self.with_entry(|e| std::mem::take(&mut e.streak_ended))
+            .unwrap_or(false)
+    }
+
     /// Called right before this ticket's first attempt in Redis.
     pub(crate) fn attempting(&self) {
-        self.with_entry(|e| e.unannounced = false);
+        self.with_entry(|e| {
+            e.unannounced = false;
+            e.streak_ended = false;
+        });
     }
 
     /// Records the lease of the lock this ticket now holds.
@@ -255,6 +283,7 @@ impl Ticket {
                 e.unannounced = true;
                 return false;
             }
+            e.streak_ended = e.tickets > 1;
             e.streak = 0;
             true
         })

@@ -328,3 +328,54 @@ async fn a_grant_with_less_than_half_its_ttl_left_goes_through_redis() {
         .await
         .is_empty());
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_set_is_handed_on_too() {
+    let c = cluster(3);
+    let locks = locks(&c).await;
+    let h = locks
+        .try_acquire_many(&["a", "b"])
+        .await
+        .expect("ok")
+        .expect("free");
+    let waiter = {
+        let locks = locks.clone();
+        // The same set named in another order is the same queue.
+        tokio::spawn(async move { locks.acquire_many(&ctx(5_000), &["b", "a"]).await })
+    };
+    let_waiters_queue().await;
+    let (value, expires_at) = (h.value().to_owned(), h.expires_at());
+    h.release().await.expect("release");
+    let g = waiter.await.expect("no panic").expect("acquired");
+    assert_eq!(g.value(), value);
+    assert_eq!(g.expires_at(), expires_at);
+    assert_eq!(g.key(), "b,a", "labelled as its new owner named it");
+    // An overlapping set from another process is refused while the handed set is held.
+    let other = common::locks(&c).await;
+    assert!(other
+        .try_acquire_many(&["b", "z"])
+        .await
+        .expect("ok")
+        .is_none());
+    g.release().await.expect("release");
+    assert!(wait_until_no_keys(&c, Duration::from_secs(2))
+        .await
+        .is_empty());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_aborted_waiter_handed_the_lock_releases_it_in_the_background() {
+    let c = cluster(5);
+    let locks = locks(&c).await;
+    let h = locks.try_acquire("k").await.expect("ok").expect("free");
+    let waiter = {
+        let locks = locks.clone();
+        tokio::spawn(async move { locks.acquire(&ctx(5_000), "k").await })
+    };
+    let_waiters_queue().await;
+    drop(h); // handed to the waiter, which has not run since
+    waiter.abort(); // its acquire future is dropped holding the turn
+    assert!(waiter.await.expect_err("aborted").is_cancelled());
+    let left = wait_until_no_keys(&c, Duration::from_secs(2)).await;
+    assert!(left.is_empty(), "leaked: {left:?}");
+}
