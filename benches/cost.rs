@@ -194,10 +194,7 @@ async fn measure(
         format!("{:.1}", (after.allocs - before.allocs) as f64 / n),
         format!("{:.0}", (after.bytes - before.bytes) as f64 / n),
         sys.map_or("n/a".into(), |s| format!("{:.1}", s as f64 / n)),
-        format!(
-            "{:.1}",
-            (after.client_ns - before.client_ns) as f64 / n / 1e3
-        ),
+        format!("{:.1}", (after.client_ns - before.client_ns) as f64 / n / 1e3),
         format!("{:.1}", (after.server_us - before.server_us) / n),
     ])
 }
