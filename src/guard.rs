@@ -11,8 +11,8 @@ use tracing::Instrument;
 
 use crate::error::{Error, NodeCause};
 use crate::lease::Lease;
-use crate::lock::spawn_release;
-use crate::node::Grant;
+use crate::lock::{spawn_release, Shared};
+use crate::node::{Grant, Keys};
 use crate::queue::Ticket;
 use crate::quorum::Vote;
 
@@ -22,6 +22,14 @@ use crate::quorum::Vote;
 /// [`release`](Self::release) to learn whether the release reached a majority; if the guard is
 /// simply dropped, a release is spawned on the current tokio runtime (best effort: with no
 /// runtime, or if it fails, the keys expire after the TTL).
+///
+/// # Local hand-off
+/// When another task of the same [`RedLock`](crate::RedLock) is queued for the same key, a
+/// release (explicit or by drop) may hand the grant itself to that task instead of going to
+/// Redis: the keys stay held in Redis under the same value, and the next owner's guard inherits
+/// the remaining validity (see the README's "Waiting without spinning"). This happens only
+/// without fencing tokens, while the lease is not lost and at least half the TTL is left, and at
+/// most 8 times in a row per key; otherwise the release goes through Redis as usual.
 ///
 /// # Examples
 ///
@@ -204,6 +212,11 @@ impl LockGuard {
     /// Releases the lock on every node (compare-and-delete: another owner's key is never
     /// touched); succeeds when a majority confirms the deletion.
     ///
+    /// If another task of this process is queued for the key, the lock may instead be handed
+    /// to it without any Redis request (see [Local hand-off](Self#local-hand-off)): this
+    /// returns `Ok(())` at once, the lock has left this guard, and the keys remain held in
+    /// Redis by this process for the next owner.
+    ///
     /// # Errors
     /// [`Error::NotOwner`] when the lease had expired and another owner holds the key;
     /// [`Error::NotHeld`] when the key was already gone (expired); [`Error::NoQuorum`] when too
@@ -219,6 +232,10 @@ impl LockGuard {
     async fn release_round(&mut self) -> Result<(), Error> {
         let state = self.lease.0.clone();
         state.done.cancel();
+        if self.pass_baton() {
+            self.released = true;
+            return Ok(());
+        }
         let announce = self.ticket.as_ref().is_none_or(Ticket::announce_release);
         let round = state
             .shared
@@ -232,13 +249,122 @@ impl LockGuard {
         tracing::debug!(key = &*state.key, ok = outcome.is_ok(), "lock released");
         outcome
     }
+
+    /// Hands the grant to the next local waiter of the key, with no Redis request, when that
+    /// is safe: no fencing token (each owner would need a new one from Redis), the lease not
+    /// lost, at least half the configured TTL of validity left, and a local waiter queued
+    /// behind our turn (see [`Ticket::pass_baton`]). Called after `done` was cancelled, so the
+    /// keep-alive has stopped and `lost` can no longer fire; on success our ticket is dropped,
+    /// which hands the turn (and with it the baton) on.
+    fn pass_baton(&mut self) -> bool {
+        let Some(ticket) = self.ticket.as_mut() else {
+            return false;
+        };
+        let state = &self.lease.0;
+        let (expires_at, lease) = self.lease.schedule();
+        let half = state.shared.config.ttl / 2;
+        let left = expires_at.saturating_duration_since(Instant::now());
+        if state.fence.is_some() || self.lease.is_lost() || left < half {
+            return false;
+        }
+        let passed = ticket.pass_baton(|| {
+            Baton(Some(Handed {
+                shared: state.shared.clone(),
+                keys: state.keys.clone(),
+                value: state.value.clone(),
+                states: self.states.clone(),
+                expires_at,
+                lease,
+            }))
+        });
+        if passed {
+            tracing::debug!(
+                key = &*state.key,
+                validity = ?left,
+                "lock handed to a local waiter without a Redis round trip"
+            );
+            drop(self.ticket.take());
+        }
+        passed
+    }
+}
+
+/// A still-valid grant handed from a releasing guard to the next local waiter of the same key
+/// (see [`Ticket::pass_baton`]): the keys stay held in Redis under the same value meanwhile.
+/// Whoever owns it last either turns it into a guard ([`into_guard`](Self::into_guard)) or
+/// lets it drop, which releases the keys in Redis (announced, as another process may wait).
+pub(crate) struct Baton(Option<Handed>);
+
+struct Handed {
+    shared: Arc<Shared>,
+    keys: Keys,
+    value: Arc<str>,
+    /// Shared with every owner of this grant, so a straggling acquire of the original round
+    /// is still caught by whichever owner finally releases.
+    states: NodeStates,
+    /// The validity end of the grant as the last owner had it (after any extension).
+    expires_at: Instant,
+    /// The lease of the round that set `expires_at`.
+    lease: Duration,
+}
+
+impl Baton {
+    /// The new owner's guard, labelled `key`, with a fresh lease (no keep-alive, fresh lost
+    /// signal) inheriting the validity; or the baton back if less than half the configured TTL
+    /// is left (release it and go to Redis instead).
+    pub(crate) fn into_guard(mut self, key: &str) -> Result<LockGuard, Baton> {
+        let Some(h) = self.0.take() else {
+            return Err(self);
+        };
+        let left = h.expires_at.saturating_duration_since(Instant::now());
+        if left.is_zero() || left < h.shared.config.ttl / 2 {
+            self.0 = Some(h);
+            return Err(self);
+        }
+        let lease = Lease::new(
+            h.shared,
+            key.into(),
+            h.keys,
+            h.value,
+            None,
+            h.expires_at,
+            h.lease,
+        );
+        Ok(LockGuard::new(lease, h.states))
+    }
+
+    /// Releases the keys in Redis and waits for the round's decision. The round runs in its
+    /// own task: if this future is dropped, the release still completes.
+    pub(crate) async fn release(mut self) {
+        let Some(h) = self.0.take() else {
+            return;
+        };
+        let task = tokio::spawn(async move {
+            h.shared
+                .release_guard(&h.keys, &h.value, &h.states, true)
+                .await;
+        });
+        let _ = task.await;
+    }
+}
+
+impl Drop for Baton {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            tracing::debug!(
+                key = &**h.keys.id(),
+                "handed lock not taken by any local waiter; releasing it"
+            );
+            spawn_release(h.shared, h.keys, h.value, Some(h.states), None);
+        }
+    }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        let state = &self.lease.0;
-        state.done.cancel();
-        if !self.released {
+        self.lease.0.done.cancel();
+        if !self.released && !self.pass_baton() {
+            let state = &self.lease.0;
             spawn_release(
                 state.shared.clone(),
                 state.keys.clone(),

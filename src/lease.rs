@@ -125,6 +125,11 @@ impl Lease {
         self.0.expiry().0
     }
 
+    /// When the validity runs out and the lease (TTL) of the round that set it, read together.
+    pub(crate) fn schedule(&self) -> (Instant, Duration) {
+        *self.0.expiry()
+    }
+
     /// The fencing token of this acquisition, if fencing is on (see
     /// [`RedLockBuilder::fencing`](crate::RedLockBuilder::fencing)): strictly greater than the
     /// token of every earlier holder of the key, as long as every node keeps its counters

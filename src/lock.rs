@@ -364,17 +364,37 @@ impl RedLock {
         let mut ticket = self.shared.queues.join(keys.id());
         let hold_back = tokio::select! {
             biased;
-            () = ctx.cancelled() => return Err(Error::Cancelled { key: key.into() }),
-            hold_back = ticket.turn() => hold_back,
-            () = tokio::time::sleep_until(ctx.deadline()) => return Err(timeout(0)),
+            () = ctx.cancelled() => None,
+            hold_back = ticket.turn() => Some(hold_back),
+            () = tokio::time::sleep_until(ctx.deadline()) => None,
         };
+        let hold_back = match hold_back {
+            Some(hold_back) if !ctx.is_cancelled() && !ctx.is_expired() => hold_back,
+            _ => {
+                // A grant handed to us stays for the next local waiter, if any.
+                leave(ticket).await;
+                return Err(if ctx.is_cancelled() {
+                    Error::Cancelled { key: key.into() }
+                } else {
+                    timeout(0)
+                });
+            }
+        };
+        if let Some(guard) = self.take_baton(key, &ticket).await {
+            return Ok(guard.with_ticket(ticket));
+        }
+        let config = &self.shared.config;
+        // Polling waiters of other processes cannot be told of a release; assuming they poll
+        // as we do, the release that ended a local streak is theirs to find for a moment.
+        let hold_back =
+            (ticket.after_streak() && config.wait_strategy == WaitStrategy::Poll) || hold_back;
         ticket.attempting();
         if hold_back {
-            // Waiters of other processes were just told of the release: let them go first.
+            // Waiters of other processes were just told of the release (or may poll for it):
+            // let them go first.
             let pause = Duration::from_micros(fastrand::u64(1_000..3_000));
             tokio::time::sleep(pause.min(ctx.remaining())).await;
         }
-        let config = &self.shared.config;
         // Sets poll: a release of any one key is not worth waking for.
         let strategy = match keys.single() {
             Some(_) => config.wait_strategy,
@@ -521,11 +541,39 @@ impl RedLock {
             // Held, or about to be, by another task of this process.
             return Ok(None);
         }
+        if let Some(guard) = self.take_baton(key, &ticket).await {
+            return Ok(Some(guard.with_ticket(ticket)));
+        }
         ticket.attempting();
         match self.attempt(key, &keys, false).await {
             Attempt::Granted(guard) => Ok(Some(guard.with_ticket(ticket))),
             Attempt::Busy(_) => Ok(None),
             Attempt::Unreachable(e) => Err(e),
+        }
+    }
+
+    /// The grant the previous local holder handed to whoever gets the turn next (see
+    /// [`LockGuard`]'s local hand-off), as our guard, if it still has at least half the TTL of
+    /// validity; a baton with less is released in Redis first (so the attempt that follows can
+    /// win). No Redis request when the baton is used.
+    ///
+    /// # Cancel safety
+    /// Taking the baton and building the guard do not await; the release of a stale baton runs
+    /// in its own task, which completes if this future is dropped.
+    async fn take_baton(&self, key: &str, ticket: &Ticket) -> Option<LockGuard> {
+        match ticket.take_baton()?.into_guard(key) {
+            Ok(guard) => {
+                tracing::debug!(key, validity = ?guard.validity(), "lock taken over from a local holder");
+                Some(guard)
+            }
+            Err(stale) => {
+                tracing::debug!(
+                    key,
+                    "handed lock has too little validity left; releasing it"
+                );
+                stale.release().await;
+                None
+            }
         }
     }
 
@@ -1018,6 +1066,21 @@ impl OwnedRound {
                 op,
                 key: key.into(),
             })
+        }
+    }
+}
+
+/// A waiter leaving the local queue without the lock: if the previous holder handed it a grant
+/// that no other local waiter can take, the grant is released in Redis before the waiter
+/// returns, so a caller whose last acquire gave up can exit without leaving the key behind
+/// until its TTL. (Dropped instead, the grant is released in the background.)
+///
+/// # Cancel safety
+/// The release runs in its own task and completes if this future is dropped.
+async fn leave(mut ticket: Ticket) {
+    if ticket.try_turn() {
+        if let Some(baton) = ticket.take_last_baton() {
+            baton.release().await;
         }
     }
 }

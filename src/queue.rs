@@ -5,18 +5,26 @@
 //! The queue is an optimisation, never the source of safety: a local holder whose lease ran
 //! out stops blocking local waiters (they go to Redis, which decides), and a release that was
 //! handed to a local waiter who then left is announced after all.
+//!
+//! A holder that lets go while a local waiter is queued may leave its still-valid grant in
+//! the entry instead of releasing it in Redis (a [`Baton`]); the next ticket to get the turn
+//! takes it and becomes the owner without any Redis request. The baton is only ever in one
+//! place: the releasing guard, the entry (under the queue lock), or the ticket that took it;
+//! an entry removed with a baton in it drops the baton, which releases the keys in Redis.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::guard::Baton;
 use crate::lease::Lease;
 use crate::wake::Subscription;
 
 /// How many times in a row a release goes straight to the next local waiter without a
-/// notification for other processes (which would only collide with it). After that the
-/// release is announced and, if other processes listen, the local head holds back briefly.
+/// notification for other processes (which would only collide with it), whether through Redis
+/// or as a [`Baton`]. After that the release goes through Redis and is announced and, if other
+/// processes listen, the local head holds back briefly.
 pub(crate) const LOCAL_STREAK: u32 = 8;
 
 /// Announces a release on every node (a bare PUBLISH), for releases that were not announced
@@ -48,6 +56,14 @@ struct Entry {
     unannounced: bool,
     /// The next local head should let waiters of other processes (just told) try first.
     yield_next: bool,
+    /// The last release ended a streak of local hand-offs while local waiters were queued: it
+    /// went to Redis so that other processes could have the key.
+    streak_ended: bool,
+    /// A grant left by the last holder for whichever ticket gets the turn next.
+    baton: Option<Baton>,
+    /// Tickets that stopped waiting for the turn (their holder's lease ran out): they never
+    /// get the turn, so never take a baton.
+    bypassed: usize,
 }
 
 /// A place in the queue of one key: the key's turn is ours once we hold the permit (or once
@@ -59,6 +75,8 @@ pub(crate) struct Ticket {
     permit: Option<OwnedSemaphorePermit>,
     /// Whether this ticket's guard is the entry's holder.
     held: bool,
+    /// Whether this ticket stopped waiting for its turn (see [`Entry::bypassed`]).
+    bypassed: bool,
 }
 
 impl Queues {
@@ -79,6 +97,9 @@ impl Queues {
             streak: 0,
             unannounced: false,
             yield_next: false,
+            streak_ended: false,
+            baton: None,
+            bypassed: 0,
         });
         entry.tickets += 1;
         let slot = entry.slot.clone();
@@ -89,6 +110,7 @@ impl Queues {
             slot,
             permit: None,
             held: false,
+            bypassed: false,
         }
     }
 
@@ -145,6 +167,8 @@ impl Ticket {
                         if expired {
                             // The holder kept its guard past its lease: Redis decides now.
                             tracing::debug!(key = &*self.key, "local holder's lease ran out; contending without it");
+                            self.bypassed = true;
+                            self.with_entry(|e| e.bypassed += 1);
                             break;
                         }
                     }
@@ -163,9 +187,69 @@ impl Ticket {
         self.permit.is_some()
     }
 
+    /// Called by the holder as it lets go: leaves the grant `baton()` makes in the entry for
+    /// the next ticket to get the turn, if one is queued and the local streak allows it (see
+    /// [`LOCAL_STREAK`]). Returns whether it did; the caller then drops this ticket, which
+    /// hands the turn on. This ticket stops being the entry's holder in the same step, so a
+    /// successor that takes the baton at once is never cleared by this ticket's drop.
+    pub(crate) fn pass_baton(&mut self, baton: impl FnOnce() -> Baton) -> bool {
+        if self.permit.is_none() {
+            // Not our turn (we went to Redis past a holder whose lease ran out): nobody would
+            // be sure to take it.
+            return false;
+        }
+        let mut keys = self.queues.lock();
+        let Some(e) = keys.get_mut(&self.key) else {
+            return false;
+        };
+        let queued = e.tickets - e.bypassed > 1;
+        if !queued || e.streak >= LOCAL_STREAK || e.baton.is_some() {
+            return false;
+        }
+        e.streak += 1;
+        e.baton = Some(baton());
+        if self.held {
+            self.held = false;
+            e.holder = None;
+            e.changed.notify_waiters();
+        }
+        true
+    }
+
+    /// Takes the grant the previous holder left, if any: only with the turn, so exactly the
+    /// ticket the turn was handed to (or the first to take it later) gets it.
+    pub(crate) fn take_baton(&self) -> Option<Baton> {
+        self.permit.as_ref()?;
+        self.with_entry(|e| e.baton.take()).flatten()
+    }
+
+    /// Takes the baton (with the turn) only if no other ticket could take it after us: for a
+    /// waiter that leaves without the lock and releases the grant itself.
+    pub(crate) fn take_last_baton(&self) -> Option<Baton> {
+        self.permit.as_ref()?;
+        self.with_entry(|e| {
+            if e.tickets - e.bypassed > 1 {
+                None
+            } else {
+                e.baton.take()
+            }
+        })
+        .flatten()
+    }
+
+    /// Whether the release before our turn ended a local streak (see [`LOCAL_STREAK`]), which
+    /// other processes that poll can only use if we do not take the key straight back.
+    pub(crate) fn after_streak(&self) -> bool {
+        self.with_entry(|e| std::mem::take(&mut e.streak_ended))
+            .unwrap_or(false)
+    }
+
     /// Called right before this ticket's first attempt in Redis.
     pub(crate) fn attempting(&self) {
-        self.with_entry(|e| e.unannounced = false);
+        self.with_entry(|e| {
+            e.unannounced = false;
+            e.streak_ended = false;
+        });
     }
 
     /// Records the lease of the lock this ticket now holds.
@@ -199,6 +283,7 @@ impl Ticket {
                 e.unannounced = true;
                 return false;
             }
+            e.streak_ended = e.tickets > 1;
             e.streak = 0;
             true
         })
@@ -217,23 +302,35 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        // Hand the turn on first, then remove the key if no other ticket is left.
-        drop(self.permit.take());
+        // Stop being the holder before handing the turn on (a successor may record itself as
+        // holder at once), then remove the key if no other ticket is left.
         let mut keys = self.queues.lock();
         let Some(e) = keys.get_mut(&self.key) else {
+            drop(keys);
+            drop(self.permit.take());
             return;
         };
         e.tickets -= 1;
+        if self.bypassed {
+            e.bypassed -= 1;
+        }
         if self.held {
             e.holder = None;
             e.changed.notify_waiters();
         }
-        if e.tickets > 0 {
-            return;
-        }
-        let removed = keys.remove(&self.key);
+        let removed = if e.tickets == 0 {
+            keys.remove(&self.key)
+        } else {
+            None
+        };
         drop(keys);
-        if removed.as_ref().is_some_and(|e| e.unannounced) {
+        drop(self.permit.take());
+        // An entry removed with a baton in it: the baton's drop releases the keys in Redis
+        // and announces it, so no separate announcement.
+        if removed
+            .as_ref()
+            .is_some_and(|e| e.unannounced && e.baton.is_none())
+        {
             // A release went to a local waiter that left without taking it: tell the others.
             if let Some(announce) = self.queues.announcer.get() {
                 announce(self.key.clone());
