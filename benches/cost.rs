@@ -92,9 +92,7 @@ impl Reading {
             bytes: BYTES.load(Ordering::Relaxed),
             client_ns: client_cpu_ns()?,
             server_us: server_cpu_us(cluster)?,
-            requests: cluster
-                .command_stats()?
-                .requests(&["get", "del", "set", "pexpire", "publish", "pttl", "incr"]),
+            requests: cluster.command_stats()?.requests(SCRIPT_COMMANDS),
         })
     }
 }
@@ -190,12 +188,6 @@ async fn measure(
         h.await??;
     }
     let wall = started.elapsed();
-    if std::env::var_os("COST_CMDSTATS").is_some() {
-        let mut conn = redis::Client::open(cluster.direct_url(0)?)?.get_connection()?;
-        let info: String = redis::cmd("INFO").arg("commandstats").query(&mut conn)?;
-        let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut conn)?;
-        eprintln!("{} {tasks}:\n{info}", NAMES[lib]);
-    }
     let after = Reading::take(cluster)?;
     let sys = syscalls.stop();
     let n = (tasks * cycles) as f64;
