@@ -11,6 +11,7 @@
 //! (everything the process allocates: redis-rs, tokio, the library); syscalls by
 //! `perf stat -e raw_syscalls:sys_enter` attached to this process when `perf` is installed;
 //! client CPU from `/proc/self/task/*/schedstat`; server CPU from `INFO cpu` of every node.
+//! `-- redquorum 1` (a library and a task count) runs only that workload.
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -222,9 +223,21 @@ async fn main() -> Res<()> {
         "| workload | library | cycles/s | allocations | bytes allocated | syscalls | client CPU µs | servers' CPU µs | requests |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
+    // `-- LIBRARY TASKS` runs only that (e.g. under a heap profiler).
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let only = |lib: usize, tasks: usize| match args.as_slice() {
+        [name, n, ..] => name == NAMES[lib] && n.parse() == Ok(tasks),
+        _ => true,
+    };
     for (tasks, cycles, name) in [(1, 3_000, "1 task"), (64, 300, "64 tasks, distinct keys")] {
         for round in 0..2 {
-            for lib in [round % 2, 1 - round % 2] {
+            for lib in [round % 2, 1 - round % 2]
+                .into_iter()
+                .filter(|&l| only(l, tasks))
+            {
                 let cells = measure(&libs, &cluster, lib, tasks, cycles).await?;
                 println!("| {name} | {} | {} |", NAMES[lib], cells.join(" | "));
             }

@@ -264,7 +264,10 @@ impl LockGuard {
         let (expires_at, lease) = self.lease.schedule();
         let half = state.shared.config.ttl / 2;
         let left = expires_at.saturating_duration_since(Instant::now());
-        if state.fence.is_some() || self.lease.is_lost() || left < half {
+        // Once a release round was sent (even one whose future was then dropped: its deletes
+        // still go out), the grant is gone and must never be handed on.
+        if state.fence.is_some() || self.lease.is_lost() || left < half || self.states.is_released()
+        {
             return false;
         }
         let passed = ticket.pass_baton(|| {
@@ -448,6 +451,11 @@ impl NodeStates {
     /// Marks the guard as let go; called before the release round is sent.
     pub(crate) fn mark_released(&self) {
         self.0.released.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a release round was sent for this grant.
+    pub(crate) fn is_released(&self) -> bool {
+        self.0.released.load(Ordering::SeqCst)
     }
 
     /// A straggler's reply: whether node `i` now needs one more release.

@@ -381,3 +381,66 @@ async fn an_aborted_waiter_handed_the_lock_releases_it_in_the_background() {
     let left = wait_until_no_keys(&c, Duration::from_secs(2)).await;
     assert!(left.is_empty(), "leaked: {left:?}");
 }
+
+/// A `release()` that went to Redis (nobody queued yet) and was then dropped: its deletes go
+/// out anyway, so the guard's drop must not hand the grant to the waiter that queued
+/// meanwhile (it would hold a lock that is gone from Redis while another process takes it).
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_release_that_went_to_redis_is_never_handed_on() {
+    let c = cluster(3);
+    let locks = locks(&c).await;
+    let h = locks.try_acquire("k").await.expect("ok").expect("free");
+    let value = h.value().to_owned();
+    let mut release = Box::pin(h.release());
+    // First poll: nobody is queued, so the release round is sent to every node.
+    assert!(futures::poll!(&mut release).is_pending());
+    let waiter = {
+        let locks = locks.clone();
+        tokio::spawn(async move { locks.acquire(&ctx(5_000), "k").await })
+    };
+    let_waiters_queue().await;
+    drop(release); // e.g. `tokio::time::timeout(d, guard.release())` firing
+    let g = waiter.await.expect("no panic").expect("acquired");
+    assert_ne!(g.value(), value, "a deleted grant was handed on");
+    let other = common::locks(&c).await; // another process
+    assert!(
+        other.try_acquire("k").await.expect("ok").is_none(),
+        "two holders"
+    );
+}
+
+/// The same through the streak: after 8 local hand-offs the 9th release goes to Redis; dropped
+/// after it was sent, it must not turn into a 9th hand-off.
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_streak_ending_release_is_never_handed_on() {
+    let c = cluster(3);
+    let locks = locks(&c).await;
+    let mut h = locks.try_acquire("k").await.expect("ok").expect("free");
+    let value = h.value().to_owned();
+    let spawn_waiter = || {
+        let locks = locks.clone();
+        tokio::spawn(async move { locks.acquire(&ctx(5_000), "k").await })
+    };
+    for _ in 0..8 {
+        let w = spawn_waiter();
+        let_waiters_queue().await;
+        h.release().await.expect("hand-off");
+        h = w.await.expect("no panic").expect("acquired");
+        assert_eq!(h.value(), value, "handed on locally");
+    }
+    let w = spawn_waiter();
+    let_waiters_queue().await;
+    let mut release = Box::pin(h.release());
+    assert!(
+        futures::poll!(&mut release).is_pending(),
+        "the 9th goes to Redis"
+    );
+    drop(release);
+    let g = w.await.expect("no panic").expect("acquired");
+    assert_ne!(g.value(), value, "a deleted grant was handed on");
+    let other = common::locks(&c).await;
+    assert!(
+        other.try_acquire("k").await.expect("ok").is_none(),
+        "two holders"
+    );
+}
