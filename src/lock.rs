@@ -1070,16 +1070,17 @@ impl OwnedRound {
     }
 }
 
-/// A waiter leaving the local queue without the lock: if the previous holder handed it a grant
-/// that no other local waiter can take, the grant is released in Redis before the waiter
-/// returns, so a caller whose last acquire gave up can exit without leaving the key behind
-/// until its TTL. (Dropped instead, the grant is released in the background.)
+/// A waiter leaving the local queue without the lock: if the previous holder handed it a grant,
+/// the grant is released in Redis before the waiter returns (any other local waiter then goes
+/// to Redis too), so a caller whose last acquire gave up can exit without leaving the key
+/// behind until its TTL. (Dropped instead, the grant is released in the background.) The
+/// turn is kept until the release is done, so no other waiter can be handed the grant.
 ///
 /// # Cancel safety
 /// The release runs in its own task and completes if this future is dropped.
 async fn leave(mut ticket: Ticket) {
     if ticket.try_turn() {
-        if let Some(baton) = ticket.take_last_baton() {
+        if let Some(baton) = ticket.take_baton() {
             baton.release().await;
         }
     }

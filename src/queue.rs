@@ -223,20 +223,6 @@ impl Ticket {
         self.with_entry(|e| e.baton.take()).flatten()
     }
 
-    /// Takes the baton (with the turn) only if no other ticket could take it after us: for a
-    /// waiter that leaves without the lock and releases the grant itself.
-    pub(crate) fn take_last_baton(&self) -> Option<Baton> {
-        self.permit.as_ref()?;
-        self.with_entry(|e| {
-            if e.tickets - e.bypassed > 1 {
-                None
-            } else {
-                e.baton.take()
-            }
-        })
-        .flatten()
-    }
-
     /// Whether the release before our turn ended a local streak (see [`LOCAL_STREAK`]), which
     /// other processes that poll can only use if we do not take the key straight back.
     pub(crate) fn after_streak(&self) -> bool {
