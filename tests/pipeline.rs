@@ -1,0 +1,150 @@
+//! The per-node pipelines: a request's failure stays its own, and no release is dropped.
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use redquorum::{RedLock, Retry, WaitStrategy};
+use tokio::time::Instant;
+
+fn raw(c: &redquorum::testkit::LocalCluster, i: usize, args: &[&str]) -> redis::Value {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(&mut conn(c, i)).expect("raw command")
+}
+
+/// A node that refuses writes (NOREPLICAS here; OOM under maxmemory+noeviction, MISCONF after
+/// a failed BGSAVE and READONLY on a demoted master behave the same) while reads still work.
+/// A waiter's hinted plain acquire is `SET` + `PTTL`: the SET fails, `Op::reply` returns at
+/// `next()?` without consuming the PTTL reply, and the next request of the same pipeline takes
+/// that integer as its SET reply: "anything but Nil" = Granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_set_in_a_hinted_acquire_does_not_grant_the_next_request() {
+    let c = cluster(3);
+    let locks = RedLock::builder()
+        .nodes(c.urls())
+        .ttl(Duration::from_secs(10))
+        .node_timeout(Duration::from_millis(250))
+        .wait_strategy(WaitStrategy::Poll)
+        .retry(Retry::exponential(
+            Duration::from_millis(1),
+            Duration::from_millis(3),
+        ))
+        .build()
+        .await
+        .expect("build");
+    // Z holds "t0".."t7" on nodes 1 and 2: a majority, with a long lease.
+    let targets: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
+    for t in &targets {
+        let k = locks.redis_key(t).unwrap();
+        for i in [1, 2] {
+            raw(&c, i, &["SET", &k, "Z:other", "PX", "60000"]);
+        }
+    }
+    // Y holds "w0".."w31" on nodes 0 and 1, so our waiters keep retrying (hinted from the
+    // second attempt on).
+    for w in 0..32 {
+        let k = locks.redis_key(&format!("w{w}")).unwrap();
+        for i in [0, 1] {
+            raw(&c, i, &["SET", &k, "Y:other", "PX", "60000"]);
+        }
+    }
+    // Node 2 now refuses writes, reads still work.
+    raw(&c, 2, &["CONFIG", "SET", "min-replicas-to-write", "1"]);
+
+    let stop = Instant::now() + Duration::from_secs(4);
+    let mut waiters = Vec::new();
+    for w in 0..32 {
+        let locks = locks.clone();
+        waiters.push(tokio::spawn(async move {
+            let _ = locks.acquire(&ctx(4_000), &format!("w{w}")).await;
+        }));
+    }
+    let grants = Arc::new(AtomicUsize::new(0));
+    let tries = Arc::new(AtomicUsize::new(0));
+    let mut contenders = Vec::new();
+    for t in targets.clone() {
+        let (locks, grants, tries) = (locks.clone(), grants.clone(), tries.clone());
+        contenders.push(tokio::spawn(async move {
+            while Instant::now() < stop {
+                tries.fetch_add(1, Ordering::Relaxed);
+                let r = locks.try_acquire(&t).await;
+                if let Ok(Some(g)) = r {
+                    grants.fetch_add(1, Ordering::Relaxed);
+                    std::mem::forget(g); // keep it: it is the second holder
+                }
+            }
+        }));
+    }
+    for h in contenders {
+        h.await.unwrap();
+    }
+    for h in waiters {
+        let _ = h.await;
+    }
+    raw(&c, 2, &["CONFIG", "SET", "min-replicas-to-write", "0"]);
+    // Z still holds every target on nodes 1 and 2 (a majority): nobody else may be granted.
+    for t in &targets {
+        let k = locks.redis_key(t).unwrap();
+        assert_eq!(get(&c, 2, &k).as_deref(), Some("Z:other"));
+    }
+    let tries = tries.load(Ordering::Relaxed);
+    assert_eq!(
+        grants.load(Ordering::Relaxed),
+        0,
+        "try_acquire was granted while another owner held a majority ({tries} tries)"
+    );
+}
+
+/// A release queued behind a batch whose earliest deadline is later than its own (the
+/// background clean-up's 500 ms retries) is dropped by `retain` without being sent; the
+/// acquire of the same value sent earlier on the same connection then lands when the node
+/// comes back, and nobody releases it: the key stays for a full TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_queued_behind_a_slow_batch_is_not_dropped() {
+    let c = cluster(3);
+    let locks = RedLock::builder()
+        .nodes(c.urls())
+        .ttl(Duration::from_secs(10))
+        .node_timeout(Duration::from_millis(50))
+        .build()
+        .await
+        .expect("build");
+    // Warm every connection.
+    let g = locks.try_acquire("warm").await.unwrap().unwrap();
+    g.release().await.unwrap();
+
+    c.pause(2).expect("pause");
+    // Both granted by nodes 0 and 1; node 2's acquires are written to its socket and time out.
+    let a = locks.acquire(&ctx(2_000), "a").await.expect("a");
+    // Let the straggler's timeout be heard before a's release (no late-acquire flag).
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    // "h" is held by another owner on nodes 0 and 1: a refused try_acquire, whose undo hears
+    // nodes 0 and 1 say "other", times out on node 2 and then retries node 2 with 500 ms
+    // patience, which occupies node 2's sender for 500 ms.
+    let h = locks.redis_key("h").unwrap();
+    for i in [0, 1] {
+        raw(&c, i, &["SET", &h, "Z:other", "PX", "60000"]);
+    }
+    assert!(locks.try_acquire("h").await.expect("answered").is_none());
+    tokio::time::sleep(Duration::from_millis(180)).await;
+    // a's release to node 2 waits behind that batch, its 50 ms deadline passes, it is dropped.
+    let a_key = locks.redis_key("a").unwrap();
+    let a_value = a.value().to_owned();
+    a.release().await.expect("released on a majority");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    c.resume(2).expect("resume");
+    // The resumed node runs what was written to it; the background release retries end
+    // within about two seconds.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let left = get(&c, 2, &a_key);
+    let pttl = pttl(&c, 2, &a_key);
+    assert_eq!(
+        left, None,
+        "a released guard's value is back on node 2 (ours: {a_value}), pttl {pttl} ms"
+    );
+}
