@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, ServerErrorKind, Value};
+use redis::{Client, Cmd, RedisError, ServerErrorKind, Value};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
@@ -137,55 +137,74 @@ impl Op {
         self
     }
 
-    /// Appends this request's commands to `pipe`; returns how many.
-    fn push(&self, pipe: &mut redis::Pipeline) -> usize {
-        if let (Some(hint), [key, ..], [Arg::Text(value), Arg::Number(lease), ..]) =
-            (self.plain, &*self.keys, &*self.args)
-        {
-            pipe.cmd("SET")
-                .arg(&**key)
-                .arg(&**value)
-                .arg("NX")
-                .arg("PX")
-                .arg(*lease);
-            if hint {
-                pipe.cmd("PTTL").arg(&**key);
-                return 2;
-            }
-            return 1;
+    /// How many commands this request sends.
+    fn commands(&self) -> usize {
+        match self.plain {
+            Some(true) => 2,
+            _ => 1,
         }
-        let cmd = pipe
-            .cmd("EVALSHA")
-            .arg(self.script.sha())
-            .arg(self.keys.len());
-        for k in &self.keys {
-            cmd.arg(&**k);
-        }
-        for arg in &self.args {
-            match arg {
-                Arg::Text(t) => cmd.arg(&**t),
-                Arg::Number(n) => cmd.arg(*n),
-                Arg::Flag(f) => cmd.arg(if *f { "1" } else { "0" }),
-            };
-        }
-        1
     }
 
-    /// This request's reply from its commands' replies, in the shape of its script's reply
-    /// (a plain acquire's SET and PTTL become `{1, 0}` or `{0, pttl}`, pttl -1 when not asked).
-    fn reply(&self, replies: &mut impl Iterator<Item = Value>) -> Result<Value, Failed> {
-        let mut next = || match replies.next() {
-            Some(Value::ServerError(e)) if e.kind() == Some(ServerErrorKind::NoScript) => {
-                Err(Failed::NoScript)
+    /// This request's commands, each built at its final size.
+    fn cmds(&self) -> impl Iterator<Item = Cmd> + '_ {
+        let plain = match (self.plain, &*self.keys, &*self.args) {
+            (Some(hint), [key, ..], [Arg::Text(value), Arg::Number(lease), ..]) => {
+                Some((hint, key, value, *lease))
             }
-            Some(Value::ServerError(e)) => {
-                Err(Failed::Cause(NodeCause::Redis(e.to_string().into())))
-            }
-            Some(v) => Ok(v),
-            None => Err(Failed::Cause(protocol(
-                "a pipeline reply is missing".into(),
-            ))),
+            _ => None,
         };
+        let first = match plain {
+            Some((_, key, value, lease)) => {
+                let mut cmd = Cmd::with_capacity(6, key.len() + value.len() + 24);
+                cmd.arg("SET")
+                    .arg(&**key)
+                    .arg(&**value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(lease);
+                cmd
+            }
+            None => {
+                let size = 60
+                    + self.keys.iter().map(|k| k.len()).sum::<usize>()
+                    + self.args.len() * 20
+                    + self
+                        .args
+                        .iter()
+                        .map(|a| match a {
+                            Arg::Text(t) => t.len(),
+                            _ => 0,
+                        })
+                        .sum::<usize>();
+                let mut cmd = Cmd::with_capacity(3 + self.keys.len() + self.args.len(), size);
+                cmd.arg("EVALSHA")
+                    .arg(self.script.sha())
+                    .arg(self.keys.len());
+                for k in &self.keys {
+                    cmd.arg(&**k);
+                }
+                for arg in &self.args {
+                    match arg {
+                        Arg::Text(t) => cmd.arg(&**t),
+                        Arg::Number(n) => cmd.arg(*n),
+                        Arg::Flag(f) => cmd.arg(if *f { "1" } else { "0" }),
+                    };
+                }
+                cmd
+            }
+        };
+        let second = plain.filter(|p| p.0).map(|(_, key, _, _)| {
+            let mut cmd = Cmd::with_capacity(2, key.len() + 8);
+            cmd.arg("PTTL").arg(&**key);
+            cmd
+        });
+        std::iter::once(first).chain(second)
+    }
+
+    /// This request's reply from its commands' replies (`next` gives them in order), in the
+    /// shape of its script's reply (a plain acquire's SET and PTTL become `{1, 0}` or
+    /// `{0, pttl}`, pttl -1 when not asked).
+    fn reply(&self, mut next: impl FnMut() -> Result<Value, Failed>) -> Result<Value, Failed> {
         let Some(hint) = self.plain else {
             return next();
         };
@@ -209,6 +228,24 @@ enum Failed {
     /// Its script is not in the node's cache (the node restarted).
     NoScript,
     Cause(NodeCause),
+}
+
+impl Failed {
+    fn cause(self) -> NodeCause {
+        match self {
+            Failed::NoScript => NodeCause::Redis("NOSCRIPT after SCRIPT LOAD".into()),
+            Failed::Cause(c) => c,
+        }
+    }
+
+    /// A command's error reply (inside a pipeline or alone).
+    fn from_server(e: &redis::ServerError) -> Failed {
+        if e.kind() == Some(ServerErrorKind::NoScript) {
+            Failed::NoScript
+        } else {
+            Failed::Cause(NodeCause::Redis(e.to_string().into()))
+        }
+    }
 }
 
 /// A request waiting for its node's connection, and where its reply goes.
@@ -585,13 +622,22 @@ async fn serve(
                 last_sent = Instant::now();
                 out.push(async move {
                     let sent = tokio::time::timeout_at(bound, send(&mut conn, &batch)).await;
-                    let replies = match sent {
-                        Ok(Ok(replies)) => replies,
-                        Ok(Err(cause)) => vec![Err(cause); batch.len()],
-                        Err(_elapsed) => vec![Err(NodeCause::Timeout); batch.len()],
-                    };
-                    for (job, reply) in batch.into_iter().zip(replies) {
-                        let _ = job.reply.send(reply);
+                    match sent {
+                        Ok(Ok(replies)) => {
+                            for (job, reply) in batch.into_iter().zip(replies) {
+                                let _ = job.reply.send(reply.map_err(Failed::cause));
+                            }
+                        }
+                        Ok(Err(cause)) => {
+                            for job in batch {
+                                let _ = job.reply.send(Err(cause.clone()));
+                            }
+                        }
+                        Err(_elapsed) => {
+                            for job in batch {
+                                let _ = job.reply.send(Err(NodeCause::Timeout));
+                            }
+                        }
                     }
                 });
             }
@@ -607,24 +653,13 @@ async fn serve(
 async fn send(
     conn: &mut ConnectionManager,
     batch: &[Job],
-) -> Result<Vec<Result<Value, NodeCause>>, NodeCause> {
+) -> Result<Vec<Result<Value, Failed>>, NodeCause> {
     let mut replies = run(conn, batch.iter().map(|j| &*j.op)).await?;
     let missing: Vec<usize> = (0..batch.len())
         .filter(|&i| matches!(replies[i], Err(Failed::NoScript)))
         .collect();
-    let done = |replies: Vec<Result<Value, Failed>>| {
-        replies
-            .into_iter()
-            .map(|r| {
-                r.map_err(|f| match f {
-                    Failed::NoScript => NodeCause::Redis("NOSCRIPT after SCRIPT LOAD".into()),
-                    Failed::Cause(c) => c,
-                })
-            })
-            .collect()
-    };
     if missing.is_empty() {
-        return Ok(done(replies));
+        return Ok(replies);
     }
     let mut load = redis::pipe();
     for source in SOURCES {
@@ -637,19 +672,46 @@ async fn send(
     for (i, reply) in missing.into_iter().zip(again) {
         replies[i] = reply;
     }
-    Ok(done(replies))
+    Ok(replies)
 }
 
-/// One pipeline of `ops`' commands; one reply per op (a command's error fails only its op).
+/// One pipeline of `ops`' commands (a lone command is sent as such); one reply per op (a
+/// command's error fails only its op).
 async fn run<'a>(
     conn: &mut ConnectionManager,
-    ops: impl Iterator<Item = &'a Op> + Clone,
+    ops: impl ExactSizeIterator<Item = &'a Op> + Clone,
 ) -> Result<Vec<Result<Value, Failed>>, NodeCause> {
-    let mut pipe = redis::pipe();
+    let count: usize = ops.clone().map(Op::commands).sum();
+    if count == 1 {
+        let mut ops = ops;
+        let Some(op) = ops.next() else {
+            return Ok(Vec::new());
+        };
+        let mut cmds = op.cmds();
+        let Some(cmd) = cmds.next() else {
+            return Ok(Vec::new());
+        };
+        let value = match cmd.query_async::<Value>(conn).await {
+            Ok(v) => Ok(v),
+            // A server's error reply fails the request; anything else, the connection.
+            Err(e) => match redis::ServerError::try_from(e) {
+                Ok(server) => Err(Failed::from_server(&server)),
+                Err(e) => return Err(redis_cause(&e)),
+            },
+        };
+        let mut value = Some(value);
+        return Ok(vec![op.reply(|| {
+            value
+                .take()
+                .unwrap_or_else(|| Err(Failed::Cause(protocol("a reply is missing".into()))))
+        })]);
+    }
+    let mut pipe = redis::Pipeline::with_capacity(count);
     pipe.ignore_errors();
-    let mut count = 0;
     for op in ops.clone() {
-        count += op.push(&mut pipe);
+        for cmd in op.cmds() {
+            pipe.add_command(cmd);
+        }
     }
     let values: Vec<Value> = pipe.query_async(conn).await.map_err(|e| redis_cause(&e))?;
     if values.len() != count {
@@ -659,7 +721,17 @@ async fn run<'a>(
         )));
     }
     let mut values = values.into_iter();
-    Ok(ops.map(|op| op.reply(&mut values)).collect())
+    Ok(ops
+        .map(|op| {
+            op.reply(|| match values.next() {
+                Some(Value::ServerError(e)) => Err(Failed::from_server(&e)),
+                Some(v) => Ok(v),
+                None => Err(Failed::Cause(protocol(
+                    "a pipeline reply is missing".into(),
+                ))),
+            })
+        })
+        .collect())
 }
 
 fn redis_cause(e: &RedisError) -> NodeCause {
