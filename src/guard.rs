@@ -12,7 +12,7 @@ use tracing::Instrument;
 use crate::error::{Error, NodeCause};
 use crate::lease::Lease;
 use crate::lock::{spawn_release, Shared};
-use crate::node::{Grant, Keys};
+use crate::node::{Grant, Keys, Script};
 use crate::queue::Ticket;
 use crate::quorum::Vote;
 
@@ -245,7 +245,7 @@ impl LockGuard {
             ticket.announced(round.listeners);
         }
         self.released = true;
-        let outcome = round.outcome("release", &state.key);
+        let outcome = round.outcome(Script::Release, &state.key);
         tracing::debug!(key = &*state.key, ok = outcome.is_ok(), "lock released");
         outcome
     }

@@ -187,7 +187,7 @@ impl Lease {
         let shared = &state.shared;
         let config = &shared.config;
         check_ttl(ttl, config.drift_factor, config.node_timeout)?;
-        let op = "extend";
+        let op = Script::Extend.name();
         let lost = |state: &State| {
             state.lose("an extension found the lease gone or held by another owner");
         };
@@ -207,7 +207,7 @@ impl Lease {
             .number(millis(lease));
         let round = shared.owned_round(request, None, None).await;
         let decided = Instant::now();
-        if let Err(e) = round.outcome(op, &state.key) {
+        if let Err(e) = round.outcome(Script::Extend, &state.key) {
             if e.is_lost() {
                 lost(state);
             }

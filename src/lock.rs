@@ -1042,9 +1042,11 @@ impl OwnedRound {
     /// the nodes that never granted us, must not turn a clean release into an error);
     /// NoQuorum when the silent nodes could still hold a majority; otherwise NotOwner if
     /// another owner holds the key somewhere, else NotHeld.
-    pub(crate) fn outcome(self, op: &'static str, key: &str) -> Result<(), Error> {
+    pub(crate) fn outcome(self, script: Script, key: &str) -> Result<(), Error> {
+        let op = script.name();
         let t = self.tally;
-        let released = op == "release" && t.yes > 0 && self.expired == 0 && t.failed < t.required();
+        let released =
+            script == Script::Release && t.yes > 0 && self.expired == 0 && t.failed < t.required();
         if t.yes >= t.required() || released {
             Ok(())
         } else if t.yes + t.failed >= t.required() {
@@ -1209,17 +1211,17 @@ mod tests {
 
     #[test]
     fn release_outcomes() {
-        assert!(round(3, 0, 0, 2).outcome("release", "k").is_ok());
+        assert!(round(3, 0, 0, 2).outcome(Script::Release, "k").is_ok());
         assert!(matches!(
-            round(2, 0, 3, 0).outcome("release", "k"),
+            round(2, 0, 3, 0).outcome(Script::Release, "k"),
             Err(Error::NotOwner { .. })
         ));
         assert!(matches!(
-            round(1, 4, 0, 0).outcome("release", "k"),
+            round(1, 4, 0, 0).outcome(Script::Release, "k"),
             Err(Error::NotHeld { .. })
         ));
         assert!(matches!(
-            round(2, 0, 0, 3).outcome("release", "k"),
+            round(2, 0, 0, 3).outcome(Script::Release, "k"),
             Err(Error::NoQuorum {
                 ok: 2,
                 required: 3,

@@ -49,6 +49,16 @@ pub(crate) enum Script {
 }
 
 impl Script {
+    /// The operation's name in errors.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Script::Acquire => "acquire",
+            Script::Release => "release",
+            Script::Extend => "extend",
+            Script::Fence => "fence",
+        }
+    }
+
     fn sha(self) -> &'static str {
         SCRIPTS[self as usize].get_hash()
     }
