@@ -10,55 +10,20 @@
 //! Both libraries use their defaults and a 10 s TTL. rslock's `lock` makes up to 3 attempts
 //! 0-200 ms apart and waits for every node (redis-rs' 500 ms response timeout bounds a silent
 //! one); redquorum returns as soon as a majority has answered (50 ms node timeout).
+mod common;
+
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{BoxError, Libs, Res, NAMES, TTL};
 use redquorum::testkit::LocalCluster;
 use redquorum::testkit::SCRIPT_COMMANDS;
-use redquorum::{Context, RedLock};
-use rslock::LockManager;
+use redquorum::Context;
 use tokio::time::Instant;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Res<T> = Result<T, BoxError>;
-
-const TTL: Duration = Duration::from_secs(10);
 const HOLD: Duration = Duration::from_millis(1);
-const NAMES: [&str; 2] = ["redquorum", "rslock"];
-
-/// The two clients on the same masters.
-struct Libs {
-    rq: RedLock,
-    rs: LockManager,
-}
-
-impl Libs {
-    async fn new(urls: &[String]) -> Res<Libs> {
-        let rq = RedLock::builder().nodes(urls).ttl(TTL).build().await?;
-        let rs = LockManager::new(urls.to_vec());
-        let libs = Libs { rq, rs };
-        for lib in 0..2 {
-            for _ in 0..200 {
-                libs.cycle(lib, "warm-up").await?;
-            }
-        }
-        Ok(libs)
-    }
-
-    /// One uncontended acquire + release by library `lib` (0 redquorum, 1 rslock).
-    async fn cycle(&self, lib: usize, key: &str) -> Res<()> {
-        if lib == 0 {
-            let guard = self.rq.try_acquire(key).await?.ok_or("key was held")?;
-            guard.release().await?;
-        } else {
-            let lock = self.rs.lock(key, TTL).await?;
-            self.rs.unlock(&lock).await;
-        }
-        Ok(())
-    }
-}
 
 /// How much of a latency scenario each library runs: `cycles` in batches of `batch`, or fewer
 /// if its measured time reaches `cap`.
@@ -442,10 +407,7 @@ fn hold(held: &AtomicU64) {
 /// `tasks` tasks of library `lib`, each on its own key, for `secs` seconds: cycles done.
 async fn distinct(libs: &Libs, lib: usize, tasks: usize, secs: f64) -> Res<u64> {
     let end = Instant::now() + Duration::from_secs_f64(secs);
-    let libs = Arc::new(Libs {
-        rq: libs.rq.clone(),
-        rs: libs.rs.clone(),
-    });
+    let libs = Arc::new(libs.clone());
     let handles: Vec<_> = (0..tasks)
         .map(|t| {
             let libs = libs.clone();

@@ -12,18 +12,16 @@
 //! `perf stat -e raw_syscalls:sys_enter` attached to this process when `perf` is installed;
 //! client CPU from `/proc/self/task/*/schedstat`; server CPU from `INFO cpu` of every node.
 //! `-- redquorum 1` (a library and a task count) runs only that workload.
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use common::{BoxError, Libs, Res, NAMES};
 use redquorum::testkit::{LocalCluster, SCRIPT_COMMANDS};
-use redquorum::RedLock;
-use rslock::LockManager;
 use tokio::time::Instant;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Res<T> = Result<T, BoxError>;
 
 /// Counts allocations (not frees: one malloc is one allocation whoever frees it).
 struct Counting;
@@ -53,28 +51,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-const TTL: Duration = Duration::from_secs(10);
-const NAMES: [&str; 2] = ["redquorum", "rslock"];
-
-#[derive(Clone)]
-struct Libs {
-    rq: RedLock,
-    rs: LockManager,
-}
-
-impl Libs {
-    async fn cycle(&self, lib: usize, key: &str) -> Res<()> {
-        if lib == 0 {
-            let guard = self.rq.try_acquire(key).await?.ok_or("key was held")?;
-            guard.release().await?;
-        } else {
-            let lock = self.rs.lock(key, TTL).await?;
-            self.rs.unlock(&lock).await;
-        }
-        Ok(())
-    }
-}
 
 /// Counters read before and after a workload.
 #[derive(Clone, Copy, Default)]
@@ -210,15 +186,7 @@ async fn measure(
 async fn main() -> Res<()> {
     let cluster = LocalCluster::start(5)?;
     let urls = cluster.urls();
-    let libs = Libs {
-        rq: RedLock::builder().nodes(&urls).ttl(TTL).build().await?,
-        rs: LockManager::new(urls.clone()),
-    };
-    for lib in 0..2 {
-        for _ in 0..500 {
-            libs.cycle(lib, "warm-up").await?;
-        }
-    }
+    let libs = Libs::new(&urls).await?;
     println!(
         "| workload | library | cycles/s | allocations | bytes allocated | syscalls | client CPU µs | servers' CPU µs | requests |"
     );

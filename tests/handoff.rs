@@ -88,6 +88,12 @@ async fn two_processes_with_local_waiters_never_hold_at_once() {
         .is_empty());
 }
 
+/// A task of the same process waiting up to 5 s for "k".
+fn spawn_waiter(locks: &RedLock) -> tokio::task::JoinHandle<Result<redquorum::LockGuard, Error>> {
+    let locks = locks.clone();
+    tokio::spawn(async move { locks.acquire(&ctx(5_000), "k").await })
+}
+
 /// On a current-thread runtime: lets the waiters just spawned run until they wait in the
 /// local queue (joining it and waiting for the turn involve no I/O).
 async fn let_waiters_queue() {
@@ -108,10 +114,7 @@ async fn the_next_local_owner_inherits_the_grant_and_the_old_lease_stays_quiet()
     h.keep_alive(); // due after about 240 ms (three node timeouts before the end)
     let old_lost = h.lost();
     let old = h.lease();
-    let waiter = {
-        let locks = locks.clone();
-        tokio::spawn(async move { locks.acquire(&ctx(5_000), "k").await })
-    };
+    let waiter = spawn_waiter(&locks);
     let_waiters_queue().await;
     let (value, expires_at) = (h.value().to_owned(), h.expires_at());
     let before = command_stats(&c);
@@ -148,10 +151,7 @@ async fn a_dropped_guard_hands_off_too() {
     let c = cluster(3);
     let locks = locks(&c).await;
     let h = locks.try_acquire("k").await.expect("ok").expect("free");
-    let waiter = {
-        let locks = locks.clone();
-        tokio::spawn(async move { locks.acquire(&ctx(5_000), "k").await })
-    };
+    let waiter = spawn_waiter(&locks);
     let_waiters_queue().await;
     let value = h.value().to_owned();
     drop(h);
@@ -288,10 +288,7 @@ async fn a_grant_with_less_than_half_its_ttl_left_goes_through_redis() {
 
     // The holder lets go past half its TTL: released in Redis, the waiter gets a fresh grant.
     let h = locks.try_acquire("k").await.expect("ok").expect("free");
-    let waiter = {
-        let locks = locks.clone();
-        tokio::spawn(async move { locks.acquire(&ctx(5_000), "k").await })
-    };
+    let waiter = spawn_waiter(&locks);
     let_waiters_queue().await;
     tokio::time::sleep_until(h.expires_at() - ttl / 2 + Duration::from_millis(20)).await;
     let value = h.value().to_owned();
@@ -308,10 +305,7 @@ async fn a_grant_with_less_than_half_its_ttl_left_goes_through_redis() {
     // Handed on with more than half left, but the waiter only runs once less is left: it
     // releases the grant in Redis and takes a fresh one.
     let h = locks.try_acquire("k").await.expect("ok").expect("free");
-    let waiter = {
-        let locks = locks.clone();
-        tokio::spawn(async move { locks.acquire(&ctx(5_000), "k").await })
-    };
+    let waiter = spawn_waiter(&locks);
     let_waiters_queue().await;
     let value = h.value().to_owned();
     let half_left = h.expires_at() - ttl / 2;
@@ -370,10 +364,7 @@ async fn an_aborted_waiter_handed_the_lock_releases_it_in_the_background() {
     let c = cluster(5);
     let locks = locks(&c).await;
     let h = locks.try_acquire("k").await.expect("ok").expect("free");
-    let waiter = {
-        let locks = locks.clone();
-        tokio::spawn(async move { locks.acquire(&ctx(5_000), "k").await })
-    };
+    let waiter = spawn_waiter(&locks);
     let_waiters_queue().await;
     drop(h); // handed to the waiter, which has not run since
     waiter.abort(); // its acquire future is dropped holding the turn
@@ -394,10 +385,7 @@ async fn a_dropped_release_that_went_to_redis_is_never_handed_on() {
     let mut release = Box::pin(h.release());
     // First poll: nobody is queued, so the release round is sent to every node.
     assert!(futures::poll!(&mut release).is_pending());
-    let waiter = {
-        let locks = locks.clone();
-        tokio::spawn(async move { locks.acquire(&ctx(5_000), "k").await })
-    };
+    let waiter = spawn_waiter(&locks);
     let_waiters_queue().await;
     drop(release); // e.g. `tokio::time::timeout(d, guard.release())` firing
     let g = waiter.await.expect("no panic").expect("acquired");
@@ -417,18 +405,14 @@ async fn a_dropped_streak_ending_release_is_never_handed_on() {
     let locks = locks(&c).await;
     let mut h = locks.try_acquire("k").await.expect("ok").expect("free");
     let value = h.value().to_owned();
-    let spawn_waiter = || {
-        let locks = locks.clone();
-        tokio::spawn(async move { locks.acquire(&ctx(5_000), "k").await })
-    };
     for _ in 0..8 {
-        let w = spawn_waiter();
+        let w = spawn_waiter(&locks);
         let_waiters_queue().await;
         h.release().await.expect("hand-off");
         h = w.await.expect("no panic").expect("acquired");
         assert_eq!(h.value(), value, "handed on locally");
     }
-    let w = spawn_waiter();
+    let w = spawn_waiter(&locks);
     let_waiters_queue().await;
     let mut release = Box::pin(h.release());
     assert!(
