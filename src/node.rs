@@ -621,7 +621,8 @@ async fn serve(
                     continue;
                 }
                 // A pipeline that gets no answer is given up after the last of its callers gave
-                // up (at least one node timeout): a frozen node holds at most MAX_PIPELINES.
+                // up (at least one node timeout): a frozen node holds at most
+                // MAX_PIPELINES_SLOW, each for about a node timeout.
                 let bound = batch
                     .iter()
                     .map(|j| j.deadline)
@@ -675,12 +676,22 @@ async fn send(
     for source in SOURCES {
         load.cmd("SCRIPT").arg("LOAD").arg(source);
     }
-    load.query_async::<()>(conn)
-        .await
-        .map_err(|e| redis_cause(&e))?;
-    let again = run(conn, missing.iter().map(|&i| &*batch[i].op)).await?;
-    for (i, reply) in missing.into_iter().zip(again) {
-        replies[i] = reply;
+    // Only the requests that found no script wait for this; the others keep their replies.
+    let again = match load.query_async::<()>(conn).await {
+        Ok(()) => run(conn, missing.iter().map(|&i| &*batch[i].op)).await,
+        Err(e) => Err(redis_cause(&e)),
+    };
+    match again {
+        Ok(again) => {
+            for (&i, reply) in missing.iter().zip(again) {
+                replies[i] = reply;
+            }
+        }
+        Err(cause) => {
+            for &i in &missing {
+                replies[i] = Err(Failed::Cause(cause.clone()));
+            }
+        }
     }
     Ok(replies)
 }
