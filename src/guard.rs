@@ -192,7 +192,9 @@ impl LockGuard {
     /// are never touched. On success the validity restarts from this round.
     ///
     /// A failed extension does not release anything: nodes that were extended keep the lease
-    /// until it expires or the guard is released.
+    /// until it expires or the guard is released. As the nodes may apply an extension even when
+    /// the round fails or is dropped, a `ttl` shorter than the validity left shortens the
+    /// validity as soon as the round starts, whatever its outcome.
     ///
     /// # Errors
     /// - [`Error::Config`]: `ttl` too short to leave validity (nothing is sent).
@@ -203,7 +205,8 @@ impl LockGuard {
     /// - [`Error::NoQuorum`]: too few nodes answered.
     ///
     /// # Cancel safety
-    /// If dropped, some nodes may have been extended; the guard keeps its old validity.
+    /// If dropped, some nodes may have been extended; the guard keeps its old validity, or the
+    /// shorter one a shorter `ttl` gives.
     #[tracing::instrument(name = "extend", level = "debug", skip_all, fields(key = %self.key(), ?ttl))]
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), Error> {
         self.lease.extend(ttl).await

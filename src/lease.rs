@@ -202,6 +202,21 @@ impl Lease {
         // The lease the nodes get, in whole milliseconds; validity is computed from it.
         let lease = Duration::from_millis(millis(ttl));
         let start = Instant::now();
+        // The nodes may apply this extension even if the round fails or is dropped (a request
+        // that went out still lands): from now on the keys may expire as early as
+        // `start + lease`, so the validity (and any grant handed on) never counts on more.
+        let floor = start + lease.saturating_sub(quorum::drift(lease, config.drift_factor));
+        let shortened = {
+            let mut expiry = state.expiry();
+            let shortened = floor < expiry.0;
+            if shortened {
+                expiry.0 = floor;
+            }
+            shortened
+        };
+        if shortened {
+            state.changed.notify_one();
+        }
         let request = Op::new(Script::Extend, &state.keys)
             .text(&state.value)
             .number(millis(lease));

@@ -30,8 +30,10 @@ const MAX_BATCH: usize = 128;
 /// gives 26-28k cycles/s, 4 give 36k, 32 give 21k, as most pipelines then carry one request).
 const MAX_PIPELINES: usize = 4;
 
-/// Pipelines out to one slow node at once: when none came back within a quarter of the node
-/// timeout, another may go, so requests do not wait a round trip behind others.
+/// Pipelines out to one slow node at once: beyond [`MAX_PIPELINES`], one more may go for each
+/// quarter of the node timeout since the last one went, so requests do not wait a whole
+/// round trip behind others (a frozen node, whose pipelines end after about a node timeout,
+/// levels off near 8).
 const MAX_PIPELINES_SLOW: usize = 64;
 
 /// Which script a request runs.
@@ -621,8 +623,9 @@ async fn serve(
                     continue;
                 }
                 // A pipeline that gets no answer is given up after the last of its callers gave
-                // up (at least one node timeout): a frozen node holds at most
-                // MAX_PIPELINES_SLOW, each for about a node timeout.
+                // up (at least one node timeout). An acquire in it may still be written after
+                // its caller gave up (a pipeline waiting for a reconnect): the round's undo, or
+                // NodeStates for a granted round, releases it behind it.
                 let bound = batch
                     .iter()
                     .map(|j| j.deadline)
@@ -660,13 +663,14 @@ async fn serve(
 
 /// Sends `batch` as one pipeline and splits the replies per request. Requests that found
 /// their script missing (a restarted node) are sent again after loading all four scripts, so
-/// a node's script cache is only ever empty or full.
+/// a node's script cache is only ever empty or full; later pipelines may run before the
+/// resend (nothing relies on the order, see `NodeStates`).
 async fn send(
     conn: &mut ConnectionManager,
     batch: &[Job],
 ) -> Result<Vec<Result<Value, Failed>>, NodeCause> {
     let mut replies = run(conn, batch.iter().map(|j| &*j.op)).await?;
-    let missing: Vec<usize> = (0..batch.len())
+    let mut missing: Vec<usize> = (0..batch.len())
         .filter(|&i| matches!(replies[i], Err(Failed::NoScript)))
         .collect();
     if missing.is_empty() {
@@ -676,8 +680,24 @@ async fn send(
     for source in SOURCES {
         load.cmd("SCRIPT").arg("LOAD").arg(source);
     }
-    // Only the requests that found no script wait for this; the others keep their replies.
-    let again = match load.query_async::<()>(conn).await {
+    // A failed load fails only the requests that needed it (all replies are delivered once
+    // this returns, and all fail as timed out if the pipeline's bound passes first).
+    let loaded = load.query_async::<()>(conn).await;
+    // The same rule as before the first send, checked now, right before the resend: an acquire
+    // whose caller gave up meanwhile is not sent again (its round's undo may have passed this
+    // node while the scripts loaded).
+    let now = Instant::now();
+    missing.retain(|&i| {
+        let job = &batch[i];
+        let abandoned =
+            job.op.script == Script::Acquire && (job.deadline <= now || job.reply.is_closed());
+        if abandoned {
+            replies[i] = Err(Failed::Cause(NodeCause::Timeout));
+        }
+        !abandoned
+    });
+    let again = match loaded {
+        Ok(()) if missing.is_empty() => Ok(Vec::new()),
         Ok(()) => run(conn, missing.iter().map(|&i| &*batch[i].op)).await,
         Err(e) => Err(redis_cause(&e)),
     };

@@ -1,4 +1,6 @@
-//! The per-node pipelines: a request's failure stays its own, and no release is dropped.
+//! The per-node pipelines: a request's failure stays its own, no release is dropped, and
+//! requests that land late (after a failed round, or resent after NOSCRIPT) never leave a
+//! guard counting on more validity than the nodes give, or a key behind.
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -6,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use redquorum::testkit::LocalCluster;
 use redquorum::{RedLock, Retry, WaitStrategy};
 use tokio::time::Instant;
 
@@ -146,5 +149,165 @@ async fn a_release_queued_behind_a_slow_batch_is_not_dropped() {
     assert_eq!(
         left, None,
         "a released guard's value is back on node 2 (ours: {a_value}), pttl {pttl} ms"
+    );
+}
+
+fn proxied(n: usize) -> LocalCluster {
+    LocalCluster::builder()
+        .nodes(n)
+        .proxied(true)
+        .start()
+        .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"))
+}
+
+async fn client(c: &LocalCluster) -> RedLock {
+    RedLock::builder()
+        .nodes(c.urls())
+        .ttl(Duration::from_secs(10))
+        .node_timeout(Duration::from_millis(100))
+        .retry(Retry::exponential(
+            Duration::from_millis(2),
+            Duration::from_millis(20),
+        ))
+        .build()
+        .await
+        .expect("build")
+}
+
+/// A failed extension with a shorter TTL still reaches the nodes (extensions always go out,
+/// late or not): by the time the keys expire and another process takes the lock, the guard no
+/// longer reports any validity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_shortening_extension_shortens_the_validity_too() {
+    let c = proxied(3);
+    let a = client(&c).await;
+    let b = client(&c).await;
+    // Load the scripts on every node (a release is a script).
+    a.try_acquire("warm")
+        .await
+        .unwrap()
+        .expect("free")
+        .release()
+        .await
+        .unwrap();
+    let mut guard = a.try_acquire("k").await.unwrap().expect("free");
+    for i in 0..3 {
+        c.proxy(i).unwrap().blackhole();
+    }
+    let r = guard.extend(Duration::from_secs(1)).await;
+    assert!(r.is_err(), "extend must fail while blackholed: {r:?}");
+    for i in 0..3 {
+        c.proxy(i).unwrap().heal();
+    }
+    // The extensions land after all: the keys expire about 1 s after it was sent.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(
+        guard.validity(),
+        Duration::ZERO,
+        "the guard outlived its keys"
+    );
+    assert!(
+        b.try_acquire("k").await.unwrap().is_some(),
+        "the late extension did land and expire"
+    );
+}
+
+/// The same through the local hand-off: a grant that a failed extension may have shortened is
+/// not handed on with its old validity (its validity is already the shorter one, below half
+/// the TTL, so the release goes through Redis and the waiter acquires there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_a_late_extension_may_shorten_is_not_handed_on_with_its_old_validity() {
+    let c = proxied(3);
+    let a = client(&c).await;
+    let b = client(&c).await;
+    // Load the scripts on every node (a release is a script).
+    a.try_acquire("warm")
+        .await
+        .unwrap()
+        .expect("free")
+        .release()
+        .await
+        .unwrap();
+    let mut guard = a.try_acquire("k").await.unwrap().expect("free");
+    let a2 = a.clone();
+    let waiter = tokio::spawn(async move {
+        a2.acquire(
+            &redquorum::Context::with_timeout(Duration::from_secs(20)),
+            "k",
+        )
+        .await
+    });
+    while !a.is_locked("k").await.unwrap_or(false) {
+        tokio::task::yield_now().await;
+    }
+    for i in 0..3 {
+        c.proxy(i).unwrap().blackhole();
+    }
+    let r = guard.extend(Duration::from_secs(1)).await;
+    assert!(r.is_err(), "extend must fail while blackholed: {r:?}");
+    assert!(guard.validity() <= Duration::from_secs(1));
+    let released = guard.release().await;
+    assert!(
+        released.is_err(),
+        "the shortened grant went to Redis (blackholed), not to the waiter"
+    );
+    for i in 0..3 {
+        c.proxy(i).unwrap().heal();
+    }
+    let next = waiter.await.unwrap().expect("acquired through Redis");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let validity = next.validity();
+    let other = b.try_acquire("k").await.unwrap();
+    assert!(
+        other.is_none(),
+        "two holders: B acquired while the local guard reports validity {validity:?}"
+    );
+}
+
+/// A NOSCRIPT resend of an acquire is not checked against its caller having given up: the
+/// failed round's undo (a release that finds nothing) overtakes it and the key stays behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_acquire_is_not_resent_after_noscript() {
+    let c = proxied(3);
+    let a = RedLock::builder()
+        .nodes(c.urls())
+        .ttl(Duration::from_secs(10))
+        .node_timeout(Duration::from_millis(500))
+        .fencing(true)
+        .build()
+        .await
+        .expect("build");
+    a.try_acquire("warm")
+        .await
+        .unwrap()
+        .expect("free")
+        .release()
+        .await
+        .unwrap();
+    let k = a.redis_key("k").unwrap();
+    let raw = |i: usize, args: &[&str]| {
+        let mut cmd = redis::cmd(args[0]);
+        for x in &args[1..] {
+            cmd.arg(*x);
+        }
+        cmd.query::<redis::Value>(&mut conn(&c, i)).expect("raw")
+    };
+    raw(0, &["SCRIPT", "FLUSH"]); // node 0 restarted: empty script cache
+    for i in [1, 2] {
+        raw(i, &["SET", &k, "other", "PX", "60000"]);
+    }
+    c.proxy(0).unwrap().set_latency(Duration::from_millis(40));
+    for i in [1, 2] {
+        c.proxy(i).unwrap().set_latency(Duration::from_millis(60));
+    }
+    let r = a.try_acquire("k").await.unwrap();
+    assert!(r.is_none());
+    // The undo and any resend are done well within this (node timeout 500 ms).
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let left = get(&c, 0, &k);
+    assert!(
+        left.is_none(),
+        "our abandoned acquire holds node 0 after its undo: {left:?}, pttl {}",
+        pttl(&c, 0, &k)
     );
 }
