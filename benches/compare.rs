@@ -328,6 +328,7 @@ async fn main() -> Res<()> {
     }
 
     println!("\n{}", table.out);
+    println!("Machine: {}", machine());
     println!("Settings: both libraries at their defaults with a 10 s TTL; nothing else changed.");
     for note in notes {
         println!("- {note}");
@@ -437,4 +438,30 @@ fn internal(lib: usize) -> &'static [&'static str] {
     } else {
         &["get", "del"]
     }
+}
+
+/// CPUs, CPU model, `redis-server` and `rustc` versions, for the table's caption.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let version = |cmd: &str| {
+        std::process::Command::new(cmd)
+            .arg("--version")
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_else(|| format!("{cmd}: not found"))
+    };
+    format!(
+        "{cpus} CPUs ({model}); {}; {}",
+        version("redis-server"),
+        version("rustc")
+    )
 }
