@@ -251,14 +251,6 @@ async fn a_dead_majority_is_no_quorum_even_when_the_live_nodes_say_held() {
     );
 }
 
-fn proxied(n: usize) -> redquorum::testkit::LocalCluster {
-    redquorum::testkit::LocalCluster::builder()
-        .nodes(n)
-        .proxied(true)
-        .start()
-        .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"))
-}
-
 /// Two of five masters 20 ms away (each way): early quorum decides with the three near ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_minority_does_not_slow_acquisition() {

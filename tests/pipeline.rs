@@ -12,12 +12,10 @@ use redquorum::testkit::LocalCluster;
 use redquorum::{RedLock, Retry, WaitStrategy};
 use tokio::time::Instant;
 
-fn raw(c: &redquorum::testkit::LocalCluster, i: usize, args: &[&str]) -> redis::Value {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query(&mut conn(c, i)).expect("raw command")
+/// Takes and releases a key once, so every node has the scripts loaded (a release is one).
+async fn warm(locks: &RedLock) {
+    let g = locks.try_acquire("warm").await.expect("ok").expect("free");
+    g.release().await.expect("release");
 }
 
 /// A node that refuses writes (NOREPLICAS here; OOM under maxmemory+noeviction, MISCONF after
@@ -117,9 +115,7 @@ async fn a_release_queued_behind_a_slow_batch_is_not_dropped() {
         .build()
         .await
         .expect("build");
-    // Warm every connection.
-    let g = locks.try_acquire("warm").await.unwrap().unwrap();
-    g.release().await.unwrap();
+    warm(&locks).await;
 
     c.pause(2).expect("pause");
     // Both granted by nodes 0 and 1; node 2's acquires are written to its socket and time out.
@@ -152,23 +148,10 @@ async fn a_release_queued_behind_a_slow_batch_is_not_dropped() {
     );
 }
 
-fn proxied(n: usize) -> LocalCluster {
-    LocalCluster::builder()
-        .nodes(n)
-        .proxied(true)
-        .start()
-        .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"))
-}
-
 async fn client(c: &LocalCluster) -> RedLock {
-    RedLock::builder()
-        .nodes(c.urls())
+    builder(c)
         .ttl(Duration::from_secs(10))
         .node_timeout(Duration::from_millis(100))
-        .retry(Retry::exponential(
-            Duration::from_millis(2),
-            Duration::from_millis(20),
-        ))
         .build()
         .await
         .expect("build")
@@ -182,14 +165,7 @@ async fn a_failed_shortening_extension_shortens_the_validity_too() {
     let c = proxied(3);
     let a = client(&c).await;
     let b = client(&c).await;
-    // Load the scripts on every node (a release is a script).
-    a.try_acquire("warm")
-        .await
-        .unwrap()
-        .expect("free")
-        .release()
-        .await
-        .unwrap();
+    warm(&a).await;
     let mut guard = a.try_acquire("k").await.unwrap().expect("free");
     for i in 0..3 {
         c.proxy(i).unwrap().blackhole();
@@ -220,14 +196,7 @@ async fn a_grant_a_late_extension_may_shorten_is_not_handed_on_with_its_old_vali
     let c = proxied(3);
     let a = client(&c).await;
     let b = client(&c).await;
-    // Load the scripts on every node (a release is a script).
-    a.try_acquire("warm")
-        .await
-        .unwrap()
-        .expect("free")
-        .release()
-        .await
-        .unwrap();
+    warm(&a).await;
     let mut guard = a.try_acquire("k").await.unwrap().expect("free");
     let a2 = a.clone();
     let waiter = tokio::spawn(async move {
@@ -277,24 +246,11 @@ async fn an_abandoned_acquire_is_not_resent_after_noscript() {
         .build()
         .await
         .expect("build");
-    a.try_acquire("warm")
-        .await
-        .unwrap()
-        .expect("free")
-        .release()
-        .await
-        .unwrap();
+    warm(&a).await;
     let k = a.redis_key("k").unwrap();
-    let raw = |i: usize, args: &[&str]| {
-        let mut cmd = redis::cmd(args[0]);
-        for x in &args[1..] {
-            cmd.arg(*x);
-        }
-        cmd.query::<redis::Value>(&mut conn(&c, i)).expect("raw")
-    };
-    raw(0, &["SCRIPT", "FLUSH"]); // node 0 restarted: empty script cache
+    raw(&c, 0, &["SCRIPT", "FLUSH"]); // node 0 restarted: empty script cache
     for i in [1, 2] {
-        raw(i, &["SET", &k, "other", "PX", "60000"]);
+        raw(&c, i, &["SET", &k, "other", "PX", "60000"]);
     }
     c.proxy(0).unwrap().set_latency(Duration::from_millis(40));
     for i in [1, 2] {

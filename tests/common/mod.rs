@@ -30,6 +30,24 @@ pub async fn locks(cluster: &LocalCluster) -> RedLock {
     builder(cluster).build().await.expect("build RedLock")
 }
 
+/// `cluster` with a `FaultProxy` in front of every node (for latency, blackholes, cuts).
+pub fn proxied(n: usize) -> LocalCluster {
+    LocalCluster::builder()
+        .nodes(n)
+        .proxied(true)
+        .start()
+        .unwrap_or_else(|e| panic!("cannot start {n} proxied redis-server processes: {e}"))
+}
+
+/// Runs one raw command on node `i`, past any proxy (to set up a node's state by hand).
+pub fn raw(cluster: &LocalCluster, i: usize, args: &[&str]) -> redis::Value {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(&mut conn(cluster, i)).expect("raw command")
+}
+
 /// A plain synchronous connection to node `i`, to look at what the lock left there.
 pub fn conn(cluster: &LocalCluster, i: usize) -> redis::Connection {
     let url = cluster.direct_url(i).expect("node index");
