@@ -645,10 +645,8 @@ impl RedLock {
         if tally.decision() == Decision::Reached {
             let mut valid = quorum::validity(lease, elapsed, config.drift_factor);
             let mut token = None;
-            if let (true, Some(single), Some(counter), Some(_)) =
-                (fenced, keys.single(), keys.fence(), valid)
-            {
-                let (t, confirmed) = self.fence(single, counter, &value, &fences).await;
+            if let (true, Some(counter), Some(_)) = (fenced, keys.fence(), valid) {
+                let (t, confirmed) = self.fence(keys, counter, &value, &fences).await;
                 // The token stands only if a majority holds a counter >= t while our value is
                 // there, confirmed within the validity.
                 valid = quorum::validity(lease, start.elapsed(), config.drift_factor)
@@ -739,7 +737,7 @@ impl RedLock {
     /// that node increments past `t`.
     async fn fence(
         &self,
-        full: &Arc<str>,
+        keys: &Keys,
         counter: &Arc<str>,
         value: &Arc<str>,
         fences: &[(usize, u64)],
@@ -757,7 +755,7 @@ impl RedLock {
         if lagging.is_empty() {
             return (t, confirmed);
         }
-        let op = &Arc::new(Op::fence(full, counter, value, t));
+        let op = &Arc::new(Op::fence(keys, counter, value, t));
         let nodes = &self.shared.nodes;
         let replies = futures::future::join_all(
             lagging

@@ -70,12 +70,14 @@ impl Script {
 #[derive(Debug)]
 pub(crate) struct Op {
     script: Script,
-    keys: Vec<Arc<str>>,
+    /// The lock's keys (shared with the lock, not copied).
+    keys: Keys,
+    /// A key sent after them: the fencing counter of a fenced acquire or fence raise.
+    counter: Option<Arc<str>>,
     args: Vec<Arg>,
-    /// A single-key acquire without fencing, sent as `SET key value NX PX lease`: Redis runs a
-    /// plain SET several times faster than a script's. `Some(true)`: followed by `PTTL key`, the
-    /// holder's remaining lease for a waiter that will sleep.
-    plain: Option<bool>,
+    /// A plain acquire is followed by `PTTL key`: the holder's remaining lease, for a waiter
+    /// that will sleep.
+    hint: bool,
 }
 
 #[derive(Debug)]
@@ -90,9 +92,10 @@ impl Op {
     pub(crate) fn new(script: Script, keys: &Keys) -> Self {
         Op {
             script,
-            keys: keys.iter().cloned().collect(),
+            keys: keys.clone(),
+            counter: None,
             args: Vec::with_capacity(4),
-            plain: None,
+            hint: false,
         }
     }
 
@@ -108,29 +111,36 @@ impl Op {
         hint: bool,
     ) -> Self {
         let mut op = Op::new(Script::Acquire, keys);
-        let fence = keys.fence().filter(|_| fencing && keys.len() == 1);
-        if let Some(counter) = fence {
-            op.keys.push(counter.clone());
-        }
-        if keys.len() == 1 && fence.is_none() {
-            op.plain = Some(hint);
-        }
+        op.counter = keys.fence().filter(|_| fencing && keys.len() == 1).cloned();
+        op.hint = hint;
+        let fenced = op.counter.is_some();
         op.text(value)
             .number(lease_ms)
-            .flag(fence.is_some())
+            .flag(fenced)
             .number(keys.len() as u64)
     }
 
-    /// Raising the fencing counter `counter` of lock key `key` to `token` under `value`.
-    pub(crate) fn fence(key: &Arc<str>, counter: &Arc<str>, value: &Arc<str>, token: u64) -> Self {
-        Op {
-            script: Script::Fence,
-            keys: vec![key.clone(), counter.clone()],
-            args: Vec::with_capacity(2),
-            plain: None,
-        }
-        .text(value)
-        .number(token)
+    /// Raising the fencing counter `counter` of the single-key lock `keys` to `token` under
+    /// `value`.
+    pub(crate) fn fence(keys: &Keys, counter: &Arc<str>, value: &Arc<str>, token: u64) -> Self {
+        let mut op = Op::new(Script::Fence, keys);
+        op.counter = Some(counter.clone());
+        op.text(value).number(token)
+    }
+
+    /// A single-key acquire without fencing, sent as `SET key value NX PX lease`: Redis runs a
+    /// plain SET several times faster than a script's.
+    fn plain(&self) -> bool {
+        self.script == Script::Acquire && self.counter.is_none() && self.keys.len() == 1
+    }
+
+    /// Every key, in the order the script expects them.
+    fn all_keys(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.keys.iter().chain(&self.counter)
+    }
+
+    fn key_count(&self) -> usize {
+        self.keys.len() + usize::from(self.counter.is_some())
     }
 
     pub(crate) fn text(mut self, v: &Arc<str>) -> Self {
@@ -151,22 +161,23 @@ impl Op {
 
     /// How many commands this request sends.
     fn commands(&self) -> usize {
-        match self.plain {
-            Some(true) => 2,
-            _ => 1,
+        if self.plain() && self.hint {
+            2
+        } else {
+            1
         }
     }
 
     /// This request's commands, each built at its final size.
     fn cmds(&self) -> impl Iterator<Item = Cmd> + '_ {
-        let plain = match (self.plain, &*self.keys, &*self.args) {
-            (Some(hint), [key, ..], [Arg::Text(value), Arg::Number(lease), ..]) => {
-                Some((hint, key, value, *lease))
+        let plain = match (self.keys.single(), &*self.args) {
+            (Some(key), [Arg::Text(value), Arg::Number(lease), ..]) if self.plain() => {
+                Some((key, value, *lease))
             }
             _ => None,
         };
         let first = match plain {
-            Some((_, key, value, lease)) => {
+            Some((key, value, lease)) => {
                 let mut cmd = Cmd::with_capacity(6, key.len() + value.len() + 24);
                 cmd.arg("SET")
                     .arg(&**key)
@@ -178,7 +189,7 @@ impl Op {
             }
             None => {
                 let size = 60
-                    + self.keys.iter().map(|k| k.len()).sum::<usize>()
+                    + self.all_keys().map(|k| k.len()).sum::<usize>()
                     + self.args.len() * 20
                     + self
                         .args
@@ -188,11 +199,11 @@ impl Op {
                             _ => 0,
                         })
                         .sum::<usize>();
-                let mut cmd = Cmd::with_capacity(3 + self.keys.len() + self.args.len(), size);
+                let mut cmd = Cmd::with_capacity(3 + self.key_count() + self.args.len(), size);
                 cmd.arg("EVALSHA")
                     .arg(self.script.sha())
-                    .arg(self.keys.len());
-                for k in &self.keys {
+                    .arg(self.key_count());
+                for k in self.all_keys() {
                     cmd.arg(&**k);
                 }
                 for arg in &self.args {
@@ -205,7 +216,7 @@ impl Op {
                 cmd
             }
         };
-        let second = plain.filter(|p| p.0).map(|(_, key, _, _)| {
+        let second = plain.filter(|_| self.hint).map(|(key, _, _)| {
             let mut cmd = Cmd::with_capacity(2, key.len() + 8);
             cmd.arg("PTTL").arg(&**key);
             cmd
@@ -217,13 +228,17 @@ impl Op {
     /// shape of its script's reply (a plain acquire's SET and PTTL become `{1, 0}` or
     /// `{0, pttl}`, pttl -1 when not asked).
     fn reply(&self, mut next: impl FnMut() -> Result<Value, Failed>) -> Result<Value, Failed> {
-        let Some(hint) = self.plain else {
+        if !self.plain() {
             return next();
-        };
+        }
         // Both replies are read before either is judged, so a failed SET never leaves its PTTL
         // for the next request to take as its own reply.
         let set = next();
-        let pttl = if hint { next() } else { Ok(Value::Int(-1)) };
+        let pttl = if self.hint {
+            next()
+        } else {
+            Ok(Value::Int(-1))
+        };
         let (set, pttl) = (set?, pttl?);
         match set {
             Value::Okay => Ok(Value::Array(vec![Value::Int(1), Value::Int(0)])),
@@ -266,6 +281,17 @@ struct Job {
     /// When its caller stops waiting.
     deadline: Instant,
     reply: oneshot::Sender<Result<Value, NodeCause>>,
+}
+
+impl Job {
+    /// An acquire whose caller gave up (deadline passed or future dropped) is never sent: its
+    /// round counts this node as failed, perhaps granted, and its undo may already have passed
+    /// the node, so not taking the key is the safe answer. Releases, extensions and fences
+    /// always go out, late or not: the caller may have given up, but the change must still
+    /// reach the node (a compare-and-delete or compare-and-extend never harms another owner).
+    fn abandoned(&self, now: Instant) -> bool {
+        self.op.script == Script::Acquire && (self.deadline <= now || self.reply.is_closed())
+    }
 }
 
 /// One node's answer to an acquire.
@@ -610,15 +636,8 @@ async fn serve(
                         Err(_) => break,
                     }
                 }
-                // An acquire whose caller gave up (deadline passed or future dropped) is not
-                // sent: its round counts this node as failed, perhaps granted, so not taking the
-                // key is the safe answer. Releases, extensions and fences always go out, late
-                // or not: the caller may have given up, but the change must still reach the node
-                // (a compare-and-delete or compare-and-extend never harms another owner).
                 let now = Instant::now();
-                batch.retain(|j| {
-                    j.op.script != Script::Acquire || (j.deadline > now && !j.reply.is_closed())
-                });
+                batch.retain(|j| !j.abandoned(now));
                 if batch.is_empty() {
                     continue;
                 }
@@ -683,14 +702,11 @@ async fn send(
     // A failed load fails only the requests that needed it (all replies are delivered once
     // this returns, and all fail as timed out if the pipeline's bound passes first).
     let loaded = load.query_async::<()>(conn).await;
-    // The same rule as before the first send, checked now, right before the resend: an acquire
-    // whose caller gave up meanwhile is not sent again (its round's undo may have passed this
-    // node while the scripts loaded).
+    // Checked again now, right before the resend: the round's undo may have passed this node
+    // while the scripts loaded.
     let now = Instant::now();
     missing.retain(|&i| {
-        let job = &batch[i];
-        let abandoned =
-            job.op.script == Script::Acquire && (job.deadline <= now || job.reply.is_closed());
+        let abandoned = batch[i].abandoned(now);
         if abandoned {
             replies[i] = Err(Failed::Cause(NodeCause::Timeout));
         }
