@@ -22,6 +22,11 @@ const SOURCES: [&str; 4] = [
 ];
 static SCRIPTS: LazyLock<[redis::Script; 4]> = LazyLock::new(|| SOURCES.map(redis::Script::new));
 
+/// Why a node cannot be reached when its sender task is gone.
+const RUNTIME_GONE: &str = "the tokio runtime this RedLock was built on has shut down, and with \
+     it the RedLock's connections; build the RedLock on the runtime that uses it (each \
+     #[tokio::test] has its own runtime)";
+
 /// Requests waiting for a node's connection are sent together, up to this many per pipeline.
 const MAX_BATCH: usize = 128;
 
@@ -260,7 +265,11 @@ enum Failed {
 impl Failed {
     fn cause(self) -> NodeCause {
         match self {
-            Failed::NoScript => NodeCause::Redis("NOSCRIPT after SCRIPT LOAD".into()),
+            Failed::NoScript => NodeCause::Redis(
+                "the node lost redquorum's scripts again right after loading them (restarted, \
+                 or SCRIPT FLUSH); the next request loads them again"
+                    .into(),
+            ),
             Failed::Cause(c) => c,
         }
     }
@@ -434,7 +443,8 @@ impl Nodes {
             .permits
             .acquire()
             .await
-            .map_err(|_| NodeCause::Redis("the lock client is shutting down".into()))?;
+            // Never closed: this cannot fail.
+            .map_err(|_| NodeCause::Redis("the in-flight semaphore was closed".into()))?;
         tokio::time::timeout(timeout, request)
             .await
             .unwrap_or(Err(NodeCause::Timeout))
@@ -449,13 +459,10 @@ impl Nodes {
                 deadline: Instant::now() + timeout,
                 reply,
             };
-            self.nodes[i]
-                .jobs
-                .send(job)
-                .map_err(|_| NodeCause::Redis("the lock client is shutting down".into()))?;
-            replied
-                .await
-                .unwrap_or_else(|_| Err(NodeCause::Redis("the request was dropped".into())))
+            // The sender task only ends with its runtime (it outlives every caller otherwise).
+            let gone = || NodeCause::Redis(RUNTIME_GONE.into());
+            self.nodes[i].jobs.send(job).map_err(|_| gone())?;
+            replied.await.unwrap_or_else(|_| Err(gone()))
         })
         .await
     }

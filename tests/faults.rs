@@ -301,3 +301,28 @@ async fn partitions_of_a_minority_and_a_majority() {
     let g = locks.acquire(&ctx(10_000), "k").await.expect("healed");
     g.release().await.expect("release");
 }
+
+/// A RedLock used after the runtime it was built on has shut down says so, and what to do,
+/// instead of timing out with no reason.
+#[test]
+fn a_redlock_outliving_its_runtime_says_why_it_cannot_reach_the_nodes() {
+    let c = cluster(3);
+    let built_on = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let locks = built_on.block_on(async { common::locks(&c).await });
+    drop(built_on);
+    let other = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let err = other
+        .block_on(locks.try_acquire("k"))
+        .expect_err("no node can be reached");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::NoQuorum { .. }) && msg.contains("runtime this RedLock was built on"),
+        "{msg}"
+    );
+}
