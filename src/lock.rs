@@ -361,7 +361,7 @@ impl RedLock {
         }
         // Local waiters of the same key queue here, first come first served; only the head
         // talks to Redis.
-        let mut ticket = self.shared.queues.join(keys.id());
+        let mut ticket = self.shared.queues.join(&keys);
         let hold_back = tokio::select! {
             biased;
             () = ctx.cancelled() => None,
@@ -536,7 +536,7 @@ impl RedLock {
 
     #[tracing::instrument(name = "try_acquire", level = "debug", skip_all, fields(key = %key))]
     async fn try_acquire_keys(&self, key: &str, keys: Keys) -> Result<Option<LockGuard>, Error> {
-        let mut ticket = self.shared.queues.join(keys.id());
+        let mut ticket = self.shared.queues.join(&keys);
         if !ticket.try_turn() {
             // Held, or about to be, by another task of this process.
             return Ok(None);
@@ -959,9 +959,6 @@ impl Shared {
     /// Tells waiters of other processes that `key` (a single lock key) is free (a bare PUBLISH
     /// on every node).
     async fn announce(&self, key: &str) {
-        if key.contains('\n') {
-            return; // a set's queue id: sets poll, nobody listens for it
-        }
         let channel = crate::wake::channel(key);
         futures::future::join_all((0..self.nodes.len()).map(|i| self.nodes.publish(i, &channel)))
             .await;

@@ -19,6 +19,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::guard::Baton;
 use crate::lease::Lease;
+use crate::node::Keys;
 use crate::wake::Subscription;
 
 /// How many times in a row a release goes straight to the next local waiter without a
@@ -40,6 +41,9 @@ pub(crate) struct Queues {
 }
 
 struct Entry {
+    /// A single-key lock: only its releases have a channel waiters of other processes listen
+    /// on (sets poll), so only they are announced.
+    single: bool,
     slot: Arc<Semaphore>,
     /// Tickets for this key, counted under the lock.
     tickets: usize,
@@ -85,10 +89,12 @@ impl Queues {
         let _ = self.announcer.set(announcer);
     }
 
-    /// Joins the queue of `key` (not yet waiting).
-    pub(crate) fn join(self: &Arc<Self>, key: &Arc<str>) -> Ticket {
+    /// Joins the queue of the lock `lock` (not yet waiting).
+    pub(crate) fn join(self: &Arc<Self>, lock: &Keys) -> Ticket {
+        let key = lock.id();
         let mut keys = self.lock();
         let entry = keys.entry(key.clone()).or_insert_with(|| Entry {
+            single: lock.single().is_some(),
             slot: Arc::new(Semaphore::new(1)),
             tickets: 0,
             sub: None,
@@ -315,7 +321,7 @@ impl Drop for Ticket {
         // and announces it, so no separate announcement.
         if removed
             .as_ref()
-            .is_some_and(|e| e.unannounced && e.baton.is_none())
+            .is_some_and(|e| e.single && e.unannounced && e.baton.is_none())
         {
             // A release went to a local waiter that left without taking it: tell the others.
             if let Some(announce) = self.queues.announcer.get() {
@@ -330,18 +336,22 @@ impl Drop for Ticket {
 mod tests {
     use super::*;
 
+    fn one(key: &str) -> Keys {
+        Keys::one(key.into(), None)
+    }
+
     #[tokio::test]
     async fn fifo_and_cleanup() {
         let queues = Arc::new(Queues::default());
         let key: Arc<str> = "k".into();
-        let mut first = queues.join(&key);
+        let mut first = queues.join(&one(&key));
         first.turn().await;
-        let mut second = queues.join(&key);
+        let mut second = queues.join(&one(&key));
         assert!(!second.try_turn());
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for i in 0..5 {
-            let mut t = queues.join(&key);
+            let mut t = queues.join(&one(&key));
             let order = order.clone();
             tasks.push(tokio::spawn(async move {
                 t.turn().await;
@@ -361,10 +371,10 @@ mod tests {
     #[tokio::test]
     async fn dropped_waiters_do_not_leak_entries() {
         let queues = Arc::new(Queues::default());
-        let mut held = queues.join(&"a".into());
+        let mut held = queues.join(&one("a"));
         held.turn().await;
         for _ in 0..100 {
-            let mut t = queues.join(&"a".into());
+            let mut t = queues.join(&one("a"));
             let _ = tokio::time::timeout(std::time::Duration::from_millis(1), t.turn()).await;
         }
         assert_eq!(queues.len(), 1);
@@ -372,16 +382,15 @@ mod tests {
         assert_eq!(queues.len(), 0);
     }
 
-    #[tokio::test]
-    async fn an_unannounced_release_is_announced_when_its_successor_leaves() {
+    /// Announcements made when the successor of an unannounced release leaves, for `lock`.
+    async fn told_after_successor_leaves(lock: &Keys) -> Vec<Arc<str>> {
         let queues = Arc::new(Queues::default());
         let told = Arc::new(Mutex::new(Vec::new()));
         let sink = told.clone();
         queues.set_announcer(Box::new(move |k| sink.lock().expect("no poison").push(k)));
-        let key: Arc<str> = "k".into();
-        let mut holder = queues.join(&key);
+        let mut holder = queues.join(lock);
         holder.turn().await;
-        let waiter = queues.join(&key);
+        let waiter = queues.join(lock);
         assert!(
             !holder.announce_release(),
             "a local waiter is queued: no announcement"
@@ -389,6 +398,19 @@ mod tests {
         drop(holder);
         assert!(told.lock().expect("no poison").is_empty());
         drop(waiter); // left without attempting
-        assert_eq!(*told.lock().expect("no poison"), [key]);
+        let told = told.lock().expect("no poison").clone();
+        told
+    }
+
+    #[tokio::test]
+    async fn an_unannounced_release_is_announced_when_its_successor_leaves() {
+        let key: Arc<str> = "k".into();
+        assert_eq!(told_after_successor_leaves(&one(&key)).await, [key]);
+    }
+
+    #[tokio::test]
+    async fn a_set_is_never_announced_nobody_listens_for_it() {
+        let set = Keys::many(vec!["a".into(), "b".into()]);
+        assert!(told_after_successor_leaves(&set).await.is_empty());
     }
 }
