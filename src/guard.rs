@@ -245,7 +245,7 @@ impl LockGuard {
             .release_guard(&state.keys, &state.value, &self.states, announce)
             .await;
         if let (true, Some(ticket)) = (announce, &self.ticket) {
-            ticket.announced(round.listeners);
+            ticket.announced(round.listeners, state.shared.others_poll(&state.keys));
         }
         self.released = true;
         let outcome = round.outcome(Script::Release, &state.key);

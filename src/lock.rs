@@ -384,10 +384,6 @@ impl RedLock {
             return Ok(guard.with_ticket(ticket));
         }
         let config = &self.shared.config;
-        // Polling waiters of other processes cannot be told of a release; assuming they poll
-        // as we do, the release that ended a local streak is theirs to find for a moment.
-        let hold_back =
-            (ticket.after_streak() && config.wait_strategy == WaitStrategy::Poll) || hold_back;
         ticket.attempting();
         if hold_back {
             // Waiters of other processes were just told of the release (or may poll for it):
@@ -956,6 +952,12 @@ impl Shared {
         .await
     }
 
+    /// Whether waiters of other processes for `keys` learn of a release only by polling:
+    /// assumed when we poll (the same setting on every process), and always for sets.
+    pub(crate) fn others_poll(&self, keys: &Keys) -> bool {
+        keys.single().is_none() || self.config.wait_strategy == WaitStrategy::Poll
+    }
+
     /// Tells waiters of other processes that `key` (a single lock key) is free (a bare PUBLISH
     /// on every node).
     async fn announce(&self, key: &str) {
@@ -1129,7 +1131,7 @@ pub(crate) fn spawn_release(
             None => shared.release(&keys, &value).await,
         };
         if let (true, Some(ticket)) = (announce, &ticket) {
-            ticket.announced(round.listeners);
+            ticket.announced(round.listeners, shared.others_poll(&keys));
         }
         drop(ticket);
         if round.tally.failed == 0 {

@@ -58,11 +58,10 @@ struct Entry {
     streak: u32,
     /// The last release was not announced and no local waiter has attempted since.
     unannounced: bool,
-    /// The next local head should let waiters of other processes (just told) try first.
-    yield_next: bool,
-    /// The last release ended a streak of local hand-offs while local waiters were queued: it
-    /// went to Redis so that other processes could have the key.
-    streak_ended: bool,
+    /// The last release went to Redis while local waiters were queued, and other processes
+    /// may want the key (they were told, or they poll): the next local head lets them try
+    /// first.
+    hold_back: bool,
     /// A grant left by the last holder for whichever ticket gets the turn next.
     baton: Option<Baton>,
     /// Tickets that stopped waiting for the turn (their holder's lease ran out): they never
@@ -102,8 +101,7 @@ impl Queues {
             changed: Arc::new(Notify::new()),
             streak: 0,
             unannounced: false,
-            yield_next: false,
-            streak_ended: false,
+            hold_back: false,
             baton: None,
             bypassed: 0,
         });
@@ -181,7 +179,7 @@ impl Ticket {
                 }
             }
         }
-        self.with_entry(|e| std::mem::take(&mut e.yield_next))
+        self.with_entry(|e| std::mem::take(&mut e.hold_back))
             .unwrap_or(false)
     }
 
@@ -229,18 +227,11 @@ impl Ticket {
         self.with_entry(|e| e.baton.take()).flatten()
     }
 
-    /// Whether the release before our turn ended a local streak (see [`LOCAL_STREAK`]), which
-    /// other processes that poll can only use if we do not take the key straight back.
-    pub(crate) fn after_streak(&self) -> bool {
-        self.with_entry(|e| std::mem::take(&mut e.streak_ended))
-            .unwrap_or(false)
-    }
-
     /// Called right before this ticket's first attempt in Redis.
     pub(crate) fn attempting(&self) {
         self.with_entry(|e| {
             e.unannounced = false;
-            e.streak_ended = false;
+            e.hold_back = false;
         });
     }
 
@@ -275,19 +266,20 @@ impl Ticket {
                 e.unannounced = true;
                 return false;
             }
-            e.streak_ended = e.tickets > 1;
             e.streak = 0;
             true
         })
         .unwrap_or(true)
     }
 
-    /// After an announced release: if it reached subscribers of other processes (more than our
-    /// own subscription) and a local waiter is next, that waiter holds back for a moment.
-    pub(crate) fn announced(&self, listeners: u32) {
+    /// After an announced release: if a local waiter is next and other processes may want the
+    /// key (the announcement reached more subscribers than our own, or `others_poll`: their
+    /// waiters cannot be told and find the key free only if we do not take it straight back),
+    /// that waiter holds back for a moment.
+    pub(crate) fn announced(&self, listeners: u32, others_poll: bool) {
         self.with_entry(|e| {
             let ours = u32::from(e.sub.is_some());
-            e.yield_next = e.tickets > 1 && listeners > ours;
+            e.hold_back = e.tickets > 1 && (listeners > ours || others_poll);
         });
     }
 }
@@ -412,5 +404,25 @@ mod tests {
     async fn a_set_is_never_announced_nobody_listens_for_it() {
         let set = Keys::many(vec!["a".into(), "b".into()]);
         assert!(told_after_successor_leaves(&set).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_next_head_holds_back_only_when_other_processes_may_want_the_key() {
+        for (listeners, others_poll, expected) in
+            [(0, false, false), (1, false, true), (0, true, true)]
+        {
+            let queues = Arc::new(Queues::default());
+            let lock = one("k");
+            let mut holder = queues.join(&lock);
+            holder.turn().await;
+            let mut next = queues.join(&lock);
+            holder.announced(listeners, others_poll);
+            drop(holder);
+            assert_eq!(
+                next.turn().await,
+                expected,
+                "{listeners} listeners, others poll: {others_poll}"
+            );
+        }
     }
 }
