@@ -218,7 +218,11 @@ impl fmt::Display for NodeCause {
         match self {
             NodeCause::Timeout => f.write_str("no answer within the node timeout"),
             NodeCause::Redis(e) => write!(f, "redis error: {e}"),
-            NodeCause::Protocol(e) => write!(f, "unexpected reply: {e}"),
+            NodeCause::Protocol(e) => write!(
+                f,
+                "unexpected reply: {e} (is the node a Redis server, reached directly or through \
+                 a proxy that passes replies through unchanged?)"
+            ),
         }
     }
 }
@@ -249,5 +253,16 @@ impl fmt::Display for NodeFailures<'_> {
             write!(f, "{n}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unexpected_reply_says_what_to_check() {
+        let msg = NodeCause::Protocol("SET NX PX returned Int(3)".into()).to_string();
+        assert!(msg.contains("Int(3)") && msg.contains("Redis server"), "{msg}");
     }
 }
