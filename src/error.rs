@@ -263,6 +263,9 @@ mod tests {
     #[test]
     fn an_unexpected_reply_says_what_to_check() {
         let msg = NodeCause::Protocol("SET NX PX returned Int(3)".into()).to_string();
-        assert!(msg.contains("Int(3)") && msg.contains("Redis server"), "{msg}");
+        assert!(
+            msg.contains("Int(3)") && msg.contains("Redis server"),
+            "{msg}"
+        );
     }
 }

@@ -930,8 +930,57 @@ impl Shared {
 
     /// Releases `value` from `keys` on every node; used to undo failed rounds.
     pub(crate) async fn release(self: &Arc<Self>, keys: &Keys, value: &Arc<str>) -> OwnedRound {
-        self.owned_round(release_op(keys, value, false), None, None)
-            .await
+        let round = self
+            .owned_round(release_op(keys, value, false), None, None)
+            .await;
+        self.retry_release(&round, keys, value, false);
+        round
+    }
+
+    /// After a release round that some node did not answer (down, frozen, reconnecting, cut):
+    /// tries every node again in the background with a longer timeout, a few times over about
+    /// two seconds, so the keys do not stay there until their TTL. Compare-and-delete makes
+    /// repeats harmless. With no runtime the keys expire by TTL.
+    fn retry_release(
+        self: &Arc<Self>,
+        round: &OwnedRound,
+        keys: &Keys,
+        value: &Arc<str>,
+        publish: bool,
+    ) {
+        if round.tally.failed == 0 {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let shared = self.clone();
+        let op = Arc::new(release_op(keys, value, publish));
+        let key = keys.id().clone();
+        rt.spawn(async move {
+            let patience = shared.nodes.timeout().max(Duration::from_millis(500));
+            let mut left: Vec<usize> = (0..shared.nodes.len()).collect();
+            for pause in [50, 200, 800] {
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                let replies = futures::future::join_all(left.iter().map(|&i| {
+                    let (op, shared) = (&op, &shared);
+                    async move { (i, shared.nodes.owned_within(i, op, patience).await) }
+                }))
+                .await;
+                left = replies
+                    .into_iter()
+                    .filter_map(|(i, r)| r.is_err().then_some(i))
+                    .collect();
+                if left.is_empty() {
+                    return;
+                }
+            }
+            tracing::debug!(
+                key = &*key,
+                nodes = left.len(),
+                "release did not reach every node; the rest expire by TTL"
+            );
+        });
     }
 
     /// A guard's release: like [`release`](Self::release), and also catches straggling
@@ -944,12 +993,15 @@ impl Shared {
         announce: bool,
     ) -> OwnedRound {
         states.mark_released();
-        self.owned_round(
-            release_op(keys, value, announce),
-            Some(states.clone()),
-            Some((keys.clone(), value.clone())),
-        )
-        .await
+        let round = self
+            .owned_round(
+                release_op(keys, value, announce),
+                Some(states.clone()),
+                Some((keys.clone(), value.clone())),
+            )
+            .await;
+        self.retry_release(&round, keys, value, true);
+        round
     }
 
     /// Whether waiters of other processes for `keys` learn of a release only by polling:
@@ -1106,8 +1158,8 @@ impl Drop for Undo {
     }
 }
 
-/// Releases in the background on the current runtime, retrying nodes that did not answer for
-/// up to about two seconds; with no runtime the keys expire by TTL. With `states` (a guard)
+/// Releases in the background on the current runtime (nodes that did not answer are retried,
+/// see `Shared::retry_release`); with no runtime the keys expire by TTL. With `states` (a guard)
 /// late straggling grants are caught too. The local queue `ticket`, if any, is handed on only
 /// after the first round, so the next local waiter finds the key gone.
 pub(crate) fn spawn_release(
@@ -1134,34 +1186,6 @@ pub(crate) fn spawn_release(
             ticket.announced(round.listeners, shared.others_poll(&keys));
         }
         drop(ticket);
-        if round.tally.failed == 0 {
-            return;
-        }
-        // Some node did not answer in time (down, frozen, reconnecting): try it again with a
-        // longer timeout, a few times. Compare-and-delete makes repeats harmless.
-        let op = Arc::new(release_op(&keys, &value, states.is_some()));
-        let patience = shared.nodes.timeout().max(Duration::from_millis(500));
-        let mut left: Vec<usize> = (0..shared.nodes.len()).collect();
-        for pause in [50, 200, 800] {
-            tokio::time::sleep(Duration::from_millis(pause)).await;
-            let replies = futures::future::join_all(left.iter().map(|&i| {
-                let (op, shared) = (&op, &shared);
-                async move { (i, shared.nodes.owned_within(i, op, patience).await) }
-            }))
-            .await;
-            left = replies
-                .into_iter()
-                .filter_map(|(i, r)| r.is_err().then_some(i))
-                .collect();
-            if left.is_empty() {
-                return;
-            }
-        }
-        tracing::debug!(
-            key = &**keys.id(),
-            nodes = left.len(),
-            "release did not reach every node; the rest expire by TTL"
-        );
     });
 }
 

@@ -326,3 +326,23 @@ fn a_redlock_outliving_its_runtime_says_why_it_cannot_reach_the_nodes() {
         "{msg}"
     );
 }
+
+/// A release that a node did not get (its connection was cut) is tried again in the
+/// background once the node is back, instead of leaving the key there until its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_a_node_missed_is_retried_in_the_background() {
+    let c = proxied(3);
+    let locks = common::locks(&c).await;
+    let g = locks.try_acquire("k").await.expect("ok").expect("free");
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while g.granted_nodes() < 3 && std::time::Instant::now() < until {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(g.granted_nodes(), 3, "every node holds the key");
+    c.proxy(2).expect("proxy").cut();
+    g.release().await.expect("released on a majority");
+    c.proxy(2).expect("proxy").heal();
+    // The TTL is 5 s: without the retries node 2 would keep the key that long.
+    let left = wait_until_no_keys(&c, Duration::from_secs(3)).await;
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
