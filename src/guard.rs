@@ -237,7 +237,9 @@ impl LockGuard {
     async fn release_round(&mut self) -> Result<(), Error> {
         let state = self.lease.0.clone();
         state.done.cancel();
-        if self.pass_baton() {
+        let passed = self.pass_baton();
+        state.end();
+        if passed {
             self.released = true;
             return Ok(());
         }
@@ -317,15 +319,16 @@ struct Handed {
 }
 
 impl Baton {
-    /// The new owner's guard, labelled `key`, with a fresh lease (no keep-alive, fresh lost
-    /// signal) inheriting the validity; or the baton back if less than half the configured TTL
-    /// is left (release it and go to Redis instead).
-    pub(crate) fn into_guard(mut self, key: &str) -> Result<LockGuard, Baton> {
+    /// The new owner's guard for `keys`, labelled `key`, with a fresh lease (no keep-alive,
+    /// fresh lost signal) inheriting the validity; or the baton back if it holds other keys
+    /// than `keys` (the local queue should make that impossible; this check makes it so) or if
+    /// less than half the configured TTL is left (release it and go to Redis instead).
+    pub(crate) fn into_guard(mut self, key: &str, keys: &Keys) -> Result<LockGuard, Baton> {
         let Some(h) = self.0.take() else {
             return Err(self);
         };
         let left = h.expires_at.saturating_duration_since(Instant::now());
-        if left.is_zero() || left < h.shared.config.ttl / 2 {
+        if h.keys != *keys || left.is_zero() || left < h.shared.config.ttl / 2 {
             self.0 = Some(h);
             return Err(self);
         }
@@ -360,7 +363,7 @@ impl Drop for Baton {
     fn drop(&mut self) {
         if let Some(h) = self.0.take() {
             tracing::debug!(
-                key = &**h.keys.id(),
+                key = %h.keys,
                 "handed lock not taken by any local waiter; releasing it"
             );
             spawn_release(h.shared, h.keys, h.value, Some(h.states), None);
@@ -371,7 +374,9 @@ impl Drop for Baton {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         self.lease.0.done.cancel();
-        if !self.released && !self.pass_baton() {
+        let passed = !self.released && self.pass_baton();
+        self.lease.0.end();
+        if !self.released && !passed {
             let state = &self.lease.0;
             spawn_release(
                 state.shared.clone(),

@@ -27,6 +27,14 @@ use crate::quorum;
 /// the lock. It cannot stop a process that pauses (GC, swap, SIGSTOP) *after* checking it and
 /// *before* acting: that gap is what fencing tokens close.
 ///
+/// # When the guard lets go
+/// A handle describes one holder's lease, and that lease ends when its guard lets go: on
+/// [`release`](crate::LockGuard::release), on drop, or when the guard hands the lock to
+/// another task of this process (a local hand-off; the new holder gets a handle of its own).
+/// From then on [`has_ended`](Self::has_ended) is true, [`validity`](Self::validity) is zero
+/// and [`lost`](Self::lost) has fired (without the warning a real loss logs), so work still
+/// holding the handle stops instead of acting without the lock.
+///
 /// ```no_run
 /// # use std::time::Duration;
 /// # use redquorum::{RedLock, Context};
@@ -112,17 +120,36 @@ impl Lease {
     }
 
     /// How long the lock is still safe to act under: `ttl − elapsed − drift` since the round
-    /// that granted (or last extended) it; zero once it has run out.
+    /// that granted (or last extended) it; zero once it has run out or the lease has ended
+    /// (see [`has_ended`](Self::has_ended)).
     ///
     /// A local, monotonic-clock estimate: it assumes the nodes' clocks do not run faster than
     /// `drift_factor` allows and that this process is not paused between reading it and acting.
     pub fn validity(&self) -> Duration {
+        if self.has_ended() {
+            return Duration::ZERO;
+        }
         self.expires_at().saturating_duration_since(Instant::now())
     }
 
-    /// The instant the validity runs out.
+    /// The instant the validity runs out (for an ended lease, no later than when it ended).
     pub fn expires_at(&self) -> Instant {
         self.0.expiry().0
+    }
+
+    /// Whether this lease has ended because its guard let go (released, dropped, or handed the
+    /// lock to another local task); see [When the guard lets go](Self#when-the-guard-lets-go).
+    ///
+    /// ```no_run
+    /// # async fn f(locks: redquorum::RedLock) -> Result<(), redquorum::Error> {
+    /// let guard = locks.try_acquire("job").await?.expect("free");
+    /// let lease = guard.lease();
+    /// guard.release().await?;
+    /// assert!(lease.has_ended() && lease.validity().is_zero() && lease.is_lost());
+    /// # Ok(()) }
+    /// ```
+    pub fn has_ended(&self) -> bool {
+        self.0.done.is_cancelled()
     }
 
     /// When the validity runs out and the lease (TTL) of the round that set it, read together.
@@ -138,15 +165,16 @@ impl Lease {
         self.0.fence
     }
 
-    /// A token that is cancelled when the lock can no longer be trusted (see the type's docs).
-    /// It is never cancelled by a normal release. Watching it starts a small background task
-    /// (one per guard) that also fires it when the validity runs out.
+    /// A token that is cancelled when the lock can no longer be trusted (see the type's docs),
+    /// including when the guard lets go (see [`has_ended`](Self::has_ended), which tells the
+    /// two apart). Watching it starts a small background task (one per guard) that also fires
+    /// it when the validity runs out.
     pub fn lost(&self) -> CancellationToken {
         self.ensure_task();
         self.0.lost.clone()
     }
 
-    /// Whether the lost signal has fired.
+    /// Whether the lost signal has fired: the lock was lost, or the lease has ended.
     pub fn is_lost(&self) -> bool {
         self.0.lost.is_cancelled()
     }
@@ -253,6 +281,18 @@ impl Lease {
 impl State {
     fn expiry(&self) -> std::sync::MutexGuard<'_, (Instant, Duration)> {
         self.expiry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends the lease as its guard lets go (after any hand-off decision, which reads the
+    /// schedule and the lost signal): stops the background task, caps the validity at now and
+    /// fires `lost` without the warning a loss logs.
+    pub(crate) fn end(&self) {
+        self.done.cancel();
+        let now = Instant::now();
+        let mut expiry = self.expiry();
+        expiry.0 = expiry.0.min(now);
+        drop(expiry);
+        self.lost.cancel();
     }
 
     pub(crate) fn lose(&self, why: &str) {

@@ -380,7 +380,7 @@ impl RedLock {
                 });
             }
         };
-        if let Some(guard) = self.take_baton(key, &ticket).await {
+        if let Some(guard) = self.take_baton(key, &keys, &ticket).await {
             return Ok(guard.with_ticket(ticket));
         }
         let config = &self.shared.config;
@@ -392,17 +392,11 @@ impl RedLock {
             tokio::time::sleep(pause.min(ctx.remaining())).await;
         }
         // Sets poll: a release of any one key is not worth waking for.
-        let strategy = match keys.single() {
-            Some(_) => config.wait_strategy,
-            None => WaitStrategy::Poll,
+        let wake = match (config.wait_strategy, keys.single()) {
+            (WaitStrategy::PubSub, Some(key)) => Some((&self.shared.wakeups, key)),
+            _ => None,
         };
-        let mut waiter = Waiter::new(
-            config.retry.delays(),
-            strategy,
-            &self.shared.wakeups,
-            keys.id(),
-            ticket.take_subscription(),
-        );
+        let mut waiter = Waiter::new(config.retry.delays(), wake, ticket.take_subscription());
         let mut attempts = 0u32;
         let mut unreachable = 0u32;
         let mut last_error = None;
@@ -509,6 +503,10 @@ impl RedLock {
 
     /// One attempt, no waiting: `Some(guard)` if acquired, `None` if somebody else holds it.
     ///
+    /// It behaves like one attempt of [`acquire`](Self::acquire): `None` at once while another
+    /// task of this `RedLock` holds the key (or is taking it), but a local guard kept past its
+    /// validity does not count: the attempt goes to Redis, which decides.
+    ///
     /// # Errors
     /// [`Error::Config`] for an empty key; [`Error::NoQuorum`] when a majority of nodes did not
     /// answer.
@@ -537,7 +535,7 @@ impl RedLock {
             // Held, or about to be, by another task of this process.
             return Ok(None);
         }
-        if let Some(guard) = self.take_baton(key, &ticket).await {
+        if let Some(guard) = self.take_baton(key, &keys, &ticket).await {
             return Ok(Some(guard.with_ticket(ticket)));
         }
         ticket.attempting();
@@ -549,15 +547,15 @@ impl RedLock {
     }
 
     /// The grant the previous local holder handed to whoever gets the turn next (see
-    /// [`LockGuard`]'s local hand-off), as our guard, if it still has at least half the TTL of
-    /// validity; a baton with less is released in Redis first (so the attempt that follows can
-    /// win). No Redis request when the baton is used.
+    /// [`LockGuard`]'s local hand-off), as our guard, if it holds exactly our `keys` and still
+    /// has at least half the TTL of validity; any other baton is released in Redis first (so
+    /// the attempt that follows can win). No Redis request when the baton is used.
     ///
     /// # Cancel safety
     /// Taking the baton and building the guard do not await; the release of a stale baton runs
     /// in its own task, which completes if this future is dropped.
-    async fn take_baton(&self, key: &str, ticket: &Ticket) -> Option<LockGuard> {
-        match ticket.take_baton()?.into_guard(key) {
+    async fn take_baton(&self, key: &str, keys: &Keys, ticket: &Ticket) -> Option<LockGuard> {
+        match ticket.take_baton()?.into_guard(key, keys) {
             Ok(guard) => {
                 tracing::debug!(key, validity = ?guard.validity(), "lock taken over from a local holder");
                 Some(guard)
@@ -565,7 +563,7 @@ impl RedLock {
             Err(stale) => {
                 tracing::debug!(
                     key,
-                    "handed lock has too little validity left; releasing it"
+                    "handed lock has too little validity left (or other keys); releasing it"
                 );
                 stale.release().await;
                 None
@@ -956,7 +954,7 @@ impl Shared {
         };
         let shared = self.clone();
         let op = Arc::new(release_op(keys, value, publish));
-        let key = keys.id().clone();
+        let key = keys.to_string();
         rt.spawn(async move {
             let patience = shared.nodes.timeout().max(Duration::from_millis(500));
             let mut left: Vec<usize> = (0..shared.nodes.len()).collect();
@@ -976,7 +974,7 @@ impl Shared {
                 }
             }
             tracing::debug!(
-                key = &*key,
+                key,
                 nodes = left.len(),
                 "release did not reach every node; the rest expire by TTL"
             );
@@ -1171,7 +1169,7 @@ pub(crate) fn spawn_release(
 ) {
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         tracing::warn!(
-            key = &**keys.id(),
+            key = %keys,
             "no tokio runtime to release the lock on; it will expire after its TTL"
         );
         return;

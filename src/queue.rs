@@ -36,14 +36,13 @@ pub(crate) type Announcer = Box<dyn Fn(Arc<str>) + Send + Sync>;
 /// ticket goes, so the map is bounded by the keys in use.
 #[derive(Default)]
 pub(crate) struct Queues {
-    keys: Mutex<HashMap<Arc<str>, Entry>>,
+    /// Keyed by the lock's keys themselves (see [`Keys`]: a single key and a set are never the
+    /// same lock, whatever the key names).
+    keys: Mutex<HashMap<Keys, Entry>>,
     announcer: OnceLock<Announcer>,
 }
 
 struct Entry {
-    /// A single-key lock: only its releases have a channel waiters of other processes listen
-    /// on (sets poll), so only they are announced.
-    single: bool,
     slot: Arc<Semaphore>,
     /// Tickets for this key, counted under the lock.
     tickets: usize,
@@ -73,7 +72,7 @@ struct Entry {
 /// the holder ahead of us let its lease run out).
 pub(crate) struct Ticket {
     queues: Arc<Queues>,
-    key: Arc<str>,
+    lock: Keys,
     slot: Arc<Semaphore>,
     permit: Option<OwnedSemaphorePermit>,
     /// Whether this ticket's guard is the entry's holder.
@@ -90,10 +89,8 @@ impl Queues {
 
     /// Joins the queue of the lock `lock` (not yet waiting).
     pub(crate) fn join(self: &Arc<Self>, lock: &Keys) -> Ticket {
-        let key = lock.id();
         let mut keys = self.lock();
-        let entry = keys.entry(key.clone()).or_insert_with(|| Entry {
-            single: lock.single().is_some(),
+        let entry = keys.entry(lock.clone()).or_insert_with(|| Entry {
             slot: Arc::new(Semaphore::new(1)),
             tickets: 0,
             sub: None,
@@ -110,7 +107,7 @@ impl Queues {
         drop(keys);
         Ticket {
             queues: self.clone(),
-            key: key.clone(),
+            lock: lock.clone(),
             slot,
             permit: None,
             held: false,
@@ -118,7 +115,7 @@ impl Queues {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Keys, Entry>> {
         self.keys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -131,7 +128,7 @@ impl Queues {
 
 impl Ticket {
     fn with_entry<T>(&self, f: impl FnOnce(&mut Entry) -> T) -> Option<T> {
-        self.queues.lock().get_mut(&self.key).map(f)
+        self.queues.lock().get_mut(&self.lock).map(f)
     }
 
     /// Waits for our turn: first come, first served (tokio's semaphore is fair), or until the
@@ -165,14 +162,7 @@ impl Ticket {
                     }
                     () = notified => {}
                     () = stale => {
-                        let expired = self
-                            .with_entry(|e| e.holder.as_ref().is_some_and(|h| h.validity().is_zero()))
-                            .unwrap_or(true);
-                        if expired {
-                            // The holder kept its guard past its lease: Redis decides now.
-                            tracing::debug!(key = &*self.key, "local holder's lease ran out; contending without it");
-                            self.bypassed = true;
-                            self.with_entry(|e| e.bypassed += 1);
+                        if self.bypass_expired_holder() {
                             break;
                         }
                     }
@@ -183,12 +173,28 @@ impl Ticket {
             .unwrap_or(false)
     }
 
-    /// Takes our turn only if nobody is ahead.
+    /// Takes our turn only if nobody is ahead, or goes past a local holder whose lease ran out
+    /// (as [`turn`](Self::turn) would, without waiting): whether this ticket may go to Redis.
     pub(crate) fn try_turn(&mut self) -> bool {
         if self.permit.is_none() {
             self.permit = self.slot.clone().try_acquire_owned().ok();
         }
-        self.permit.is_some()
+        self.permit.is_some() || self.bypassed || self.bypass_expired_holder()
+    }
+
+    /// Stops waiting for the turn if the local holder kept its guard past its lease (or let it
+    /// go and its lease ended): Redis decides from now on. Such a ticket never gets the turn,
+    /// so never takes a baton. Returns whether it did.
+    fn bypass_expired_holder(&mut self) -> bool {
+        let expired = self
+            .with_entry(|e| e.holder.as_ref().is_some_and(|h| h.validity().is_zero()))
+            .unwrap_or(true);
+        if expired && !self.bypassed {
+            tracing::debug!(key = %self.lock, "local holder's lease ran out; contending without it");
+            self.bypassed = true;
+            self.with_entry(|e| e.bypassed += 1);
+        }
+        self.bypassed
     }
 
     /// Called by the holder as it lets go: leaves the grant `baton()` makes in the entry for
@@ -203,7 +209,7 @@ impl Ticket {
             return false;
         }
         let mut keys = self.queues.lock();
-        let Some(e) = keys.get_mut(&self.key) else {
+        let Some(e) = keys.get_mut(&self.lock) else {
             return false;
         };
         let queued = e.tickets - e.bypassed > 1;
@@ -289,7 +295,7 @@ impl Drop for Ticket {
         // Stop being the holder before handing the turn on (a successor may record itself as
         // holder at once), then remove the key if no other ticket is left.
         let mut keys = self.queues.lock();
-        let Some(e) = keys.get_mut(&self.key) else {
+        let Some(e) = keys.get_mut(&self.lock) else {
             drop(keys);
             drop(self.permit.take());
             return;
@@ -303,21 +309,22 @@ impl Drop for Ticket {
             e.changed.notify_waiters();
         }
         let removed = if e.tickets == 0 {
-            keys.remove(&self.key)
+            keys.remove(&self.lock)
         } else {
             None
         };
         drop(keys);
         drop(self.permit.take());
         // An entry removed with a baton in it: the baton's drop releases the keys in Redis
-        // and announces it, so no separate announcement.
-        if removed
-            .as_ref()
-            .is_some_and(|e| e.single && e.unannounced && e.baton.is_none())
-        {
-            // A release went to a local waiter that left without taking it: tell the others.
-            if let Some(announce) = self.queues.announcer.get() {
-                announce(self.key.clone());
+        // and announces it, so no separate announcement. Only a single key's release has a
+        // channel that waiters of other processes listen on (sets poll).
+        if let (Some(key), Some(announce)) = (self.lock.single(), self.queues.announcer.get()) {
+            if removed
+                .as_ref()
+                .is_some_and(|e| e.unannounced && e.baton.is_none())
+            {
+                // A release went to a local waiter that left without taking it: tell the others.
+                announce(key.clone());
             }
         }
         drop(removed); // unsubscribes outside the queue lock
@@ -358,6 +365,20 @@ mod tests {
         }
         assert_eq!(*order.lock().expect("no poison"), [0, 1, 2, 3, 4]);
         assert_eq!(queues.len(), 0, "entry removed after the last ticket");
+    }
+
+    #[tokio::test]
+    async fn a_single_key_never_shares_a_sets_queue_whatever_its_name() {
+        let queues = Arc::new(Queues::default());
+        let set = Keys::many(vec!["a".into(), "b".into()]);
+        let mut holder = queues.join(&set);
+        holder.turn().await;
+        for lookalike in ["a\nb", "a,b", "a\0b", "ab", "a", "b"] {
+            let mut t = queues.join(&one(lookalike));
+            assert!(t.try_turn(), "{lookalike:?} queued behind the set");
+        }
+        let mut again = queues.join(&Keys::many(vec!["a".into(), "b".into()]));
+        assert!(!again.try_turn(), "the same set is the same lock");
     }
 
     #[tokio::test]

@@ -64,17 +64,13 @@ pub(crate) struct Waiter {
 }
 
 impl Waiter {
+    /// `wake`: the release channel of this Redis key to subscribe to; `None` polls.
     pub(crate) fn new(
         delays: Delays,
-        strategy: WaitStrategy,
-        wakeups: &Wakeups,
-        redis_key: &Arc<str>,
+        wake: Option<(&Wakeups, &Arc<str>)>,
         sub: Option<Subscription>,
     ) -> Self {
-        let wake = match strategy {
-            WaitStrategy::PubSub => Some((wakeups.clone(), redis_key.clone())),
-            WaitStrategy::Poll => None,
-        };
+        let wake = wake.map(|(wakeups, key)| (wakeups.clone(), key.clone()));
         Waiter { delays, wake, sub }
     }
 
@@ -186,8 +182,7 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn poll(delays: Delays) -> Waiter {
-        let hub = Wakeups::new(Vec::new(), MS);
-        Waiter::new(delays, WaitStrategy::Poll, &hub, &"k".into(), None)
+        Waiter::new(delays, None, None)
     }
 
     fn left(d: Duration) -> Busy {

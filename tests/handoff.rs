@@ -103,7 +103,7 @@ async fn let_waiters_queue() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn the_next_local_owner_inherits_the_grant_and_the_old_lease_stays_quiet() {
+async fn the_next_local_owner_inherits_the_grant_and_the_old_lease_ends() {
     let c = cluster(5);
     let locks = builder(&c)
         .ttl(Duration::from_secs(1))
@@ -132,13 +132,14 @@ async fn the_next_local_owner_inherits_the_grant_and_the_old_lease_stays_quiet()
     assert_eq!(g.fencing_token(), None);
     assert_eq!(g.key(), "k");
     assert!(g.is_held().await.expect("query"), "still held in Redis");
-    // The old lease's keep-alive stopped, and its lost signal stays quiet past its end; the
-    // new owner's own signal fires when the inherited validity runs out.
+    // The old lease ended at the hand-off (its lost signal fired then, as a handle on a lease
+    // that ended) and its keep-alive stopped; the new owner's own signal fires when the
+    // inherited validity runs out.
     let new_lost = g.lost();
     let before = command_stats(&c);
     tokio::time::sleep_until(expires_at + Duration::from_millis(100)).await;
     assert_eq!(command_stats(&c).since(&before).calls("pexpire"), 0);
-    assert!(!old_lost.is_cancelled() && !old.is_lost());
+    assert!(old_lost.is_cancelled() && old.has_ended() && old.validity().is_zero());
     assert!(new_lost.is_cancelled(), "the new owner's lease ran out");
     drop(g);
     assert!(wait_until_no_keys(&c, Duration::from_secs(3))

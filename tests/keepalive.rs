@@ -161,18 +161,25 @@ async fn lost_fires_when_the_validity_runs_out_without_renewal() {
     drop(g);
 }
 
+/// A normal release ends the lease (the handle says so, and its lost signal fires at once so
+/// work still holding it stops) rather than losing it: `has_ended` tells the two apart, and
+/// nothing is sent for it after the release (the keep-alive stopped with the guard).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_normal_release_does_not_fire_lost() {
+async fn a_normal_release_ends_the_lease_and_stops_the_keep_alive() {
     let c = cluster(3);
     let locks = common::locks(&c).await;
     let g = locks.try_acquire("k").await.expect("ok").expect("free");
     g.keep_alive();
     let lease = g.lease();
     let lost = lease.lost();
+    let expires_at = lease.expires_at();
+    assert!(!lost.is_cancelled() && !lease.has_ended());
     g.release().await.expect("release");
-    // Past the end of the lease it had: still not lost (the watch task ended with the guard).
-    tokio::time::sleep_until(lease.expires_at() + Duration::from_millis(100)).await;
-    assert!(!lost.is_cancelled());
+    assert!(lost.is_cancelled() && lease.has_ended() && lease.validity().is_zero());
+    let before = command_stats(&c);
+    // Past the renewal it would have made (at half the 5 s TTL before the end).
+    tokio::time::sleep_until(expires_at - Duration::from_secs(2)).await;
+    assert_eq!(command_stats(&c).since(&before).calls("pexpire"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -455,3 +455,60 @@ mod many {
             .is_empty());
     }
 }
+
+/// A `Lease` handle ends when its guard lets go (release, drop, or a local hand-off): its
+/// validity is zero and `lost()` has fired, so work still holding the handle stops; the next
+/// holder gets a fresh handle.
+mod a_lease_ends_with_its_guard {
+    use super::*;
+
+    fn ended(lease: &redquorum::Lease, how: &str) {
+        assert_eq!(lease.validity(), Duration::ZERO, "after {how}");
+        assert!(lease.has_ended(), "after {how}");
+        assert!(lease.lost().is_cancelled(), "after {how}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_release_and_on_drop() {
+        let c = cluster(3);
+        let locks = locks(&c).await;
+        let g = locks.try_acquire("k").await.expect("ok").expect("free");
+        let lease = g.lease();
+        assert!(lease.validity() > Duration::ZERO && !lease.has_ended());
+        g.release().await.expect("release");
+        ended(&lease, "release");
+
+        let g = locks.try_acquire("k").await.expect("ok").expect("free");
+        let lease = g.lease();
+        drop(g);
+        ended(&lease, "drop");
+    }
+
+    /// On a current-thread runtime a spawned waiter runs up to its place in the local queue at
+    /// the first yield (it sends nothing before it has the turn).
+    #[tokio::test]
+    async fn on_a_local_hand_off_and_the_next_holder_gets_a_fresh_one() {
+        let c = cluster(3);
+        let locks = locks(&c).await;
+        let g = locks.try_acquire("k").await.expect("ok").expect("free");
+        let old = g.lease();
+        let value = g.value().to_owned();
+        let waiter = {
+            let locks = locks.clone();
+            tokio::spawn(async move { locks.acquire(&ctx(10_000), "k").await })
+        };
+        tokio::task::yield_now().await;
+        g.release().await.expect("release");
+        let next = waiter.await.expect("no panic").expect("acquired");
+        assert_eq!(
+            next.value(),
+            value,
+            "handed on locally, not taken anew in Redis"
+        );
+        ended(&old, "a hand-off");
+        let new = next.lease();
+        assert!(new.validity() > Duration::ZERO && !new.has_ended() && !new.is_lost());
+        next.release().await.expect("release");
+        ended(&new, "release");
+    }
+}

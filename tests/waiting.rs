@@ -228,3 +228,35 @@ async fn dropping_the_guard_releases() {
         .await
         .is_empty());
 }
+
+/// `try_acquire` is one attempt of `acquire`: a local guard kept past its validity does not
+/// block it (the key is free in Redis once the lease ran out there), just as `acquire` goes
+/// past such a holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_acquire_is_not_blocked_by_a_local_guard_kept_past_its_validity() {
+    let c = cluster(3);
+    let locks = builder(&c)
+        .ttl(Duration::from_millis(300))
+        .node_timeout(Duration::from_millis(100))
+        .build()
+        .await
+        .expect("build");
+    let stale = locks.try_acquire("k").await.expect("ok").expect("free");
+    stale.lost().cancelled().await; // the validity ran out; the guard is kept
+    let key = locks.redis_key("k").expect("key");
+    // The nodes expire the key a drift after the validity: wait for that, not for a time.
+    while (0..3).any(|i| pttl(&c, i, &key) != -2) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let fresh = locks
+        .try_acquire("k")
+        .await
+        .expect("ok")
+        .expect("the key is free in Redis; the expired local guard must not block try_acquire");
+    assert!(fresh.validity() > Duration::ZERO);
+    // Another client is refused while the fresh guard holds it.
+    let other = common::locks(&c).await;
+    assert!(other.try_acquire("k").await.expect("ok").is_none());
+    fresh.release().await.expect("release");
+    drop(stale);
+}
