@@ -44,8 +44,8 @@ async fn assert_excludes(other: &RedLock, request: &[String], guard: &LockGuard)
 async fn run_round(a: &RedLock, b: &RedLock, requests: Vec<Vec<String>>) {
     let first = take(a, &requests[0]).await;
     let mut waiters = Vec::new();
-    for request in requests[1..].to_vec() {
-        let (a, b) = (a.clone(), b.clone());
+    for request in &requests[1..] {
+        let (a, b, request) = (a.clone(), b.clone(), request.clone());
         waiters.push(tokio::spawn(async move {
             let guard = take(&a, &request).await;
             assert_excludes(&b, &request, &guard).await;
