@@ -205,7 +205,7 @@ async fn supervise(
     // Its own process group reaches what the command starts; but a command that may read the
     // terminal stays in ours (a background group reading it would be stopped).
     let own_group = !io::stdin().is_terminal();
-    let mut job = Job::start(Spec {
+    let started = Job::start(Spec {
         program,
         args: rest,
         env,
@@ -213,14 +213,19 @@ async fn supervise(
         own_group,
         watchdog_fd: watchdog.fd(),
     })
-    .await
-    .map_err(|e| {
-        let code = match e.kind() {
-            io::ErrorKind::NotFound => exit::NOT_FOUND,
-            _ => exit::CANNOT_EXECUTE,
-        };
-        Failure::new(code, format!("cannot run {program:?}: {e}"))
-    })?;
+    .await;
+    let mut job = match started {
+        Ok(job) => job,
+        Err(e) => {
+            // The child may have armed the watchdog before its exec failed.
+            let _ = watchdog.disarm();
+            let code = match e.kind() {
+                io::ErrorKind::NotFound => exit::NOT_FOUND,
+                _ => exit::CANNOT_EXECUTE,
+            };
+            return Err(Failure::new(code, format!("cannot run {program:?}: {e}")));
+        }
+    };
     let send = |job: &Job, sig: i32| {
         if let Some(target) = job.target() {
             if let Err(e) = target.send(sig) {
