@@ -567,3 +567,242 @@ fn unreachable_masters_give_69_and_the_command_does_not_run() {
     let status = run_bin(&s, ["status", "--nodes", dead, "--key", "k"]);
     assert_eq!(status.code(), Some(69), "{status:?}");
 }
+
+/// Whether process `pid` still runs (a zombie, or a process that is gone, does not).
+fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) S ...": the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+/// The pids a job wrote to `path` (space- or newline-separated), once it has written `n`.
+fn read_pids(path: &Path, n: usize) -> Vec<u32> {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let pids: Vec<u32> = fs::read_to_string(path)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if pids.len() >= n {
+            return pids;
+        }
+        assert!(Instant::now() < deadline, "the job never wrote its pids");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Kills what a test left running (on failure), so that no job outlives the test.
+struct KillOnDrop(Vec<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_sigkilled_redquorum_takes_its_job_with_it() {
+    let c = cluster(5);
+    let s = Scratch::new();
+    let pids = s.path("pids");
+    // The job: the command's shell and a process it started in the background.
+    let script = format!(
+        "sleep 300 & echo \"$$ $!\" > {pids}; wait",
+        pids = pids.display()
+    );
+    let mut first = start(
+        &s,
+        run_args(&c, "orphan", &["--ttl", "2s", "--", "sh", "-c", &script]),
+        &[],
+    );
+    let job = read_pids(&pids, 2);
+    let _cleanup = KillOnDrop(job.clone());
+    assert!(job.iter().all(|&p| alive(p)), "{job:?}");
+    first.child.kill().expect("SIGKILL redquorum");
+    let _ = first.child.wait();
+
+    // A second run takes the lock once the first lease has run out; when its command starts,
+    // nothing of the first job may be left.
+    let check = job
+        .iter()
+        .map(|p| {
+            format!(
+                "if [ -e /proc/{p} ] && ! grep -q ') [ZX] ' /proc/{p}/stat; then echo alive {p}; fi; "
+            )
+        })
+        .collect::<String>();
+    let report = s.path("overlap");
+    let second = run_bin(
+        &s,
+        run_args(
+            &c,
+            "orphan",
+            &[
+                "--wait",
+                "15s",
+                "--",
+                "sh",
+                "-c",
+                &format!("{{ {check} }} > {}", report.display()),
+            ],
+        ),
+    );
+    assert_eq!(second.code(), Some(0), "{second:?}");
+    assert_eq!(
+        s.read("overlap"),
+        "",
+        "the first job still ran when the second run started"
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_lock_is_kept_until_the_whole_job_has_exited() {
+    let c = cluster(5);
+    let s = Scratch::new();
+    let pids = s.path("pids");
+    let stop = s.path("stop");
+    // The command's shell exits at once, leaving a background process that runs until told.
+    let script = format!(
+        "(while [ ! -e {stop} ]; do sleep 0.02; done) & echo \"$$ $!\" > {pids}; exit 0",
+        stop = stop.display(),
+        pids = pids.display()
+    );
+    let first = start(
+        &s,
+        run_args(&c, "background", &["--", "sh", "-c", &script]),
+        &[],
+    );
+    let job = read_pids(&pids, 2);
+    let _cleanup = KillOnDrop(job.clone());
+    let (shell, background) = (job[0], job[1]);
+    let deadline = Instant::now() + LIMIT;
+    while alive(shell) {
+        assert!(
+            Instant::now() < deadline,
+            "the command's shell did not exit"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(alive(background), "the background process ended early");
+
+    let marker = s.path("ran");
+    let touch = format!("touch {}", marker.display());
+    let meanwhile = run_bin(&s, run_args(&c, "background", &["--", "sh", "-c", &touch]));
+    assert_eq!(
+        meanwhile.code(),
+        Some(75),
+        "the lock was free while the job still ran: {meanwhile:?}"
+    );
+    assert!(!marker.exists());
+
+    fs::write(&stop, "").expect("stop file");
+    let out = first.wait();
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(!alive(background));
+    let after = run_bin(&s, run_args(&c, "background", &["--", "sh", "-c", &touch]));
+    assert_eq!(after.code(), Some(0), "{after:?}");
+    assert!(marker.exists());
+}
+
+#[test]
+fn the_command_gets_sigterm_while_the_lease_is_still_valid() {
+    let c = common::proxied(5);
+    let s = Scratch::new();
+    let log = s.path("log");
+    let script = format!(
+        "trap 'echo TERM >> {log}; exit 3' TERM; echo started >> {log}; sleep 30 & wait",
+        log = log.display()
+    );
+    let running = start(
+        &s,
+        run_args(
+            &c,
+            "margin",
+            &["--ttl", "3s", "--grace", "1s", "--", "sh", "-c", &script],
+        ),
+        &[],
+    );
+    assert!(
+        wait_for_file(&log, "started", LIMIT),
+        "the command did not start"
+    );
+    // redquorum can no longer reach a majority (so its renewals fail), while a contender that
+    // talks to the masters directly takes the lock the moment the keys expire there.
+    for i in 0..3 {
+        c.proxy(i).expect("proxy").blackhole();
+    }
+    let rt = runtime();
+    let contender = rt.block_on(async {
+        let direct: Vec<String> = (0..5)
+            .map(|i| c.direct_url(i).expect("direct url"))
+            .collect();
+        RedLock::builder()
+            .nodes(direct)
+            .ttl(Duration::from_secs(5))
+            .node_timeout(Duration::from_millis(250))
+            .build()
+            .await
+            .expect("build")
+    });
+    let deadline = Instant::now() + LIMIT;
+    let mut term_seen = None;
+    let taken = loop {
+        if term_seen.is_none() && s.read("log").contains("TERM") {
+            term_seen = Some(Instant::now());
+        }
+        if let Some(guard) = rt.block_on(contender.try_acquire("margin")).expect("try") {
+            break (Instant::now(), guard);
+        }
+        assert!(Instant::now() < deadline, "the lease never ran out");
+        thread::sleep(Duration::from_millis(10));
+    };
+    let out = running.wait();
+    for i in 0..3 {
+        c.proxy(i).expect("proxy").heal();
+    }
+    assert_eq!(out.code(), Some(76), "{out:?}");
+    let term_seen =
+        term_seen.unwrap_or_else(|| panic!("no SIGTERM before the lease ran out: {out:?}"));
+    // SIGTERM went out about --grace before the validity ended (not once it had ended).
+    let margin = taken.0 - term_seen;
+    assert!(
+        margin >= Duration::from_millis(500),
+        "SIGTERM only {margin:?} before another owner took the lock: {out:?}"
+    );
+    rt.block_on(taken.1.release()).expect("release");
+}
+
+#[test]
+fn the_command_does_not_see_the_node_urls() {
+    let c = cluster(3);
+    let s = Scratch::new();
+    let nodes = nodes(&c);
+    let show = "echo \"nodes=${REDQUORUM_NODES-unset}\"";
+    let from_env = start(
+        &s,
+        ["run", "--key", "env", "--", "sh", "-c", show],
+        &[("REDQUORUM_NODES", &nodes)],
+    )
+    .wait();
+    assert_eq!(from_env.code(), Some(0), "{from_env:?}");
+    assert_eq!(from_env.stdout.trim(), "nodes=unset", "{from_env:?}");
+    // Nor an outer value when --nodes was given.
+    let args = run_args(&c, "env", &["--", "sh", "-c", show]);
+    let with_flag = start(
+        &s,
+        args,
+        &[("REDQUORUM_NODES", "redis://:secret@elsewhere:1")],
+    )
+    .wait();
+    assert_eq!(with_flag.code(), Some(0), "{with_flag:?}");
+    assert_eq!(with_flag.stdout.trim(), "nodes=unset", "{with_flag:?}");
+}

@@ -14,11 +14,12 @@ A distributed flock(1): run a command under a Redlock lock held on N independent
 
 DESCRIPTION
   `redquorum run` takes lock KEY on a majority of the masters, keeps its lease alive
-  while COMMAND runs, and releases it when COMMAND exits. Two `run`s of the same key,
-  on any machines, never run their commands at the same time. If the lock is lost while
-  COMMAND runs (a majority of the masters could not be reached before the lease ran
-  out), COMMAND is sent SIGTERM, then SIGKILL after a grace period, and redquorum exits
-  with status 76.
+  while COMMAND runs, and releases it when COMMAND and every process it started have
+  exited. Two `run`s of the same key, on any machines, never run their commands at the
+  same time. If the lease cannot be renewed on a majority of the masters, COMMAND is
+  sent SIGTERM while the lease is still valid (--grace before it runs out), then SIGKILL
+  when it runs out, and redquorum exits with status 76. If redquorum itself dies, its
+  watchdog (and on Linux the kernel) SIGKILLs COMMAND.
 
   `redquorum status` shows who holds a lock, and `redquorum demo` shows workers handing
   a lock to each other on 5 local masters.
@@ -37,8 +38,9 @@ EXIT STATUS
     69       a majority of the Redis masters could not be reached (EX_UNAVAILABLE)
     70       internal error (EX_SOFTWARE)
     75       the lock stayed held by another owner until --wait ran out (EX_TEMPFAIL)
-    76       the lock was lost while COMMAND ran: COMMAND was sent SIGTERM, then
-             SIGKILL after --grace; or the lock was found gone when releasing it
+    76       the lock was lost (or could not be renewed) while COMMAND ran: COMMAND
+             was sent SIGTERM, then SIGKILL when the lease ran out; or the lock was
+             found gone when releasing it
     126      COMMAND could not be executed
     127      COMMAND was not found
     128+N    redquorum got signal N (SIGINT, SIGTERM, SIGHUP) while waiting for the lock
@@ -51,7 +53,8 @@ EXIT STATUS
 
 const ENVIRONMENT: &str = "\
 ENVIRONMENT
-  REDQUORUM_NODES          comma-separated node URLs, used when --nodes is not given
+  REDQUORUM_NODES          comma-separated node URLs, used when --nodes is not given;
+                           unlike --nodes, not visible in ps(1); not passed on to COMMAND
   REDQUORUM_REDIS_SERVER   the redis-server binary `demo` starts (default: from PATH)
   Set for COMMAND by `run`:
   REDQUORUM_KEY            the lock key (as given with --key)
@@ -78,10 +81,15 @@ const RUN_NOTES: &str = "\
 NOTES
   The lease (--ttl) is renewed when half of it is left, so it bounds how long the lock
   outlives a redquorum process that crashed or was SIGKILLed, not how long COMMAND may run.
-  COMMAND runs in its own process group (unless stdin is a terminal), so SIGTERM and
-  SIGKILL reach the processes it starts too; SIGINT, SIGTERM and SIGHUP sent to redquorum
-  are passed on to COMMAND. Durations are written like 500ms, 30s, 2m, 1h or 1m30s; a
-  bare number is seconds.";
+  The lock is kept until COMMAND and every process it started have exited (`sh -c 'job &'`
+  holds it until job ends), as with flock(1). COMMAND runs in its own process group
+  (unless stdin is a terminal), so SIGTERM and SIGKILL reach the processes it starts too;
+  SIGINT, SIGTERM and SIGHUP sent to redquorum are passed on to it. If the lease has not
+  been renewed when --grace (at most a third of --ttl) is left, COMMAND gets SIGTERM, and
+  SIGKILL when the lease runs out. If redquorum dies (even by SIGKILL), a watchdog process
+  SIGKILLs COMMAND's process group, and on Linux the kernel SIGKILLs COMMAND; processes
+  that left the group (setsid, daemons) are not covered. Durations are written like 500ms,
+  30s, 2m, 1h or 1m30s; a bare number is seconds.";
 
 fn after_help_top() -> String {
     format!("{EXIT_STATUS}\n\n{ENVIRONMENT}\n\n{EXAMPLES}")
@@ -116,9 +124,10 @@ pub enum Command {
                       DESCRIPTION\n  \
                       Take lock KEY on a majority of the masters (waiting up to --wait while\n  \
                       another owner holds it), run COMMAND with the lease kept alive, release\n  \
-                      the lock when COMMAND exits, and exit with COMMAND's status. If the lock\n  \
-                      is lost while COMMAND runs, COMMAND is sent SIGTERM, then SIGKILL after\n  \
-                      --grace, and redquorum exits with 76.",
+                      the lock when COMMAND and every process it started have exited, and exit\n  \
+                      with COMMAND's status. If the lease cannot be renewed, COMMAND is sent\n  \
+                      SIGTERM --grace before it runs out, then SIGKILL when it runs out, and\n  \
+                      redquorum exits with 76.",
         after_long_help = after_help_run(),
         after_help = "Run `redquorum run --help` for exit codes, environment and examples."
     )]
@@ -141,7 +150,7 @@ pub enum Command {
 /// Where the masters are and how keys are named.
 #[derive(Debug, Args)]
 pub struct NodeArgs {
-    /// Redis masters (independent, 3 or 5), comma-separated: redis://[user:pass@]host:port[/db]
+    /// Redis masters (independent, 3 or 5), comma-separated: redis://[user:pass@]host:port[/db] (visible in ps; REDQUORUM_NODES is not)
     #[arg(
         long,
         short = 'n',
@@ -201,7 +210,7 @@ pub struct RunArgs {
     #[arg(long, short = 'w', default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
     pub wait: Duration,
 
-    /// After the lock is lost: time between SIGTERM and SIGKILL to COMMAND
+    /// If the lease cannot be renewed: SIGTERM goes to COMMAND this long (at most a third of --ttl) before it runs out, SIGKILL when it runs out
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub grace: Duration,
 

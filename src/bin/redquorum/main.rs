@@ -6,9 +6,11 @@
 mod cli;
 mod demo;
 mod exit;
+mod job;
 mod run;
 mod signals;
 mod status;
+mod watchdog;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -27,6 +29,17 @@ fn main() -> ExitCode {
             return code(if e.use_stderr() { exit::USAGE } else { 0 });
         }
     };
+    // `run`'s watchdog is forked now, while the process has a single thread.
+    let watchdog = match &cli.command {
+        Command::Run(_) => match run::prepare() {
+            Ok(watchdog) => Some(watchdog),
+            Err(failure) => {
+                eprintln!("redquorum: {failure}");
+                return code(failure.code);
+            }
+        },
+        _ => None,
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -39,7 +52,10 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run::run(args).await,
+            Command::Run(args) => match watchdog {
+                Some(watchdog) => run::run(args, watchdog).await,
+                None => Err(exit::Failure::new(exit::SOFTWARE, "no watchdog for `run`")),
+            },
             Command::Status(args) => status::status(args).await,
             Command::Demo(args) => demo::demo(args).await,
         }

@@ -11,14 +11,36 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
 use crate::exit::{self, Failure};
-use crate::signals::{self, Incoming, Target};
+use crate::job::{self, Event, Job, Spec};
+use crate::signals::{self, Incoming};
+use crate::watchdog::Watchdog;
 
 /// How long the "who holds it" look-up after a failed acquisition may take.
 const OWNER_LOOKUP: Duration = Duration::from_secs(1);
 
-pub async fn run(args: RunArgs) -> Result<i32, Failure> {
+/// What `run` needs before the async runtime starts (the process is single-threaded): the
+/// watchdog, then redquorum as the reaper of what the job leaves behind.
+pub fn prepare() -> Result<Watchdog, Failure> {
+    let watchdog = Watchdog::start().map_err(|e| {
+        Failure::new(
+            exit::SOFTWARE,
+            format!("cannot start the watchdog that stops the command if redquorum dies: {e}"),
+        )
+    })?;
+    job::become_subreaper().map_err(|e| {
+        Failure::new(
+            exit::SOFTWARE,
+            format!(
+                "cannot become the reaper of the command's processes (PR_SET_CHILD_SUBREAPER): {e}"
+            ),
+        )
+    })?;
+    Ok(watchdog)
+}
+
+pub async fn run(args: RunArgs, mut watchdog: Watchdog) -> Result<i32, Failure> {
     let mut settle = None;
-    let outcome = run_locked(args, &mut settle).await;
+    let outcome = run_locked(args, &mut settle, &mut watchdog).await;
     // A release (or the undo of a failed attempt) is decided by a majority; the other nodes
     // get theirs from background tasks, each bounded by the node timeout. Give them that long
     // before the process ends them, rather than leave keys behind until the TTL.
@@ -28,7 +50,11 @@ pub async fn run(args: RunArgs) -> Result<i32, Failure> {
     outcome
 }
 
-async fn run_locked(args: RunArgs, settle: &mut Option<Duration>) -> Result<i32, Failure> {
+async fn run_locked(
+    args: RunArgs,
+    settle: &mut Option<Duration>,
+    watchdog: &mut Watchdog,
+) -> Result<i32, Failure> {
     let urls = args.nodes.urls()?;
     let mut builder = RedLock::builder()
         .nodes(&urls)
@@ -83,7 +109,7 @@ async fn run_locked(args: RunArgs, settle: &mut Option<Duration>) -> Result<i32,
     let lost = guard.lost();
 
     let (status, lost_while_running) =
-        match supervise(&args, key, &guard, &lost, &mut incoming).await {
+        match supervise(&args, key, &guard, &lost, &mut incoming, watchdog).await {
             Ok(outcome) => outcome,
             Err(failure) => {
                 release(guard, key, args.verbose, false).await;
@@ -154,47 +180,54 @@ async fn acquire(
     }
 }
 
-/// Runs the command to its end. Returns its status and whether the lock was lost meanwhile.
+/// Runs the job to its end: until COMMAND and every process it started have exited. Returns
+/// COMMAND's status and whether the lock was lost (or could not be confirmed) meanwhile.
 async fn supervise(
     args: &RunArgs,
     key: &str,
     guard: &LockGuard,
     lost: &CancellationToken,
     incoming: &mut Incoming,
+    watchdog: &mut Watchdog,
 ) -> Result<(ExitStatus, bool), Failure> {
     let (program, rest) = args
         .command
         .split_first()
         .ok_or_else(|| Failure::new(exit::USAGE, "no command to run"))?;
-    let mut command = tokio::process::Command::new(program);
-    command.args(rest).env("REDQUORUM_KEY", key);
+    let mut env = vec![("REDQUORUM_KEY", key.to_owned())];
+    // The node URLs may carry passwords: the command does not get them.
+    let mut env_remove = vec!["REDQUORUM_NODES"];
     match guard.fencing_token() {
-        Some(token) => command.env("REDQUORUM_FENCING_TOKEN", token.to_string()),
+        Some(token) => env.push(("REDQUORUM_FENCING_TOKEN", token.to_string())),
         // Not an outer redquorum's token, which would be meaningless here.
-        None => command.env_remove("REDQUORUM_FENCING_TOKEN"),
-    };
+        None => env_remove.push("REDQUORUM_FENCING_TOKEN"),
+    }
     // Its own process group reaches what the command starts; but a command that may read the
     // terminal stays in ours (a background group reading it would be stopped).
     let own_group = !io::stdin().is_terminal();
-    if own_group {
-        command.process_group(0);
-    }
-    let mut child = command.spawn().map_err(|e| {
-        let code = match e.kind() {
-            io::ErrorKind::NotFound => exit::NOT_FOUND,
-            _ => exit::CANNOT_EXECUTE,
-        };
-        Failure::new(code, format!("cannot run {program:?}: {e}"))
-    })?;
-    let target = child.id().map(|pid| {
-        if own_group {
-            Target::Group(pid)
-        } else {
-            Target::Process(pid)
+    let started = Job::start(Spec {
+        program,
+        args: rest,
+        env,
+        env_remove,
+        own_group,
+        watchdog_fd: watchdog.fd(),
+    })
+    .await;
+    let mut job = match started {
+        Ok(job) => job,
+        Err(e) => {
+            // The child may have armed the watchdog before its exec failed.
+            let _ = watchdog.disarm();
+            let code = match e.kind() {
+                io::ErrorKind::NotFound => exit::NOT_FOUND,
+                _ => exit::CANNOT_EXECUTE,
+            };
+            return Err(Failure::new(code, format!("cannot run {program:?}: {e}")));
         }
-    });
-    let send = |sig: i32| {
-        if let Some(target) = target {
+    };
+    let send = |job: &Job, sig: i32| {
+        if let Some(target) = job.target() {
             if let Err(e) = target.send(sig) {
                 eprintln!(
                     "redquorum: cannot send {} to the command: {e}",
@@ -203,41 +236,103 @@ async fn supervise(
             }
         }
     };
-    let mut kill_at: Option<Instant> = None;
+    // SIGTERM goes out when the lease has not been renewed `lead` before its validity ends,
+    // SIGKILL when the validity ends (or `--grace` after SIGTERM, if a late renewal extended
+    // it): the job is stopped while the lock is still ours. The lead is at most a third of the
+    // TTL, so that renewals (due when half of it is left) get their chance first.
+    let lead = args.grace.min(args.ttl / 3);
+    let mut terminated_at: Option<Instant> = None;
     let mut killed = false;
-    let status = loop {
+    let mut status: Option<ExitStatus> = None;
+    loop {
+        let next = match terminated_at {
+            None => Some(
+                guard
+                    .expires_at()
+                    .checked_sub(lead)
+                    .unwrap_or_else(Instant::now),
+            ),
+            Some(_) if killed => None,
+            Some(at) => Some((at + args.grace).min(guard.expires_at())),
+        };
         tokio::select! {
-            status = child.wait() => break status,
-            () = lost.cancelled(), if kill_at.is_none() => {
+            event = job.next() => match event {
+                Event::Exited(s) => {
+                    status = Some(s);
+                    if args.verbose {
+                        eprintln!(
+                            "redquorum: the command {}; keeping lock {key:?} until the processes \
+                             it started have exited",
+                            describe(s)
+                        );
+                    }
+                }
+                Event::Done => break,
+                Event::Failed(e) => {
+                    // The job's state is unknown: stop it rather than release under it.
+                    send(&job, libc::SIGKILL);
+                    return Err(Failure::new(
+                        exit::SOFTWARE,
+                        format!("waiting for the command failed: {e}; it was sent SIGKILL"),
+                    ));
+                }
+            },
+            () = lost.cancelled(), if terminated_at.is_none() => {
                 eprintln!(
-                    "redquorum: lock {key:?} was lost while the command ran (its lease could not be \
-                     renewed on a majority of the nodes); sending SIGTERM, SIGKILL in {:?}",
-                    args.grace
+                    "redquorum: lock {key:?} was lost while the command ran (its lease could not \
+                     be renewed on a majority of the nodes); sending SIGTERM, SIGKILL in {:?}",
+                    args.grace.min(guard.validity())
                 );
-                send(libc::SIGTERM);
-                kill_at = Some(Instant::now() + args.grace);
+                send(&job, libc::SIGTERM);
+                terminated_at = Some(Instant::now());
             }
-            () = sleep_until(kill_at), if kill_at.is_some() && !killed => {
-                eprintln!("redquorum: the command is still running after {:?}; sending SIGKILL", args.grace);
-                send(libc::SIGKILL);
-                killed = true;
+            () = sleep_until(next) => {
+                let now = Instant::now();
+                match terminated_at {
+                    // The lease was renewed meanwhile: not due yet.
+                    None if now + lead < guard.expires_at() => {}
+                    None => {
+                        eprintln!(
+                            "redquorum: lock {key:?} is about to be lost: its lease could not be \
+                             renewed on a majority of the nodes and runs out in {:?}; sending \
+                             SIGTERM, SIGKILL when it runs out",
+                            guard.validity()
+                        );
+                        send(&job, libc::SIGTERM);
+                        terminated_at = Some(now);
+                    }
+                    Some(at) if now >= (at + args.grace).min(guard.expires_at()) => {
+                        eprintln!(
+                            "redquorum: the command is still running {:?} after SIGTERM, at the \
+                             end of the lease; sending SIGKILL",
+                            now - at
+                        );
+                        send(&job, libc::SIGKILL);
+                        killed = true;
+                    }
+                    Some(_) => {}
+                }
             }
             sig = incoming.recv() => {
                 // From a terminal, the keyboard's SIGINT already reached the command's group.
                 if own_group || sig != libc::SIGINT {
-                    send(sig);
+                    send(&job, sig);
                 }
             }
         }
-    };
-    let status = status.map_err(|e| {
+    }
+    if let Err(e) = watchdog.disarm() {
+        eprintln!("redquorum: warning: cannot disarm the watchdog: {e}");
+    }
+    let status = status.ok_or_else(|| {
         Failure::new(
             exit::SOFTWARE,
-            format!("waiting for the command failed: {e}"),
+            "the command's processes ended without its exit status",
         )
     })?;
     // As `with_lock` judges it: a lease that ran out by the end was not held throughout.
-    let lost_meanwhile = kill_at.is_some() || lost.is_cancelled() || guard.validity().is_zero();
+    let lost_meanwhile =
+        terminated_at.is_some() || lost.is_cancelled() || guard.validity().is_zero();
     Ok((status, lost_meanwhile))
 }
 
