@@ -208,6 +208,11 @@ async fn every_failed_node_says_in_one_line_what_to_check() {
             "the error does not list {line:?}: {msg}"
         );
     }
+    let port = |i| c.port(i).expect("port");
+    assert!(matches!(cause_of(port(0)).cause, NodeCause::Auth(_)));
+    assert!(matches!(cause_of(port(1)).cause, NodeCause::Auth(_)));
+    assert!(matches!(cause_of(garbage).cause, NodeCause::NotRedis(_)));
+    assert_eq!(cause_of(refused).cause, NodeCause::Refused);
     assert_eq!(cause_of(silent_port).cause, NodeCause::Timeout);
     drop(silent);
 }
