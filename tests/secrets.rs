@@ -63,7 +63,7 @@ async fn config_errors_never_show_a_password() {
         format!("redis://:{SECRET}@0.0.0.0:6379"),
         format!("http://:{SECRET}@10.0.0.1"),
         format!("redis:// :{SECRET}@bad host"),
-        format!("{SECRET}"),
+        SECRET.to_owned(),
     ];
     for url in bad {
         let err = RedLock::builder()
