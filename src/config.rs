@@ -1,12 +1,11 @@
 //! The builder, its defaults and the rules it checks before any I/O.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
 use crate::lock::RedLock;
-use crate::node::NodeSpec;
+use crate::node::{redact, NodeSpec};
 use crate::quorum;
 use crate::retry::Retry;
 use crate::wait::WaitStrategy;
@@ -76,7 +75,15 @@ pub fn default_node_timeout(ttl: Duration) -> Duration {
 /// assert!(err.to_string().contains("more than once"));
 /// # }
 /// ```
-#[derive(Debug, Clone)]
+///
+/// `Debug` output shows the node URLs without their credentials:
+///
+/// ```
+/// let b = redquorum::RedLock::builder().nodes(["redis://app:s3cret@10.0.0.1:6379/2"]);
+/// let shown = format!("{b:?}");
+/// assert!(shown.contains("redis://***@10.0.0.1:6379/2") && !shown.contains("s3cret"));
+/// ```
+#[derive(Clone)]
 #[must_use = "a builder does nothing itself; call .build().await"]
 pub struct RedLockBuilder {
     nodes: Vec<String>,
@@ -109,6 +116,27 @@ impl Default for RedLockBuilder {
             fencing: false,
             fencing_unconfirmed: false,
         }
+    }
+}
+
+/// Every field, with the node URLs' credentials replaced by `***`.
+impl std::fmt::Debug for RedLockBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nodes: Vec<String> = self.nodes.iter().map(|u| redact(u)).collect();
+        f.debug_struct("RedLockBuilder")
+            .field("nodes", &nodes)
+            .field("ttl", &self.ttl)
+            .field("drift_factor", &self.drift_factor)
+            .field("node_timeout", &self.node_timeout)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("retry", &self.retry)
+            .field("owner", &self.owner)
+            .field("namespace", &self.namespace)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("wait_strategy", &self.wait_strategy)
+            .field("fencing", &self.fencing)
+            .field("fencing_unconfirmed", &self.fencing_unconfirmed)
+            .finish()
     }
 }
 
@@ -261,14 +289,38 @@ impl RedLockBuilder {
     }
 
     /// Checks every rule, then connects to all nodes in parallel and returns once a majority
-    /// answers; the others keep connecting in the background (on first use).
+    /// answers (and the others answered or had a node timeout more to do so); the others keep
+    /// connecting in the background.
+    ///
+    /// Every connection is identified before it carries a request (`INFO server`: the
+    /// server's `run_id`, again after each reconnect, as a restarted server has a new one), so
+    /// one server reached by two URLs never counts as two votes. A node that turns out to be
+    /// the same server as another only after `build()` (it was down then) never votes: its
+    /// failures say [`NodeCause::Duplicate`](crate::NodeCause::Duplicate), and an error is
+    /// logged once, naming both nodes. With ACLs, the user needs `+info` as well.
     ///
     /// # Errors
-    /// [`Error::Config`] for bad input, before any I/O: no nodes, a node given twice, an
-    /// unparsable URL, a zero or too-short TTL, a drift factor outside `0.0..0.5`, a zero node
-    /// or connect timeout, `max_in_flight` below the number of nodes, an empty owner or
-    /// namespace. [`Error::NoQuorum`] when a majority of nodes does not answer within
-    /// `connect_timeout`.
+    /// [`Error::Config`] for bad input, before any I/O: no nodes, a node given twice (or the
+    /// same host and port with another database), an unparsable URL, a zero or too-short TTL, a
+    /// drift factor outside `0.0..0.5`, a zero node or connect timeout, `max_in_flight` below
+    /// the number of nodes, an empty owner or namespace; after connecting, two nodes that are
+    /// the same server (naming both URLs, without credentials). [`Error::NoQuorum`] when a
+    /// majority of nodes does not answer within `connect_timeout`: it lists every node that
+    /// did not, each with what to check.
+    ///
+    /// ```no_run
+    /// # use redquorum::{Error, RedLock};
+    /// # async fn f() {
+    /// // 127.0.0.1 and localhost: one server, found out when the nodes connect.
+    /// let err = RedLock::builder()
+    ///     .nodes(["redis://127.0.0.1:6379", "redis://localhost:6379", "redis://10.0.0.3:6379"])
+    ///     .build()
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(matches!(err, Error::Config { .. }));
+    /// assert!(err.to_string().contains("same Redis server"));
+    /// # }
+    /// ```
     ///
     /// # Cancel safety
     /// Dropping the future leaves nothing behind: connections are closed with it.
@@ -285,15 +337,17 @@ impl RedLockBuilder {
                  masters survive the loss of 1 or 2)",
             ));
         }
-        let mut specs = Vec::with_capacity(self.nodes.len());
-        let mut seen = HashSet::new();
+        let mut specs: Vec<NodeSpec> = Vec::with_capacity(self.nodes.len());
         for url in &self.nodes {
             let spec = NodeSpec::parse(url).map_err(Error::config)?;
-            if !seen.insert(spec.addr.clone()) {
+            // One host and port is one server, whatever the database (other names for the same
+            // server are caught when the nodes connect: see `build`).
+            if let Some(first) = specs.iter().find(|s| s.server == spec.server) {
                 return Err(Error::config(format!(
-                    "node {} is listed more than once; every node must be a distinct Redis master, \
-                     or one server would count as several votes",
-                    spec.addr
+                    "nodes {} and {} are the same Redis server ({}): a server listed more than \
+                     once (another database is the same server) would count as several votes; \
+                     list every master once",
+                    first.shown, spec.shown, spec.server
                 )));
             }
             specs.push(spec);
@@ -452,9 +506,12 @@ mod tests {
     }
 
     #[test]
-    fn same_host_different_db_is_distinct() {
-        let b = three().nodes(["redis://a:1/0", "redis://a:1/1"]);
-        assert!(b.validate().is_ok());
+    fn same_host_different_db_is_one_server() {
+        let r = reason(three().nodes(["redis://a:1/0", "redis://:pw@a:1/1", "redis://b:1"]));
+        assert!(
+            r.contains("redis://a:1/0") && r.contains("redis://***@a:1/1") && !r.contains("pw"),
+            "{r}"
+        );
     }
 
     #[test]

@@ -69,9 +69,30 @@ pub enum Error {
     },
 
     /// Fewer than a majority of nodes answered, so no decision could be made either way.
+    ///
+    /// The message lists every failed node on a line of its own, each saying what to check:
+    ///
+    /// ```
+    /// use redquorum::{Error, NodeCause, NodeFailure};
+    /// let err = Error::NoQuorum {
+    ///     op: "connect",
+    ///     key: String::new(),
+    ///     ok: 1,
+    ///     required: 2,
+    ///     nodes: 3,
+    ///     causes: vec![
+    ///         NodeFailure { node: "10.0.0.1:6379/0".into(), cause: NodeCause::Refused },
+    ///         NodeFailure { node: "10.0.0.2:6379/0".into(), cause: NodeCause::Auth("WRONGPASS".into()) },
+    ///     ],
+    /// };
+    /// let msg = err.to_string();
+    /// assert!(msg.starts_with("no quorum for connect: 1 of 3 nodes answered in time but a majority, 2, is required"));
+    /// assert!(msg.contains("\n  10.0.0.1:6379/0: connection refused"));
+    /// assert!(msg.contains("\n  10.0.0.2:6379/0: authentication failed"));
+    /// ```
     #[error(
-        "no quorum for {what}: {ok} of {nodes} nodes answered in time but {required} are \
-         required; check that a majority of the Redis masters is reachable ({causes})",
+        "no quorum for {what}: {ok} of {nodes} nodes answered in time but a majority, \
+         {required}, is required{causes}",
         what = Operation(op, key),
         causes = NodeFailures(causes)
     )]
@@ -175,16 +196,17 @@ impl Error {
     }
 }
 
-/// One node's failure inside a quorum operation.
+/// One node's failure inside a quorum operation: one line that names the node (never with
+/// its credentials) and says what to check.
 ///
 /// ```
 /// # use redquorum::{NodeFailure, NodeCause};
-/// let f = NodeFailure { node: "127.0.0.1:7001".into(), cause: NodeCause::Timeout };
-/// assert_eq!(f.to_string(), "127.0.0.1:7001: no answer within the node timeout");
+/// let f = NodeFailure { node: "127.0.0.1:7001/0".into(), cause: NodeCause::Refused };
+/// assert!(f.to_string().starts_with("127.0.0.1:7001/0: connection refused: check"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeFailure {
-    /// The node's address (without credentials).
+    /// The node's address, `host:port/db` (without credentials).
     pub node: String,
     /// What happened.
     pub cause: NodeCause,
@@ -196,17 +218,31 @@ impl fmt::Display for NodeFailure {
     }
 }
 
-/// Why a node did not contribute to a quorum.
+/// Why a node did not contribute to a quorum. Its message is one line that says what to check.
 ///
 /// ```
 /// # use redquorum::NodeCause;
-/// assert!(NodeCause::Timeout.to_string().contains("timeout"));
+/// assert!(NodeCause::Timeout.to_string().starts_with("timed out"));
+/// assert!(NodeCause::Auth("WRONGPASS".into()).to_string().contains("password"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NodeCause {
     /// No answer within the node timeout (node down, paused, slow or unreachable).
     Timeout,
+    /// The connection was refused: nothing listens on that host and port.
+    Refused,
+    /// The node refused our credentials (`WRONGPASS`, `NOAUTH`: a wrong or missing password or
+    /// user in the node URL).
+    Auth(Arc<str>),
+    /// What answered is not a Redis server (its reply is not RESP).
+    NotRedis(Arc<str>),
+    /// The node is the same Redis server as node `of` (the same `run_id`, reached by another
+    /// URL): it gets no vote, so that one server never counts twice.
+    Duplicate {
+        /// The other node's address (without credentials).
+        of: Arc<str>,
+    },
     /// The node answered with an error or the connection failed.
     Redis(Arc<str>),
     /// The node answered with something the scripts never return.
@@ -216,7 +252,28 @@ pub enum NodeCause {
 impl fmt::Display for NodeCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            NodeCause::Timeout => f.write_str("no answer within the node timeout"),
+            NodeCause::Timeout => f.write_str(
+                "timed out: no answer within the node timeout; check that the node is up, not \
+                 paused or overloaded, and reachable from here (no firewall dropping packets)",
+            ),
+            NodeCause::Refused => f.write_str(
+                "connection refused: check that redis-server runs on this host and port",
+            ),
+            NodeCause::Auth(e) => write!(
+                f,
+                "authentication failed ({e}): check the user and password in the node URL \
+                 (redis://user:password@host:port) against the server's requirepass or ACL"
+            ),
+            NodeCause::NotRedis(e) => write!(
+                f,
+                "not a Redis server (its reply is not Redis protocol: {e}); check the host and \
+                 port in the node URL"
+            ),
+            NodeCause::Duplicate { of } => write!(
+                f,
+                "same Redis server as node {of} (one run_id, another URL), so it gets no vote; \
+                 list every master once"
+            ),
             NodeCause::Redis(e) => write!(f, "redis error: {e}"),
             NodeCause::Protocol(e) => write!(
                 f,
@@ -241,16 +298,15 @@ impl fmt::Display for Operation<'_> {
 
 struct NodeFailures<'a>(&'a [NodeFailure]);
 
+/// One line per failed node, each saying what to check.
 impl fmt::Display for NodeFailures<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.0.is_empty() {
-            return f.write_str("no node failed outright");
+            return f.write_str(" (no node failed outright: the others refused)");
         }
-        for (i, n) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{n}")?;
+        f.write_str(":")?;
+        for n in self.0 {
+            write!(f, "\n  {n}")?;
         }
         Ok(())
     }

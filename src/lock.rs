@@ -108,8 +108,7 @@ impl RedLock {
 
     pub(crate) async fn connect(config: Config, specs: Vec<NodeSpec>) -> Result<Self, Error> {
         let clients = specs.iter().map(|s| s.client.clone()).collect();
-        let nodes = Nodes::new(specs, config.node_timeout, config.max_in_flight)
-            .map_err(|f| Error::config(format!("node {} cannot be used: {}", f.0, f.1)))?;
+        let nodes = Nodes::new(specs, config.node_timeout, config.max_in_flight);
         let prefix = format!("{}:{DEFAULT_GROUP}:", config.namespace).into();
         let fence_prefix = format!("{}::fence:{DEFAULT_GROUP}:", config.namespace).into();
         let wakeups = Wakeups::new(clients, config.node_timeout);
@@ -126,38 +125,11 @@ impl RedLock {
                 rt.spawn(async move { shared.announce(&key).await });
             }
         }));
-        // First contact: wait for a majority of PINGs, not for every node.
-        let n = shared.nodes.len();
-        let timeout = shared.config.connect_timeout;
-        let mut pending: FuturesUnordered<_> = (0..n)
-            .map(|i| {
-                let shared = shared.clone();
-                async move { (i, shared.nodes.ping(i, timeout).await) }
-            })
-            .collect();
-        let mut tally = Tally::new(n);
-        let mut causes = Vec::new();
-        quorum::until(&mut pending, |(i, r)| {
-            match r {
-                Ok(()) => tally.record(Vote::Yes),
-                Err(cause) => {
-                    tally.record(Vote::Failed);
-                    causes.push(shared.failure(i, cause));
-                }
-            }
-            tally.decision() != Decision::Pending
-        })
-        .await;
-        if tally.decision() != Decision::Reached {
-            return Err(Error::NoQuorum {
-                op: "connect",
-                key: String::new(),
-                ok: tally.yes,
-                required: tally.required(),
-                nodes: n,
-                causes,
-            });
-        }
+        // First contact: a majority must answer; every node is identified as it connects.
+        let causes = shared
+            .nodes
+            .first_contact(shared.config.connect_timeout)
+            .await?;
         for c in &causes {
             tracing::warn!(node = %c.node, cause = %c.cause, "node unreachable at startup; will keep trying");
         }
@@ -833,10 +805,7 @@ impl RedLock {
 
 impl Shared {
     pub(crate) fn failure(&self, i: usize, cause: NodeCause) -> NodeFailure {
-        NodeFailure {
-            node: self.nodes.addr(i).to_string(),
-            cause,
-        }
+        self.nodes.failure(i, cause)
     }
 
     /// Runs a compare-and-delete or compare-and-extend on every node. Decides as soon as a

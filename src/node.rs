@@ -5,13 +5,17 @@ use std::future::Future;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{FuturesUnordered, StreamExt};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Cmd, RedisError, ServerErrorKind, Value};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ErrorKind, RedisError, RedisFuture, ServerErrorKind, Value,
+};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
-use crate::error::NodeCause;
+use crate::error::{Error, NodeCause, NodeFailure};
+use crate::quorum::{Decision, Tally, Vote};
 
 /// The Lua scripts' sources and their hashes (EVALSHA; all four loaded on NOSCRIPT).
 const SOURCES: [&str; 4] = [
@@ -278,8 +282,10 @@ impl Failed {
     fn from_server(e: &redis::ServerError) -> Failed {
         if e.kind() == Some(ServerErrorKind::NoScript) {
             Failed::NoScript
+        } else if matches!(e.code(), "NOAUTH" | "WRONGPASS") {
+            Failed::Cause(NodeCause::Auth(one_line(&e.to_string())))
         } else {
-            Failed::Cause(NodeCause::Redis(e.to_string().into()))
+            Failed::Cause(NodeCause::Redis(one_line(&e.to_string())))
         }
     }
 }
@@ -330,42 +336,374 @@ pub(crate) struct NodeSpec {
     pub(crate) client: Client,
     /// `host:port/db`, never the credentials: used in errors and logs.
     pub(crate) addr: Arc<str>,
+    /// `host:port` (or the socket's path): one server, whatever the database.
+    pub(crate) server: Arc<str>,
+    /// The URL as given, with every credential replaced (see [`redact`]).
+    pub(crate) shown: Arc<str>,
 }
 
 impl NodeSpec {
     pub(crate) fn parse(url: &str) -> Result<Self, String> {
+        let shown = redact(url);
         let client = Client::open(url).map_err(|e| {
             if url.starts_with("rediss://") && e.to_string().contains("TLS") {
                 return format!(
-                    "node URL {:?} asks for TLS but the redis crate was built without it; add \
+                    "node URL {shown:?} asks for TLS but the redis crate was built without it; add \
                      `redis = {{ version = \"1\", features = [\"tokio-rustls-comp\"] }}` (or \
-                     \"tokio-native-tls-comp\") to your Cargo.toml",
-                    redact(url)
+                     \"tokio-native-tls-comp\") to your Cargo.toml"
                 );
             }
+            // redis' message names the part that is wrong, never the URL itself.
+            let why = one_line(&e.to_string());
             format!(
-                "node URL {:?} is not a valid Redis URL ({e}); use redis://[user:password@]host:port[/db] \
-                 or rediss:// for TLS",
-                redact(url)
+                "node URL {shown:?} is not a valid Redis URL ({why}); use \
+                 redis://[user:password@]host:port[/db], rediss:// for TLS or \
+                 redis+unix:///path?db=N&pass=..."
             )
         })?;
         let info = client.get_connection_info();
-        let addr = format!("{}/{}", info.addr(), info.redis_settings().db()).into();
-        Ok(NodeSpec { client, addr })
+        let server: Arc<str> = info.addr().to_string().into();
+        let addr = format!("{server}/{}", info.redis_settings().db()).into();
+        Ok(NodeSpec {
+            client,
+            addr,
+            server,
+            shown: shown.into(),
+        })
     }
 }
 
-/// A URL with any password replaced, for error messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_owned(),
+/// A node URL for messages, Debug output and logs: user and password (everything before the
+/// last `@`) become `***`, and so does every query value but `db` and `protocol`
+/// (`redis+unix:///s.sock?db=1&pass=...`, the unix form's credentials); something that is not
+/// a URL at all is not shown.
+pub(crate) fn redact(url: &str) -> String {
+    let Some(s) = url.find("://") else {
+        return "***".to_owned();
+    };
+    let (scheme, rest) = url.split_at(s + 3);
+    let rest = match rest.rfind('@') {
+        Some(at) => format!("***@{}", &rest[at + 1..]),
+        None => rest.to_owned(),
+    };
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((rest, "insecure")) => (rest, "#insecure"),
+        Some((rest, _)) => (rest, "#***"),
+        None => (rest.as_str(), ""),
+    };
+    let shown = match rest.split_once('?') {
+        Some((path, query)) => {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some(("db" | "protocol", _)) => pair.to_owned(),
+                    Some((key, _)) => format!("{key}=***"),
+                    None => "***".to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", pairs.join("&"))
+        }
+        None => rest.to_owned(),
+    };
+    format!("{scheme}{shown}{fragment}")
+}
+
+/// A message on one line (redis' parse errors span several).
+fn one_line(msg: &str) -> Arc<str> {
+    msg.split_whitespace().collect::<Vec<_>>().join(" ").into()
+}
+
+/// What each node's server is, as far as it has been identified (`INFO server` `run_id`), so
+/// that one server never counts as several votes however its URLs differ (`localhost` and
+/// `127.0.0.1`, a proxy, a DNS alias).
+///
+/// A node is identified on every new connection, before that connection carries any request
+/// (a restarted server has a new `run_id`). A node found to reach the same server as another
+/// node is a duplicate for good: it never votes again, whatever it later reports (the two URLs
+/// were seen to lead to one server; a configuration like that needs fixing, not waiting out).
+struct Identities {
+    ids: std::sync::Mutex<Vec<Identity>>,
+    addrs: Box<[Arc<str>]>,
+    shown: Box<[Arc<str>]>,
+}
+
+#[derive(Debug, Clone)]
+enum Identity {
+    /// Not connected yet.
+    Unknown,
+    /// The `run_id` of the server its last connection reached.
+    Known(Arc<str>),
+    /// Reached the same server as node `.0`: never votes.
+    Duplicate(usize),
+}
+
+impl Identities {
+    fn ids(&self) -> std::sync::MutexGuard<'_, Vec<Identity>> {
+        self.ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Node `i`'s new connection reached the server `run_id`: it may carry requests unless
+    /// another node is that server (then `i` is a duplicate from now on).
+    fn admit(&self, i: usize, run_id: &str) -> Result<(), NodeCause> {
+        let mut ids = self.ids();
+        let clash = match ids[i] {
+            Identity::Duplicate(of) => Some(of),
+            _ => ids
+                .iter()
+                .enumerate()
+                .position(|(j, id)| matches!(id, Identity::Known(r) if j != i && **r == *run_id)),
+        };
+        match clash {
+            None => {
+                ids[i] = Identity::Known(run_id.into());
+                Ok(())
+            }
+            Some(of) => {
+                let first = !matches!(ids[i], Identity::Duplicate(_));
+                ids[i] = Identity::Duplicate(of);
+                drop(ids);
+                if first {
+                    tracing::error!(
+                        node = &*self.addrs[i],
+                        url = &*self.shown[i],
+                        same_as = &*self.addrs[of],
+                        same_as_url = &*self.shown[of],
+                        run_id,
+                        "two nodes are the same Redis server; this one never votes: list every \
+                         master once and build the RedLock again"
+                    );
+                }
+                Err(self.duplicate(of))
+            }
+        }
+    }
+
+    /// Whether node `i` was found to be another node's server.
+    fn duplicate_of(&self, i: usize) -> Option<usize> {
+        match self.ids()[i] {
+            Identity::Duplicate(of) => Some(of),
+            _ => None,
+        }
+    }
+
+    fn duplicate(&self, of: usize) -> NodeCause {
+        NodeCause::Duplicate {
+            of: self.addrs[of].clone(),
+        }
+    }
+}
+
+/// A connection being made (and identified), shared by every request that waits for it.
+type Connecting = Shared<BoxFuture<'static, Result<MultiplexedConnection, NodeCause>>>;
+
+/// Node `i`'s connection: made on first use, identified before it carries a request, and made
+/// again after it breaks (a fresh connection is identified again).
+struct Link {
+    i: usize,
+    client: Client,
+    config: AsyncConnectionConfig,
+    /// Bounds identifying a new connection.
+    timeout: Duration,
+    ids: Arc<Identities>,
+    /// The connection's generation and the connection (being made, made, or failed).
+    current: std::sync::Mutex<(u64, Connecting)>,
+}
+
+/// Attempts to connect before a connection attempt gives up (refused, timed out); later
+/// requests start a new one.
+const CONNECT_ATTEMPTS: u32 = 5;
+
+impl Link {
+    fn new(i: usize, client: Client, timeout: Duration, ids: Arc<Identities>) -> Arc<Self> {
+        let config = AsyncConnectionConfig::new()
+            // Our own timeout bounds every request; a response timeout inside redis would only
+            // duplicate it.
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))));
+        let first = establish(i, client.clone(), config.clone(), timeout, ids.clone());
+        Arc::new(Link {
+            i,
+            client,
+            config,
+            timeout,
+            ids,
+            current: std::sync::Mutex::new((0, first)),
+        })
+    }
+
+    fn current(&self) -> std::sync::MutexGuard<'_, (u64, Connecting)> {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The node's identified connection, waiting for it to be made if need be.
+    async fn get(self: &Arc<Self>) -> Result<Conn, NodeCause> {
+        if let Some(of) = self.ids.duplicate_of(self.i) {
+            return Err(self.ids.duplicate(of));
+        }
+        let (generation, connecting) = self.current().clone();
+        match connecting.await {
+            Ok(conn) => Ok(Conn {
+                conn,
+                generation,
+                link: self.clone(),
+            }),
+            Err(cause) => {
+                // The next request tries again.
+                self.renew(generation, false);
+                Err(cause)
+            }
+        }
+    }
+
+    /// Replaces connection `generation` (failed or broken) with a new attempt, started at once
+    /// with `now` (a broken connection), else by the next request.
+    fn renew(&self, generation: u64, now: bool) {
+        let mut current = self.current();
+        if current.0 != generation {
+            return;
+        }
+        let next = establish(
+            self.i,
+            self.client.clone(),
+            self.config.clone(),
+            self.timeout,
+            self.ids.clone(),
+        );
+        *current = (generation + 1, next.clone());
+        drop(current);
+        if now {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(next.map(drop));
+            }
+        }
+    }
+}
+
+/// Connects to node `i` (a few attempts, backing off from 10 ms to 500 ms while it refuses or
+/// does not answer) and identifies its server; the connection is handed out only once
+/// [`Identities::admit`] accepts it.
+fn establish(
+    i: usize,
+    client: Client,
+    config: AsyncConnectionConfig,
+    timeout: Duration,
+    ids: Arc<Identities>,
+) -> Connecting {
+    async move {
+        let mut delay = Duration::from_millis(10);
+        let mut attempt = 1;
+        loop {
+            let cause = match client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+            {
+                Ok(mut conn) => match tokio::time::timeout(timeout, identify(&mut conn)).await {
+                    Ok(Ok(run_id)) => return ids.admit(i, &run_id).map(|()| conn),
+                    Ok(Err(cause)) => cause,
+                    Err(_elapsed) => NodeCause::Timeout,
+                },
+                Err(e) => redis_cause(&e),
+            };
+            let transient = matches!(
+                cause,
+                NodeCause::Refused | NodeCause::Timeout | NodeCause::Redis(_)
+            );
+            if !transient || attempt >= CONNECT_ATTEMPTS {
+                return Err(cause);
+            }
+            attempt += 1;
+            tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+    .boxed()
+    .shared()
+}
+
+/// The `run_id` of the server behind `conn` (`INFO server`).
+async fn identify(conn: &mut MultiplexedConnection) -> Result<String, NodeCause> {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(conn)
+        .await
+        .map_err(|e| match e.code() {
+            Some("NOPERM") => NodeCause::Redis(
+                "the ACL user may not run INFO, which redquorum needs to tell the nodes' servers \
+                 apart (one server must not count as several votes): grant it +info"
+                    .into(),
+            ),
+            _ => redis_cause(&e),
+        })?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(|id| id.trim().to_owned())
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| {
+            NodeCause::NotRedis(
+                "INFO server has no run_id (a Redis-compatible server that cannot be told apart \
+                 from the others)"
+                    .into(),
+            )
+        })
+}
+
+/// An identified connection of a node; a failure that breaks it has the node connect (and
+/// identify) again.
+struct Conn {
+    conn: MultiplexedConnection,
+    generation: u64,
+    link: Arc<Link>,
+}
+
+impl Conn {
+    fn check<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if let Err(e) = &result {
+            if e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_unrecoverable_error()
+                || e.kind() == ErrorKind::Parse
+            {
+                self.link.renew(self.generation, true);
+            }
+        }
+        result
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        async move {
+            let result = self.conn.req_packed_command(cmd).await;
+            self.check(result)
+        }
+        .boxed()
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        async move {
+            let result = self.conn.req_packed_commands(pipeline, offset, count).await;
+            self.check(result)
+        }
+        .boxed()
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
     }
 }
 
 struct Node {
     addr: Arc<str>,
-    conn: ConnectionManager,
+    link: Arc<Link>,
     /// To this node's sender task (see [`serve`]).
     jobs: mpsc::UnboundedSender<Job>,
 }
@@ -373,49 +711,110 @@ struct Node {
 /// All nodes of a [`RedLock`](crate::RedLock), shared by its clones and groups.
 pub(crate) struct Nodes {
     nodes: Box<[Node]>,
+    ids: Arc<Identities>,
     permits: Semaphore,
     timeout: Duration,
 }
 
 impl Nodes {
-    /// Creates the connections without waiting for them; each connects on first use and
-    /// reconnects by itself after a failure. Spawns one sender task per node on the current
+    /// Creates the connections without waiting for them; each connects (and is identified) on
+    /// first use and again after a failure. Spawns one sender task per node on the current
     /// runtime (it ends when the `Nodes` is dropped).
-    pub(crate) fn new(
-        specs: Vec<NodeSpec>,
-        timeout: Duration,
-        max_in_flight: usize,
-    ) -> Result<Self, NodeFailureAt> {
-        let config = ConnectionManagerConfig::new()
-            // Our own timeout bounds every request; a response timeout inside redis would only
-            // duplicate it.
-            .set_response_timeout(None)
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
-            // Reconnect quickly after a node comes back; each failed round ends fast so the
-            // next request starts a fresh one.
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(500))
-            .set_number_of_retries(4);
+    pub(crate) fn new(specs: Vec<NodeSpec>, timeout: Duration, max_in_flight: usize) -> Self {
+        let ids = Arc::new(Identities {
+            ids: std::sync::Mutex::new(vec![Identity::Unknown; specs.len()]),
+            addrs: specs.iter().map(|s| s.addr.clone()).collect(),
+            shown: specs.iter().map(|s| s.shown.clone()).collect(),
+        });
         let nodes = specs
             .into_iter()
             .enumerate()
             .map(|(i, spec)| {
-                let conn = ConnectionManager::new_lazy_with_config(spec.client, config.clone())
-                    .map_err(|e| NodeFailureAt(i, redis_cause(&e)))?;
+                let link = Link::new(i, spec.client, timeout, ids.clone());
                 let (jobs, queue) = mpsc::unbounded_channel();
-                tokio::spawn(serve(conn.clone(), queue, timeout));
-                Ok(Node {
+                tokio::spawn(serve(link.clone(), queue, timeout));
+                Node {
                     addr: spec.addr,
-                    conn,
+                    link,
                     jobs,
-                })
+                }
             })
-            .collect::<Result<_, _>>()?;
-        Ok(Nodes {
+            .collect();
+        Nodes {
             nodes,
+            ids,
             permits: Semaphore::new(max_in_flight),
             timeout,
-        })
+        }
+    }
+
+    /// First contact (`build()`): every node connects, is identified and answers a PING, each
+    /// within `timeout`. Waits for a majority, then for the others while they answer within a
+    /// node timeout (all of them when there is no majority), so that each failed node is named
+    /// with its own cause, and two nodes that are one server are caught here.
+    ///
+    /// Returns the nodes that failed (they keep connecting in the background).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when two nodes are the same server; [`Error::NoQuorum`] when a
+    /// majority did not answer.
+    pub(crate) async fn first_contact(&self, timeout: Duration) -> Result<Vec<NodeFailure>, Error> {
+        let n = self.len();
+        let deadline = Instant::now() + timeout;
+        let mut pending: FuturesUnordered<_> = (0..n)
+            .map(|i| async move { (i, self.ping(i, timeout).await) })
+            .collect();
+        let mut tally = Tally::new(n);
+        // None: not heard (yet); Some(None): answered; Some(Some(cause)): failed.
+        let mut heard: Vec<Option<Option<NodeCause>>> = vec![None; n];
+        let mut until = deadline;
+        while let Ok(Some((i, reply))) = tokio::time::timeout_at(until, pending.next()).await {
+            tally.record(if reply.is_ok() {
+                Vote::Yes
+            } else {
+                Vote::Failed
+            });
+            heard[i] = Some(reply.err());
+            if tally.decision() == Decision::Reached && until == deadline {
+                until = deadline.min(Instant::now() + self.timeout);
+            }
+        }
+        // Every node that did not answer has a cause, in the order the nodes were given.
+        let causes: Vec<NodeFailure> = heard
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, heard)| match heard {
+                Some(None) => None,
+                Some(Some(cause)) => Some(self.failure(i, cause)),
+                None => Some(self.failure(i, NodeCause::Timeout)),
+            })
+            .collect();
+        if let Some(i) = (0..n).find(|&i| self.ids.duplicate_of(i).is_some()) {
+            let of = self.ids.duplicate_of(i).unwrap_or(i);
+            return Err(Error::config(format!(
+                "nodes {} and {} are the same Redis server (one run_id): a server listed more                  than once would count as several votes; list every master once",
+                self.ids.shown[of], self.ids.shown[i]
+            )));
+        }
+        if tally.decision() != Decision::Reached {
+            return Err(Error::NoQuorum {
+                op: "connect",
+                key: String::new(),
+                ok: tally.yes,
+                required: tally.required(),
+                nodes: n,
+                causes,
+            });
+        }
+        Ok(causes)
+    }
+
+    /// Node `i`'s failure, named without credentials.
+    pub(crate) fn failure(&self, i: usize, cause: NodeCause) -> NodeFailure {
+        NodeFailure {
+            node: self.addr(i).to_string(),
+            cause,
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -507,10 +906,10 @@ impl Nodes {
 
     /// `GET key` on node `i`.
     pub(crate) async fn get(&self, i: usize, key: &str) -> Result<Option<String>, NodeCause> {
-        let mut conn = self.nodes[i].conn.clone();
+        let link = &self.nodes[i].link;
         let cmd = redis::cmd("GET").arg(key).to_owned();
         self.bounded(self.timeout, async move {
-            cmd.query_async::<Option<String>>(&mut conn)
+            cmd.query_async::<Option<String>>(&mut link.get().await?)
                 .await
                 .map_err(|e| redis_cause(&e))
         })
@@ -519,11 +918,11 @@ impl Nodes {
 
     /// `PUBLISH channel ""` on node `i` (errors are only logged: announcing is best effort).
     pub(crate) async fn publish(&self, i: usize, channel: &str) {
-        let mut conn = self.nodes[i].conn.clone();
+        let link = &self.nodes[i].link;
         let cmd = redis::cmd("PUBLISH").arg(channel).arg("").to_owned();
         let res = self
             .bounded(self.timeout, async move {
-                cmd.query_async::<i64>(&mut conn)
+                cmd.query_async::<i64>(&mut link.get().await?)
                     .await
                     .map_err(|e| redis_cause(&e))
             })
@@ -533,12 +932,12 @@ impl Nodes {
         }
     }
 
-    /// `PING` on node `i`, bounded by `timeout` (connecting counts against it).
+    /// `PING` on node `i`, bounded by `timeout` (connecting and identifying count against it).
     pub(crate) async fn ping(&self, i: usize, timeout: Duration) -> Result<(), NodeCause> {
-        let mut conn = self.nodes[i].conn.clone();
+        let link = &self.nodes[i].link;
         self.bounded(timeout, async move {
             redis::cmd("PING")
-                .query_async::<String>(&mut conn)
+                .query_async::<String>(&mut link.get().await?)
                 .await
                 .map(drop)
                 .map_err(|e| redis_cause(&e))
@@ -546,10 +945,6 @@ impl Nodes {
         .await
     }
 }
-
-/// Node `.0` could not even be set up.
-#[derive(Debug)]
-pub(crate) struct NodeFailureAt(pub(crate) usize, pub(crate) NodeCause);
 
 /// The Redis keys one lock holds on every node: one, or several (sorted, distinct) for
 /// `acquire_many`. Cheap to clone.
@@ -641,11 +1036,7 @@ impl Keys {
 /// requests behind it); each is polled for the first time before the next is made, so they
 /// enter the connection in queue order (except across a reconnect or a NOSCRIPT resend: nothing relies on the order,
 /// see `NodeStates`). Ends when the `Nodes` is dropped, after the pipelines that are out.
-async fn serve(
-    conn: ConnectionManager,
-    mut queue: mpsc::UnboundedReceiver<Job>,
-    timeout: Duration,
-) {
+async fn serve(link: Arc<Link>, mut queue: mpsc::UnboundedReceiver<Job>, timeout: Duration) {
     let mut out = FuturesUnordered::new();
     let mut last_sent = Instant::now();
     loop {
@@ -679,10 +1070,13 @@ async fn serve(
                     .max()
                     .unwrap_or(now)
                     .max(now + timeout);
-                let mut conn = conn.clone();
+                let link = link.clone();
                 last_sent = Instant::now();
                 out.push(async move {
-                    let sent = tokio::time::timeout_at(bound, send(&mut conn, &batch)).await;
+                    let sent = tokio::time::timeout_at(bound, async {
+                        send(&mut link.get().await?, &batch).await
+                    })
+                    .await;
                     match sent {
                         Ok(Ok(replies)) => {
                             for (job, reply) in batch.into_iter().zip(replies) {
@@ -712,10 +1106,7 @@ async fn serve(
 /// their script missing (a restarted node) are sent again after loading all four scripts, so
 /// a node's script cache is only ever empty or full; later pipelines may run before the
 /// resend (nothing relies on the order, see `NodeStates`).
-async fn send(
-    conn: &mut ConnectionManager,
-    batch: &[Job],
-) -> Result<Vec<Result<Value, Failed>>, NodeCause> {
+async fn send(conn: &mut Conn, batch: &[Job]) -> Result<Vec<Result<Value, Failed>>, NodeCause> {
     let mut replies = run(conn, batch.iter().map(|j| &*j.op)).await?;
     let mut missing: Vec<usize> = (0..batch.len())
         .filter(|&i| matches!(replies[i], Err(Failed::NoScript)))
@@ -763,7 +1154,7 @@ async fn send(
 /// One pipeline of `ops`' commands (a lone command is sent as such); one reply per op (a
 /// command's error fails only its op).
 async fn run<'a>(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     ops: impl ExactSizeIterator<Item = &'a Op> + Clone,
 ) -> Result<Vec<Result<Value, Failed>>, NodeCause> {
     let count: usize = ops.clone().map(Op::commands).sum();
@@ -819,11 +1210,20 @@ async fn run<'a>(
         .collect())
 }
 
+/// What a redis error says about the node, in one line.
 fn redis_cause(e: &RedisError) -> NodeCause {
     if e.is_timeout() {
         NodeCause::Timeout
+    } else if e.is_connection_refusal() {
+        NodeCause::Refused
+    } else if e.kind() == ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+    {
+        NodeCause::Auth(one_line(&e.to_string()))
+    } else if e.kind() == ErrorKind::Parse {
+        NodeCause::NotRedis(one_line(&e.to_string()))
     } else {
-        NodeCause::Redis(e.to_string().into())
+        NodeCause::Redis(one_line(&e.to_string()))
     }
 }
 

@@ -182,6 +182,17 @@ pub struct LocalClusterBuilder {
     appendonly: bool,
     base_dir: Option<PathBuf>,
     proxied: bool,
+    password: Option<Password>,
+}
+
+/// A `requirepass` password: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+struct Password(String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
 }
 
 impl Default for LocalClusterBuilder {
@@ -191,6 +202,7 @@ impl Default for LocalClusterBuilder {
             appendonly: false,
             base_dir: None,
             proxied: false,
+            password: None,
         }
     }
 }
@@ -225,6 +237,22 @@ impl LocalClusterBuilder {
         self
     }
 
+    /// Starts every node with `--requirepass password` (default: no password). Every URL the
+    /// cluster hands out then carries it (`redis://:password@127.0.0.1:<port>`); `Debug`
+    /// output of the builder and the cluster does not show it.
+    ///
+    /// ```no_run
+    /// use redquorum::testkit::LocalCluster;
+    /// let cluster = LocalCluster::builder().nodes(1).requirepass("s3cret").start()?;
+    /// assert!(cluster.urls()[0].starts_with("redis://:s3cret@127.0.0.1:"));
+    /// assert!(!format!("{cluster:?}").contains("s3cret"));
+    /// # Ok::<(), redquorum::testkit::TestkitError>(())
+    /// ```
+    pub fn requirepass(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(Password(password.into()));
+        self
+    }
+
     /// Starts every node and waits until each answers `PING`.
     ///
     /// On error, the nodes started so far are killed and the temp dir removed.
@@ -235,6 +263,7 @@ impl LocalClusterBuilder {
         let mut cluster = LocalCluster {
             binary,
             appendonly: self.appendonly,
+            password: self.password,
             root,
             nodes: Vec::with_capacity(self.nodes),
             proxies: Vec::new(),
@@ -269,6 +298,7 @@ impl LocalClusterBuilder {
 pub struct LocalCluster {
     binary: PathBuf,
     appendonly: bool,
+    password: Option<Password>,
     root: PathBuf,
     nodes: Vec<Node>,
     /// One per node when built with `proxied(true)`.
@@ -327,19 +357,28 @@ impl LocalCluster {
             .collect()
     }
 
-    /// `redis://127.0.0.1:<port>` of node `index`: its proxy's when the cluster is proxied.
+    /// `redis://127.0.0.1:<port>` of node `index`: its proxy's when the cluster is proxied
+    /// (with the password, for a cluster started with
+    /// [`requirepass`](LocalClusterBuilder::requirepass)).
     pub fn url(&self, index: usize) -> Result<String, TestkitError> {
         let node = self.node(index)?;
         Ok(match self.proxies.get(index) {
-            Some(proxy) => proxy.url(),
-            None => node_url(node.port),
+            Some(proxy) => self.node_url(proxy.port()),
+            None => self.node_url(node.port),
         })
     }
 
     /// `redis://127.0.0.1:<port>` of node `index` itself, never through a proxy (for looking
     /// at a node's data while it is partitioned from the clients).
     pub fn direct_url(&self, index: usize) -> Result<String, TestkitError> {
-        Ok(node_url(self.node(index)?.port))
+        Ok(self.node_url(self.node(index)?.port))
+    }
+
+    fn node_url(&self, port: u16) -> String {
+        match &self.password {
+            Some(Password(pw)) => format!("redis://:{pw}@127.0.0.1:{port}"),
+            None => node_url(port),
+        }
     }
 
     /// The fault proxy in front of node `index` (clusters built with `proxied(true)`).
@@ -501,8 +540,11 @@ impl LocalCluster {
             .args(["--daemonize", "no", "--protected-mode", "no"])
             .arg("--logfile")
             .arg(&log_path)
-            .args(["--maxmemory-policy", "noeviction"])
-            .stdin(Stdio::null())
+            .args(["--maxmemory-policy", "noeviction"]);
+        if let Some(Password(pw)) = &self.password {
+            cmd.arg("--requirepass").arg(pw);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
         let mut child = match cmd.spawn() {
@@ -522,7 +564,11 @@ impl LocalCluster {
                     return Err(io_error(format!("polling redis-server on port {port}"), e));
                 }
             }
-            if is_ready(port, child.id()) {
+            if is_ready(
+                port,
+                child.id(),
+                self.password.as_ref().map(|p| p.0.as_str()),
+            ) {
                 return Ok(Launch::Ready(child));
             }
             if Instant::now() >= deadline {
@@ -653,13 +699,23 @@ fn free_port() -> Result<u16, TestkitError> {
 }
 
 /// `PING` answers `+PONG` and the server on `port` is our process `pid` (not
-/// some other server that won a port race against it).
-fn is_ready(port: u16, pid: u32) -> bool {
+/// some other server that won a port race against it). With `password`, authenticates first.
+fn is_ready(port: u16, pid: u32, password: Option<&str>) -> bool {
     let probe = || -> io::Result<bool> {
         let stream = connect(port, Duration::from_millis(500))?;
         let mut reader = BufReader::new(stream);
-        reader.get_mut().write_all(b"PING\r\nINFO server\r\n")?;
         let mut line = String::new();
+        if let Some(pw) = password {
+            // RESP, so that any byte of the password goes through.
+            let auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{pw}\r\n", pw.len());
+            reader.get_mut().write_all(auth.as_bytes())?;
+            reader.read_line(&mut line)?;
+            if !line.starts_with("+OK") {
+                return Ok(false);
+            }
+            line.clear();
+        }
+        reader.get_mut().write_all(b"PING\r\nINFO server\r\n")?;
         reader.read_line(&mut line)?;
         if !line.starts_with("+PONG") {
             return Ok(false); // e.g. -LOADING while replaying the AOF
