@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::guard::Baton;
 use crate::lease::Lease;
@@ -142,7 +143,7 @@ impl Ticket {
             let permit = self.slot.clone().acquire_owned();
             tokio::pin!(permit);
             while let Some((expiry, changed)) =
-                self.with_entry(|e| (e.holder.as_ref().map(Lease::expires_at), e.changed.clone()))
+                self.with_entry(|e| (e.holder.as_ref().and_then(stale_at), e.changed.clone()))
             {
                 let notified = changed.notified();
                 tokio::pin!(notified);
@@ -182,12 +183,17 @@ impl Ticket {
         self.permit.is_some() || self.bypassed || self.bypass_expired_holder()
     }
 
-    /// Stops waiting for the turn if the local holder kept its guard past its lease (or let it
-    /// go and its lease ended): Redis decides from now on. Such a ticket never gets the turn,
-    /// so never takes a baton. Returns whether it did.
+    /// Stops waiting for the turn if the local holder kept its guard past its lease: Redis
+    /// decides from now on. Such a ticket never gets the turn, so never takes a baton. Returns
+    /// whether it did.
     fn bypass_expired_holder(&mut self) -> bool {
         let expired = self
-            .with_entry(|e| e.holder.as_ref().is_some_and(|h| h.validity().is_zero()))
+            .with_entry(|e| {
+                e.holder
+                    .as_ref()
+                    .and_then(stale_at)
+                    .is_some_and(|at| at <= Instant::now())
+            })
             .unwrap_or(true);
         if expired && !self.bypassed {
             tracing::debug!(key = %self.lock, "local holder's lease ran out; contending without it");
@@ -288,6 +294,13 @@ impl Ticket {
             e.hold_back = e.tickets > 1 && (listeners > ours || others_poll);
         });
     }
+}
+
+/// When a local holder starts to be bypassed: when its validity runs out while it keeps its
+/// guard. Never for a lease that ended because its guard let go (released, dropped, handed
+/// on): its ticket is about to hand the turn on, in queue order.
+fn stale_at(holder: &Lease) -> Option<Instant> {
+    (!holder.has_ended()).then(|| holder.expires_at())
 }
 
 impl Drop for Ticket {
