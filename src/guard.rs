@@ -445,6 +445,15 @@ impl NodeStates {
             .is_some_and(|s| s.load(Ordering::SeqCst) == GRANTED)
     }
 
+    /// Whether node `i` is known to have refused (another value held the key): nothing of
+    /// ours can be there, so an undo skips it.
+    pub(crate) fn refused_on(&self, i: usize) -> bool {
+        self.0
+            .votes
+            .get(i)
+            .is_some_and(|s| s.load(Ordering::SeqCst) == REFUSED)
+    }
+
     pub(crate) fn granted(&self) -> usize {
         self.0
             .votes
