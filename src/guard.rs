@@ -223,9 +223,9 @@ impl LockGuard {
     /// # Errors
     /// [`Error::NotOwner`] when the lease had expired and another owner holds the key;
     /// [`Error::NotHeld`] when the key was already gone (expired); [`Error::NoQuorum`] when too
-    /// few nodes answered. Either way, nodes that did not answer are tried again in the
-    /// background for about two seconds; keys on nodes still unreachable after that expire
-    /// after the TTL.
+    /// few nodes answered. Whatever the outcome, a node that did not answer (even one that
+    /// timed out after a majority had answered) is tried again in the background for about a
+    /// second; keys on nodes still unreachable after that expire after the TTL.
     ///
     /// # Cancel safety
     /// If the future is dropped before it completes, the guard's drop spawns the release again.
