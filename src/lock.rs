@@ -251,7 +251,8 @@ impl RedLock {
     ///
     /// # Cancel safety
     /// Dropping the future at any point leaves no key behind for longer than the clean-up
-    /// takes: a round in flight is undone on every node by a spawned task.
+    /// takes: a round in flight is undone in the background on every node that granted or
+    /// did not answer.
     ///
     /// # Examples
     ///

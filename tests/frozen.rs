@@ -150,9 +150,9 @@ async fn undos_for_a_frozen_node_do_not_hold_the_in_flight_permits() {
     c.resume(2).expect("resume");
     g.release().await.expect("release");
     // Two live nodes answer each round in milliseconds; before, rounds waited seconds for
-    // permits held by undos and retries to node 2. One node timeout (250 ms) would be plenty.
+    // permits held by undos and retries to node 2 (7 s). Generous for a loaded machine.
     assert!(
-        took < Duration::from_secs(1),
+        took < Duration::from_secs(2),
         "21 rounds the live nodes answered took {took:?}: they waited for in-flight permits"
     );
 }
