@@ -223,9 +223,9 @@ impl LockGuard {
     /// # Errors
     /// [`Error::NotOwner`] when the lease had expired and another owner holds the key;
     /// [`Error::NotHeld`] when the key was already gone (expired); [`Error::NoQuorum`] when too
-    /// few nodes answered. Either way, nodes that did not answer are tried again in the
-    /// background for about two seconds; keys on nodes still unreachable after that expire
-    /// after the TTL.
+    /// few nodes answered. Whatever the outcome, a node that did not answer (even one that
+    /// timed out after a majority had answered) is tried again in the background for about a
+    /// second; keys on nodes still unreachable after that expire after the TTL.
     ///
     /// # Cancel safety
     /// If the future is dropped before it completes, the guard's drop spawns the release again.
@@ -448,6 +448,15 @@ impl NodeStates {
             .votes
             .get(i)
             .is_some_and(|s| s.load(Ordering::SeqCst) == GRANTED)
+    }
+
+    /// Whether node `i` is known to have refused (another value held the key): nothing of
+    /// ours can be there, so an undo skips it.
+    pub(crate) fn refused_on(&self, i: usize) -> bool {
+        self.0
+            .votes
+            .get(i)
+            .is_some_and(|s| s.load(Ordering::SeqCst) == REFUSED)
     }
 
     pub(crate) fn granted(&self) -> usize {

@@ -1,9 +1,10 @@
 //! [`RedLock`]: the Redlock algorithm over N independent masters.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::{Config, RedLockBuilder, DEFAULT_GROUP};
@@ -34,7 +35,8 @@ pub const UNREACHABLE_ATTEMPTS: u32 = 3;
 /// 3. As soon as a majority has granted, the grant is decided; stragglers finish in the
 ///    background. As soon as a majority becomes impossible, the attempt fails.
 /// 4. The grant stands only if `validity = ttl − elapsed − (ttl·drift_factor + 2 ms)` is positive.
-/// 5. A failed attempt is undone on every node (compare-and-delete, so only our value goes).
+/// 5. A failed attempt is undone on every node that granted or did not answer
+///    (compare-and-delete, so only our value goes).
 ///
 /// # Examples
 ///
@@ -71,6 +73,8 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) queues: Arc<Queues>,
     pub(crate) wakeups: Wakeups,
+    /// Releases still to be confirmed by some node (undos, retries), sent in the background.
+    cleanup: Cleanup,
 }
 
 impl std::fmt::Debug for RedLock {
@@ -112,11 +116,13 @@ impl RedLock {
         let prefix = format!("{}:{DEFAULT_GROUP}:", config.namespace).into();
         let fence_prefix = format!("{}::fence:{DEFAULT_GROUP}:", config.namespace).into();
         let wakeups = Wakeups::new(clients, config.node_timeout);
+        let cleanup = Cleanup::new(nodes.len());
         let shared = Arc::new(Shared {
             nodes,
             config,
             queues: Arc::default(),
             wakeups,
+            cleanup,
         });
         let weak = Arc::downgrade(&shared);
         shared.queues.set_announcer(Box::new(move |key| {
@@ -217,7 +223,8 @@ impl RedLock {
     ///
     /// # Cancel safety
     /// Dropping the future at any point leaves no key behind for longer than the clean-up
-    /// takes: a round in flight is undone on every node by a spawned task.
+    /// takes: a round in flight is undone in the background on every node that granted or
+    /// did not answer.
     ///
     /// # Examples
     ///
@@ -554,13 +561,15 @@ impl RedLock {
         let fenced = config.fencing && keys.single().is_some();
         let op = Arc::new(Op::acquire(keys, &value, millis(lease), fenced, hint));
 
-        // Armed until the grant is handed to a guard: a failed or dropped round is undone.
+        let states = NodeStates::new(n);
+        // Armed until the grant is handed to a guard: a failed or dropped round is undone
+        // where a node granted or did not answer (as `states` records them).
         let undo = Undo {
             shared: Some(shared.clone()),
             keys: keys.clone(),
             value: value.clone(),
+            states: states.clone(),
         };
-        let states = NodeStates::new(n);
         let start = Instant::now();
         let mut pending: FuturesUnordered<_> = (0..n)
             .map(|i| {
@@ -635,16 +644,15 @@ impl RedLock {
                     let (shared, states, keys, value) =
                         (shared.clone(), states.clone(), keys.clone(), value.clone());
                     tokio::spawn(async move {
-                        let mut late = Vec::new();
+                        let op = Arc::new(release_op(&keys, &value, true));
                         quorum::until(&mut pending, |(i, reply)| {
                             states.record(i, &reply);
                             if states.acquired_late(i, &reply) {
-                                late.push(i);
+                                shared.clean(i, &op, 0);
                             }
                             false
                         })
                         .await;
-                        shared.release_nodes(&keys, &value, late).await;
                     });
                 }
                 // ttl − elapsed − drift from the instant the requests went out.
@@ -671,7 +679,8 @@ impl RedLock {
             tracing::warn!(key, ?elapsed, ttl = ?config.ttl, "grant came too late to leave any validity; undoing");
             return Attempt::Busy(Busy::default());
         }
-        // `undo` is dropped here: the partial grant is released on every node.
+        // `undo` is dropped here: the partial grant is released where a node granted or did
+        // not answer (not where it refused).
         if tally.answered() < tally.required() {
             tracing::warn!(
                 key,
@@ -815,6 +824,10 @@ impl Shared {
     ///
     /// With `states` (a guard's release), every node where the release did not delete our
     /// value is checked against a straggling acquire that may have landed after it.
+    ///
+    /// With `key_value` (a release), every node whose *final* outcome is a failure is retried
+    /// by the background clean-up: a node that failed before the decision, and a straggler
+    /// that fails after it (a frozen node times out only once the round has been decided).
     pub(crate) async fn owned_round(
         self: &Arc<Self>,
         op: Op,
@@ -837,18 +850,31 @@ impl Shared {
             listeners: 0,
             causes: Vec::new(),
         };
-        let mut late = Vec::new();
         let grants = states.clone();
         let granted_here = move |i: usize| grants.as_ref().is_none_or(|s| s.granted_on(i));
-        let missed = move |i: usize, reply: &Result<Owned, NodeCause>, late: &mut Vec<usize>| {
+        // What each node finally reported, as it comes in, before or after the decision: a
+        // failed release is retried there; a straggling acquire that landed after the release
+        // is released once more.
+        let again = key_value
+            .as_ref()
+            .map(|(keys, value)| Arc::new(release_op(keys, value, true)));
+        let retry = op.clone();
+        let settle = move |shared: &Arc<Self>, i: usize, reply: &Result<Owned, NodeCause>| {
+            let Some(again) = &again else {
+                return;
+            };
             if let Some(states) = &states {
                 if !matches!(reply, Ok(Owned::Done { .. })) && states.release_missed(i) {
-                    late.push(i);
+                    shared.clean(i, again, 0);
+                    return;
                 }
+            }
+            if reply.is_err() {
+                shared.clean(i, &retry, 1);
             }
         };
         quorum::until(&mut pending, |(i, reply)| {
-            missed(i, &reply, &mut late);
+            settle(self, i, &reply);
             match reply {
                 Ok(Owned::Done { listeners }) => {
                     round.tally.record(Vote::Yes);
@@ -875,79 +901,118 @@ impl Shared {
             round.tally.decision() == Decision::Reached
         })
         .await;
-        if let Some((key, value)) = &key_value {
-            self.release_nodes(key, value, std::mem::take(&mut late))
-                .await;
-        }
         if !pending.is_empty() {
             let shared = self.clone();
             tokio::spawn(async move {
                 quorum::until(&mut pending, |(i, reply)| {
-                    missed(i, &reply, &mut late);
+                    settle(&shared, i, &reply);
                     false
                 })
                 .await;
-                if let Some((key, value)) = &key_value {
-                    shared.release_nodes(key, value, late).await;
-                }
             });
         }
         round
     }
 
-    /// Releases `value` from `keys` on every node; used to undo failed rounds.
-    pub(crate) async fn release(self: &Arc<Self>, keys: &Keys, value: &Arc<str>) -> OwnedRound {
-        let round = self
-            .owned_round(release_op(keys, value, false), None, None)
-            .await;
-        self.retry_release(&round, keys, value, false);
-        round
-    }
-
-    /// After a release round that some node did not answer (down, frozen, reconnecting, cut):
-    /// tries every node again in the background with a longer timeout, a few times over about
-    /// two seconds, so the keys do not stay there until their TTL. Compare-and-delete makes
-    /// repeats harmless. With no runtime the keys expire by TTL.
-    fn retry_release(
+    /// Undoes an attempt that did not become a guard: a compare-and-delete of `value`
+    /// (unannounced) on every node that granted or did not answer, in the background (see
+    /// [`clean`](Self::clean)); a node that refused holds nothing of ours and is left alone.
+    /// Without `states`, every node.
+    pub(crate) fn undo(
         self: &Arc<Self>,
-        round: &OwnedRound,
         keys: &Keys,
         value: &Arc<str>,
-        publish: bool,
+        states: Option<&NodeStates>,
     ) {
-        if round.tally.failed == 0 {
-            return;
+        let op = Arc::new(release_op(keys, value, false));
+        for i in 0..self.nodes.len() {
+            if !states.is_some_and(|s| s.refused_on(i)) {
+                self.clean(i, &op, 0);
+            }
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+    }
+
+    /// Hands the release `op` on node `i` to the background clean-up, which has already sent
+    /// it `failed` times (0: not yet). It goes out at once (0) or after 50, 200 and 800 ms (1,
+    /// 2, 3 failed sends), then the key is left to expire by TTL. Per node, everything due goes
+    /// out together in one pass under a single in-flight permit, held for at most one node
+    /// timeout: a frozen node costs one permit however many releases wait for it. With no
+    /// runtime the keys expire by TTL.
+    fn clean(self: &Arc<Self>, i: usize, op: &Arc<Op>, failed: usize) {
+        let Some(&pause) = CLEANUP_PAUSES.get(failed) else {
+            tracing::debug!(
+                node = &**self.nodes.addr(i),
+                "release did not reach the node; the key expires by TTL there"
+            );
             return;
         };
-        let shared = self.clone();
-        let op = Arc::new(release_op(keys, value, publish));
-        let key = keys.to_string();
-        rt.spawn(async move {
-            let patience = shared.nodes.timeout().max(Duration::from_millis(500));
-            let mut left: Vec<usize> = (0..shared.nodes.len()).collect();
-            for pause in [50, 200, 800] {
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-                let replies = futures::future::join_all(left.iter().map(|&i| {
-                    let (op, shared) = (&op, &shared);
-                    async move { (i, shared.nodes.owned_within(i, op, patience).await) }
-                }))
-                .await;
-                left = replies
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                node = &**self.nodes.addr(i),
+                "no tokio runtime to release on; the key expires by TTL there"
+            );
+            return;
+        };
+        let Some(node) = self.cleanup.nodes.get(i) else {
+            return;
+        };
+        let start = {
+            let mut pending = node.lock();
+            pending.ops.push(Cleaning {
+                op: op.clone(),
+                failed,
+                due: Instant::now() + Duration::from_millis(pause),
+            });
+            !std::mem::replace(&mut pending.running, true)
+        };
+        if start {
+            rt.spawn(self.clone().cleaner(i));
+        } else {
+            node.wake.notify_one();
+        }
+    }
+
+    /// Node `i`'s clean-up task: runs while releases are pending for the node, one pass at a
+    /// time (see [`clean`](Self::clean)).
+    async fn cleaner(self: Arc<Self>, i: usize) {
+        let Some(node) = self.cleanup.nodes.get(i) else {
+            return;
+        };
+        loop {
+            let next = {
+                let mut pending = node.lock();
+                match pending.ops.iter().map(|c| c.due).min() {
+                    Some(due) => due,
+                    None => {
+                        pending.running = false;
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(next) => {}
+                () = node.wake.notified() => continue,
+            }
+            let now = Instant::now();
+            let due: Vec<Cleaning> = {
+                let mut pending = node.lock();
+                let (due, later) = std::mem::take(&mut pending.ops)
                     .into_iter()
-                    .filter_map(|(i, r)| r.is_err().then_some(i))
-                    .collect();
-                if left.is_empty() {
-                    return;
+                    .partition(|c| c.due <= now);
+                pending.ops = later;
+                due
+            };
+            if due.is_empty() {
+                continue;
+            }
+            let ops: Vec<Arc<Op>> = due.iter().map(|c| c.op.clone()).collect();
+            let replies = self.nodes.owned_batch(i, &ops).await;
+            for (cleaning, reply) in due.into_iter().zip(replies) {
+                if reply.is_err() {
+                    self.clean(i, &cleaning.op, cleaning.failed + 1);
                 }
             }
-            tracing::debug!(
-                key,
-                nodes = left.len(),
-                "release did not reach every node; the rest expire by TTL"
-            );
-        });
+        }
     }
 
     /// A guard's release: like [`release`](Self::release), and also catches straggling
@@ -967,7 +1032,6 @@ impl Shared {
                 Some((keys.clone(), value.clone())),
             )
             .await;
-        self.retry_release(&round, keys, value, true);
         round
     }
 
@@ -983,20 +1047,6 @@ impl Shared {
         let channel = crate::wake::channel(key);
         futures::future::join_all((0..self.nodes.len()).map(|i| self.nodes.publish(i, &channel)))
             .await;
-    }
-
-    /// Releases `value` from `key` on the given nodes (one request each, in parallel).
-    async fn release_nodes(&self, keys: &Keys, value: &Arc<str>, nodes: Vec<usize>) {
-        if nodes.is_empty() {
-            return;
-        }
-        let op = &Arc::new(release_op(keys, value, true));
-        futures::future::join_all(
-            nodes
-                .into_iter()
-                .map(|i| async move { self.nodes.owned(i, op).await }),
-        )
-        .await;
     }
 
     /// `GET key` on every node: the distinct values with their counts.
@@ -1104,11 +1154,13 @@ async fn leave(mut ticket: Ticket) {
     }
 }
 
-/// Releases a round's value on every node when dropped, unless disarmed.
+/// Releases a round's value where a node granted or did not answer when dropped, unless
+/// disarmed (see [`Shared::undo`]).
 struct Undo {
     shared: Option<Arc<Shared>>,
     keys: Keys,
     value: Arc<str>,
+    states: NodeStates,
 }
 
 impl Undo {
@@ -1120,14 +1172,14 @@ impl Undo {
 impl Drop for Undo {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
-            spawn_release(shared, self.keys.clone(), self.value.clone(), None, None);
+            shared.undo(&self.keys, &self.value, Some(&self.states));
         }
     }
 }
 
 /// Releases in the background on the current runtime (nodes that did not answer are retried,
-/// see `Shared::retry_release`); with no runtime the keys expire by TTL. With `states` (a guard)
-/// late straggling grants are caught too. The local queue `ticket`, if any, is handed on only
+/// see `Shared::clean`); with no runtime the keys expire by TTL. With `states` (a guard)
+/// late straggling grants are caught too; without, it is an undo on every node. The local queue `ticket`, if any, is handed on only
 /// after the first round, so the next local waiter finds the key gone.
 pub(crate) fn spawn_release(
     shared: Arc<Shared>,
@@ -1145,15 +1197,66 @@ pub(crate) fn spawn_release(
     };
     rt.spawn(async move {
         let announce = ticket.as_ref().is_none_or(Ticket::announce_release);
-        let round = match &states {
-            Some(states) => shared.release_guard(&keys, &value, states, announce).await,
-            None => shared.release(&keys, &value).await,
+        let Some(states) = &states else {
+            shared.undo(&keys, &value, None);
+            return;
         };
+        let round = shared.release_guard(&keys, &value, states, announce).await;
         if let (true, Some(ticket)) = (announce, &ticket) {
             ticket.announced(round.listeners, shared.others_poll(&keys));
         }
         drop(ticket);
     });
+}
+
+/// The pauses before each send of a background release, by how many sends failed before:
+/// the first goes at once, then three retries over about a second (each send bounded by the
+/// node timeout).
+const CLEANUP_PAUSES: [u64; 4] = [0, 50, 200, 800];
+
+/// Background clean-up, per node: releases waiting to be sent (see [`Shared::clean`]).
+struct Cleanup {
+    nodes: Box<[CleanupNode]>,
+}
+
+struct CleanupNode {
+    pending: Mutex<Pending>,
+    /// Wakes the node's clean-up task for a release due before the one it sleeps for.
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    ops: Vec<Cleaning>,
+    /// Whether the node's clean-up task is running (it ends when nothing is pending).
+    running: bool,
+}
+
+/// One release waiting to be sent to a node.
+struct Cleaning {
+    op: Arc<Op>,
+    /// Sends that failed so far.
+    failed: usize,
+    due: Instant,
+}
+
+impl Cleanup {
+    fn new(nodes: usize) -> Self {
+        Cleanup {
+            nodes: (0..nodes)
+                .map(|_| CleanupNode {
+                    pending: Mutex::default(),
+                    wake: Notify::new(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl CleanupNode {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// A compare-and-delete of `value`: a holder's release of a single key announces itself on

@@ -235,7 +235,7 @@ impl Op {
 
     /// This request's reply from its commands' replies (`next` gives them in order), in the
     /// shape of its script's reply (a plain acquire's SET and PTTL become `{1, 0}` or
-    /// `{0, pttl}`, pttl -1 when not asked).
+    /// `{0, pttl}`, pttl -1 when not asked or not known).
     fn reply(&self, mut next: impl FnMut() -> Result<Value, Failed>) -> Result<Value, Failed> {
         if !self.plain() {
             return next();
@@ -248,10 +248,15 @@ impl Op {
         } else {
             Ok(Value::Int(-1))
         };
-        let (set, pttl) = (set?, pttl?);
-        match set {
+        // The SET decides: a granted SET is a grant whatever became of the hint (an ACL without
+        // PTTL, say), and a refusal whose hint failed is a refusal without a hint.
+        let pttl = match pttl {
+            Ok(Value::Int(ms)) => ms,
+            _ => -1,
+        };
+        match set? {
             Value::Okay => Ok(Value::Array(vec![Value::Int(1), Value::Int(0)])),
-            Value::Nil => Ok(Value::Array(vec![Value::Int(0), pttl])),
+            Value::Nil => Ok(Value::Array(vec![Value::Int(0), Value::Int(pttl)])),
             other => Err(Failed::Cause(protocol(format!(
                 "SET NX PX returned {other:?}"
             )))),
@@ -830,9 +835,12 @@ impl Nodes {
     }
 
     /// Runs one request under a semaphore permit and the node timeout. The timeout counts from
-    /// when the permit is granted: a client busy with its own burst is not a slow node (every
-    /// permit is held for at most one timeout, so the wait for one is bounded too; and the
-    /// lease's validity counts the whole round anyway).
+    /// when the permit is granted: a client busy with its own burst is not a slow node (a
+    /// permit is held for at most the request's timeout, so the wait for one is bounded too;
+    /// and the lease's validity counts the whole round anyway). Every request is bounded by the
+    /// node timeout, except the first-contact PINGs of `build()` (the connect timeout); a
+    /// background clean-up pass takes one permit for all its requests to a node
+    /// ([`owned_batch`](Self::owned_batch)).
     async fn bounded<T>(
         &self,
         timeout: Duration,
@@ -849,25 +857,30 @@ impl Nodes {
             .unwrap_or(Err(NodeCause::Timeout))
     }
 
-    /// Queues `op` for node `i`'s next batch and waits for its reply, within `timeout`.
-    async fn call(&self, i: usize, op: &Arc<Op>, timeout: Duration) -> Result<Value, NodeCause> {
-        self.bounded(timeout, async {
-            let (reply, replied) = oneshot::channel();
-            let job = Job {
-                op: op.clone(),
-                deadline: Instant::now() + timeout,
-                reply,
-            };
-            // The sender task only ends with its runtime (it outlives every caller otherwise).
-            let gone = || NodeCause::Redis(RUNTIME_GONE.into());
-            self.nodes[i].jobs.send(job).map_err(|_| gone())?;
-            replied.await.unwrap_or_else(|_| Err(gone()))
-        })
-        .await
+    /// Queues `op` for node `i`'s next batch and waits for its reply, within the node timeout.
+    async fn call(&self, i: usize, op: &Arc<Op>) -> Result<Value, NodeCause> {
+        self.bounded(self.timeout, self.queue(i, op)).await
+    }
+
+    /// Queues `op` for node `i`'s next batch and waits for its reply (no permit, no timeout:
+    /// the caller bounds it).
+    async fn queue(&self, i: usize, op: &Arc<Op>) -> Result<Value, NodeCause> {
+        let (reply, replied) = oneshot::channel();
+        let job = Job {
+            op: op.clone(),
+            deadline: Instant::now() + self.timeout,
+            reply,
+        };
+        // The sender task answers every job it takes, even one it does not send; it drops
+        // them unanswered only when it ends, with its runtime (it outlives every caller
+        // otherwise).
+        let gone = || NodeCause::Redis(RUNTIME_GONE.into());
+        self.nodes[i].jobs.send(job).map_err(|_| gone())?;
+        replied.await.unwrap_or_else(|_| Err(gone()))
     }
 
     pub(crate) async fn acquire(&self, i: usize, op: &Arc<Op>) -> Result<Grant, NodeCause> {
-        let reply = self.call(i, op, self.timeout).await?;
+        let reply = self.call(i, op).await?;
         match redis::from_redis_value::<(i64, i64)>(reply) {
             Ok((1, fence)) => Ok(Grant::Granted {
                 fence: u64::try_from(fence).unwrap_or(0),
@@ -882,25 +895,28 @@ impl Nodes {
 
     /// A compare-and-delete, compare-and-extend or fence `op` on node `i`.
     pub(crate) async fn owned(&self, i: usize, op: &Arc<Op>) -> Result<Owned, NodeCause> {
-        self.owned_within(i, op, self.timeout).await
+        owned_reply(self.call(i, op).await?)
     }
 
-    /// [`owned`](Self::owned) with another timeout (background clean-up is not in a hurry).
-    pub(crate) async fn owned_within(
+    /// Every op of `ops` on node `i` (they go out together), under **one** permit and one node
+    /// timeout for them all: background clean-up of one node never holds more than a single
+    /// permit, for at most one node timeout. One reply per op, in order.
+    pub(crate) async fn owned_batch(
         &self,
         i: usize,
-        op: &Arc<Op>,
-        timeout: Duration,
-    ) -> Result<Owned, NodeCause> {
-        let reply = self.call(i, op, timeout).await?;
-        match redis::from_redis_value::<i64>(reply) {
-            Ok(n @ 1..) => Ok(Owned::Done {
-                listeners: u32::try_from(n - 1).unwrap_or(u32::MAX),
-            }),
-            Ok(0) => Ok(Owned::Absent),
-            Ok(-1) => Ok(Owned::Other),
-            Ok(other) => Err(protocol(format!("script returned {other}"))),
-            Err(e) => Err(protocol(format!("script reply: {e}"))),
+        ops: &[Arc<Op>],
+    ) -> Vec<Result<Owned, NodeCause>> {
+        let replies = self
+            .bounded(self.timeout, async {
+                Ok(futures::future::join_all(ops.iter().map(|op| self.queue(i, op))).await)
+            })
+            .await;
+        match replies {
+            Ok(replies) => replies
+                .into_iter()
+                .map(|r| r.and_then(owned_reply))
+                .collect(),
+            Err(cause) => ops.iter().map(|_| Err(cause.clone())).collect(),
         }
     }
 
@@ -1056,7 +1072,13 @@ async fn serve(link: Arc<Link>, mut queue: mpsc::UnboundedReceiver<Job>, timeout
                     }
                 }
                 let now = Instant::now();
-                batch.retain(|j| !j.abandoned(now));
+                let (abandoned, batch): (Vec<Job>, Vec<Job>) =
+                    batch.into_iter().partition(|j| j.abandoned(now));
+                for job in abandoned {
+                    // Its caller may still be listening (its timer and this check fall due
+                    // together): what happened is a timeout, not a lost sender task.
+                    let _ = job.reply.send(Err(NodeCause::Timeout));
+                }
                 if batch.is_empty() {
                     continue;
                 }
@@ -1208,6 +1230,19 @@ async fn run<'a>(
             })
         })
         .collect())
+}
+
+/// A compare-and-delete, compare-and-extend or fence script's reply.
+fn owned_reply(reply: Value) -> Result<Owned, NodeCause> {
+    match redis::from_redis_value::<i64>(reply) {
+        Ok(n @ 1..) => Ok(Owned::Done {
+            listeners: u32::try_from(n - 1).unwrap_or(u32::MAX),
+        }),
+        Ok(0) => Ok(Owned::Absent),
+        Ok(-1) => Ok(Owned::Other),
+        Ok(other) => Err(protocol(format!("script returned {other}"))),
+        Err(e) => Err(protocol(format!("script reply: {e}"))),
+    }
 }
 
 /// What a redis error says about the node, in one line.

@@ -269,11 +269,14 @@ impl Ticket {
     }
 
     /// Called by the holder as it releases: whether the release should be announced to other
-    /// processes. Not while local waiters are queued (they take over at once), except every
-    /// [`LOCAL_STREAK`]-th time.
+    /// processes. Not while local waiters are queued for the turn this ticket hands on (they
+    /// take over at once), except every [`LOCAL_STREAK`]-th time. Always when this ticket
+    /// holds no turn to hand on (it went past an expired holder), or when a local waiter went
+    /// past one: such a waiter waits in Redis, and only the announcement wakes it.
     pub(crate) fn announce_release(&self) -> bool {
+        let hands_on = self.permit.is_some();
         self.with_entry(|e| {
-            if e.tickets > 1 && e.streak < LOCAL_STREAK {
+            if hands_on && e.bypassed == 0 && e.tickets > 1 && e.streak < LOCAL_STREAK {
                 e.streak += 1;
                 e.unannounced = true;
                 return false;

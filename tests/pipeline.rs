@@ -122,9 +122,9 @@ async fn a_release_queued_behind_a_slow_batch_is_not_dropped() {
     let a = locks.acquire(&ctx(2_000), "a").await.expect("a");
     // Let the straggler's timeout be heard before a's release (no late-acquire flag).
     tokio::time::sleep(Duration::from_millis(120)).await;
-    // "h" is held by another owner on nodes 0 and 1: a refused try_acquire, whose undo hears
-    // nodes 0 and 1 say "other", times out on node 2 and then retries node 2 with 500 ms
-    // patience, which occupies node 2's sender for 500 ms.
+    // "h" is held by another owner on nodes 0 and 1: a refused try_acquire, whose undo goes
+    // to node 2 alone (0 and 1 refused), times out there and is retried in the background,
+    // batches that occupy node 2's sender while it is frozen.
     let h = locks.redis_key("h").unwrap();
     for i in [0, 1] {
         raw(&c, i, &["SET", &h, "Z:other", "PX", "60000"]);
