@@ -247,8 +247,14 @@ impl Ticket {
         });
     }
 
-    /// Records the lease of the lock this ticket now holds.
+    /// Records the lease of the lock this ticket now holds, if the ticket has the turn. A
+    /// ticket that went past an expired holder does not replace it: the turn is still that
+    /// holder's, so waiters that come next must go past it too (and to Redis, which decides),
+    /// rather than wait behind this ticket for a turn that it can never hand on.
     pub(crate) fn hold(&mut self, lease: &Lease) {
+        if self.bypassed {
+            return;
+        }
         self.held = true;
         self.with_entry(|e| {
             e.holder = Some(lease.clone());

@@ -260,3 +260,35 @@ async fn try_acquire_is_not_blocked_by_a_local_guard_kept_past_its_validity() {
     fresh.release().await.expect("release");
     drop(stale);
 }
+
+/// A waiter that went past a local guard kept past its validity, and won in Redis, does not
+/// become the local queue's holder: the turn still belongs to the expired guard, so a waiter
+/// that arrives next must also go to Redis rather than wait for a turn that only the expired
+/// guard's drop would hand on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_after_one_that_went_past_an_expired_local_guard_are_not_stuck() {
+    let c = cluster(3);
+    let locks = builder(&c)
+        .ttl(Duration::from_millis(300))
+        .node_timeout(Duration::from_millis(100))
+        .build()
+        .await
+        .expect("build");
+    let stale = locks.try_acquire("k").await.expect("ok").expect("free");
+    stale.lost().cancelled().await; // the validity ran out; the guard is kept
+    let first = locks
+        .acquire(&ctx(10_000), "k")
+        .await
+        .expect("past the stale guard");
+    let second = {
+        let locks = locks.clone();
+        tokio::spawn(async move { locks.acquire(&ctx(10_000), "k").await })
+    };
+    first.release().await.expect("release");
+    let second = second
+        .await
+        .expect("no panic")
+        .expect("the key is free in Redis: the second waiter must get it");
+    second.release().await.expect("release");
+    drop(stale);
+}
