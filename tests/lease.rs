@@ -41,7 +41,7 @@ async fn release_after_another_owner_took_it_is_not_owner_and_leaves_their_key()
     let a = short_lease(&c).await;
     let b = locks(&c).await; // 5 s lease
     let stale = a.try_acquire("k").await.expect("ok").expect("free");
-    let ctx = ctx(5_000);
+    let ctx = patient();
     let fresh = b
         .acquire(&ctx, "k")
         .await
@@ -107,7 +107,7 @@ async fn extend_after_expiry_fails_and_touches_nothing() {
     let other = locks(&c).await;
     let locks = short_lease(&c).await;
     let mut g = locks.try_acquire("k").await.expect("ok").expect("free");
-    let taken = other.acquire(&ctx(5_000), "k").await.expect("after expiry");
+    let taken = other.acquire(&patient(), "k").await.expect("after expiry");
     let err = g.extend(Duration::from_secs(5)).await.expect_err("expired");
     assert!(
         matches!(err, Error::NotHeld { op: "extend", .. }),
@@ -306,9 +306,7 @@ mod many {
             .expect("ok")
             .expect("free now");
         bc.release().await.expect("release");
-        assert!(wait_until_no_keys(&c, Duration::from_secs(2))
-            .await
-            .is_empty());
+        assert!(wait_until_no_keys(&c, HANG_GUARD).await.is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,7 +332,7 @@ mod many {
                 }
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + HANG_GUARD;
         let stray = |k: &str| {
             let key = b.redis_key(k).expect("key");
             (0..3).any(|i| get(&c, i, &key).is_some())
@@ -350,7 +348,7 @@ mod many {
         let before = command_stats(&c);
         let waiter = {
             let b = b.clone();
-            tokio::spawn(async move { b.acquire_many(&ctx(10_000), &["x", "y", "z"]).await })
+            tokio::spawn(async move { b.acquire_many(&patient(), &["x", "y", "z"]).await })
         };
         // Release only once the waiter has tried at least once (its requests reached the
         // nodes), so the waiting path really runs.
@@ -374,9 +372,7 @@ mod many {
         assert_eq!(extended("y"), on);
         assert_eq!(extended("z"), on);
         set.release().await.expect("release");
-        assert!(wait_until_no_keys(&c, Duration::from_secs(2))
-            .await
-            .is_empty());
+        assert!(wait_until_no_keys(&c, HANG_GUARD).await.is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,7 +422,7 @@ mod many {
                         };
                         let names: Vec<&str> = set.iter().map(|&i| keys[i]).collect();
                         let g = locks
-                            .acquire_many(&ctx(30_000), &names)
+                            .acquire_many(&patient(), &names)
                             .await
                             .expect("acquire");
                         for &i in &set {
@@ -450,8 +446,6 @@ mod many {
         for t in tasks {
             t.await.expect("task panicked");
         }
-        assert!(wait_until_no_keys(&c, Duration::from_secs(3))
-            .await
-            .is_empty());
+        assert!(wait_until_no_keys(&c, HANG_GUARD).await.is_empty());
     }
 }
