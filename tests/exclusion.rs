@@ -32,7 +32,7 @@ async fn non_atomic_counter_stays_exact_under_contention() {
     let inside = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..4 {
-        let locks = locks(&c).await;
+        let locks = long_lease(&c).await;
         for _ in 0..8 {
             let (locks, counter, inside) = (locks.clone(), counter.clone(), inside.clone());
             tasks.push(tokio::spawn(async move {

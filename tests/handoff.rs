@@ -53,7 +53,7 @@ async fn contend(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_waiters_take_over_without_redis_round_trips_and_exclude_each_other() {
     let c = cluster(5);
-    let locks = locks(&c).await;
+    let locks = long_lease(&c).await;
     let before = command_stats(&c);
     let inside = Arc::new(AtomicBool::new(false));
     let n = contend(&locks, "k", 8, 25, Duration::from_millis(1), inside).await;
@@ -73,7 +73,7 @@ async fn local_waiters_take_over_without_redis_round_trips_and_exclude_each_othe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_with_local_waiters_never_hold_at_once() {
     let c = cluster(5);
-    let (a, b) = (locks(&c).await, locks(&c).await);
+    let (a, b) = (long_lease(&c).await, long_lease(&c).await);
     let inside = Arc::new(AtomicBool::new(false));
     let hold = Duration::from_millis(1);
     let (na, nb) = tokio::join!(
@@ -143,7 +143,7 @@ async fn the_next_local_owner_inherits_the_grant_and_the_old_lease_stays_quiet()
 #[tokio::test(flavor = "current_thread")]
 async fn a_dropped_guard_hands_off_too() {
     let c = cluster(3);
-    let locks = locks(&c).await;
+    let locks = long_lease(&c).await;
     let h = locks.try_acquire("k").await.expect("ok").expect("free");
     let waiter = spawn_waiter(&locks);
     let_waiters_queue().await;
@@ -322,7 +322,7 @@ async fn a_grant_with_less_than_half_its_ttl_left_goes_through_redis() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_set_is_handed_on_too() {
     let c = cluster(3);
-    let locks = locks(&c).await;
+    let locks = long_lease(&c).await;
     let h = locks
         .try_acquire_many(&["a", "b"])
         .await

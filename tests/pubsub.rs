@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 /// (or the holder's lease running out), not a poll, with odds of 60 to 1 or better each time.
 async fn slow_poller(c: &LocalCluster) -> RedLock {
     builder(c)
+        .ttl(HANG_GUARD * 2) // a key it leaves behind shows, it does not expire unseen
         .retry(Retry::exponential(HANG_GUARD, HANG_GUARD))
         .build()
         .await
@@ -138,8 +139,8 @@ async fn a_crashed_holder_is_succeeded_when_its_lease_ends_not_a_poll_later() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_hundred_local_waiters_acquire_once_each_in_order() {
     let c = cluster(3);
-    let locks = locks(&c).await;
-    let other = common::locks(&c).await;
+    let locks = long_lease(&c).await;
+    let other = long_lease(&c).await;
     let channel = format!("{}:released", locks.redis_key("k").expect("key"));
     let blocker = other.try_acquire("k").await.expect("ok").expect("free");
     let order = Arc::new(Mutex::new(Vec::new()));
@@ -236,7 +237,7 @@ async fn ten_thousand_waiters_on_a_thousand_keys_use_constant_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_while_waiting_unsubscribes_and_leaves_nothing() {
     let c = cluster(3);
-    let holder = locks(&c).await;
+    let holder = long_lease(&c).await;
     let waiter = slow_poller(&c).await;
     let channel = format!("{}:released", holder.redis_key("k").expect("key"));
     let g = holder.try_acquire("k").await.expect("ok").expect("free");

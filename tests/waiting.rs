@@ -144,8 +144,8 @@ async fn retry_budget_ends_the_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_ends_the_wait_and_leaves_nothing() {
     let c = cluster(3);
-    let locks = locks(&c).await;
-    let other_process = common::locks(&c).await;
+    let locks = long_lease(&c).await;
+    let other_process = long_lease(&c).await;
     let holder = other_process
         .try_acquire("k")
         .await
@@ -183,7 +183,7 @@ async fn cancellation_ends_the_wait_and_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_acquire_leaves_no_key_behind() {
     let c = cluster(5);
-    let locks = locks(&c).await;
+    let locks = long_lease(&c).await;
     let mut completed = 0;
     for i in 0..200u64 {
         let cut = Duration::from_micros(i * 7 % 400);
@@ -208,7 +208,7 @@ async fn dropped_acquire_leaves_no_key_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_guard_releases() {
     let c = cluster(3);
-    let locks = locks(&c).await;
+    let locks = long_lease(&c).await;
     let key = locks.redis_key("scoped").expect("key");
     {
         let _g = locks
