@@ -196,6 +196,17 @@ async fn counters_never_collide_with_lock_keys() {
         assert_eq!(g.fencing_token(), Some(1), "{key}");
         g.release().await.expect("release");
     }
+    // release() returns once a majority answered: wait for the last node's delete too (the
+    // default 5 s lease is far longer than that delete takes; a lock key that stays is a bug).
+    let counters_only = || {
+        all_keys(&c)
+            .iter()
+            .all(|(_, k)| k.starts_with("redquorum::fence:default:"))
+    };
+    let settled = tokio::time::Instant::now() + Duration::from_secs(3);
+    while !counters_only() && tokio::time::Instant::now() < settled {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let keys: Vec<String> = all_keys(&c).into_iter().map(|(_, k)| k).collect();
     assert!(
         keys.iter()
