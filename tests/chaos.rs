@@ -49,8 +49,8 @@ async fn five_thousand_grants_under_minority_faults_without_a_violation() {
     );
     // With a majority up, someone always makes progress within a few leases.
     assert!(report.max_stall < Duration::from_secs(3), "{report}");
-    // Everything released or expired afterwards.
-    let deadline = Instant::now() + w.ttl * 2;
+    // Everything released or expired afterwards (a lease is 1 s; the bound is a hang guard).
+    let deadline = Instant::now() + HANG_GUARD;
     while !lock_keys_left(&c).is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -62,7 +62,7 @@ async fn five_thousand_grants_under_minority_faults_without_a_violation() {
             .metrics()
             .num_alive_tasks()
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + HANG_GUARD;
     while alive() > tasks_before && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -119,13 +119,13 @@ async fn without_a_majority_every_client_fails_before_its_deadline() {
 async fn a_paused_master_costs_little_latency() {
     let c = chaos_cluster(false);
     let locks = builder(&c)
-        .node_timeout(Duration::from_millis(500))
+        .node_timeout(Duration::from_secs(2))
         .build()
         .await
         .expect("build");
     let cycle = || async {
         let t = Instant::now();
-        let g = locks.acquire(&ctx(5_000), "k").await.expect("acquire");
+        let g = locks.acquire(&patient(), "k").await.expect("acquire");
         let took = t.elapsed();
         g.release().await.expect("release");
         took
@@ -143,9 +143,10 @@ async fn a_paused_master_costs_little_latency() {
     healthy.sort_unstable();
     paused.sort_unstable();
     let (h, p) = (healthy[25], paused[25]);
-    // Far below the 500 ms node timeout: nobody waits for the frozen node.
+    // Far below the 2 s node timeout: nobody waits for the frozen node. The 500 ms term is
+    // room for a loaded machine, whose load can change between the two series.
     assert!(
-        p < h * 10 + Duration::from_millis(20),
+        p < h * 10 + Duration::from_millis(500),
         "healthy p50 {h:?}, paused p50 {p:?}"
     );
 }
@@ -174,7 +175,7 @@ async fn kleppmann(appendonly: bool, restart_delay: Duration) -> Vec<String> {
     c.proxy(3).expect("proxy").cut();
     c.proxy(4).expect("proxy").cut();
     let ga = a
-        .acquire(&ctx(5_000), "k")
+        .acquire(&patient(), "k")
         .await
         .expect("A acquires on {0,1,2}");
     let a_start = Instant::now();

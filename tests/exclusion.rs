@@ -3,7 +3,6 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 
@@ -33,15 +32,12 @@ async fn non_atomic_counter_stays_exact_under_contention() {
     let inside = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..4 {
-        let locks = locks(&c).await;
+        let locks = long_lease(&c).await;
         for _ in 0..8 {
             let (locks, counter, inside) = (locks.clone(), counter.clone(), inside.clone());
             tasks.push(tokio::spawn(async move {
                 for _ in 0..25 {
-                    let guard = locks
-                        .acquire(&ctx(30_000), "counter")
-                        .await
-                        .expect("acquire");
+                    let guard = locks.acquire(&patient(), "counter").await.expect("acquire");
                     assert_eq!(
                         inside.fetch_add(1, Ordering::SeqCst),
                         0,
@@ -60,7 +56,5 @@ async fn non_atomic_counter_stays_exact_under_contention() {
         t.await.expect("task panicked");
     }
     assert_eq!(counter.load(Ordering::SeqCst), 4 * 8 * 25);
-    assert!(wait_until_no_keys(&c, Duration::from_secs(2))
-        .await
-        .is_empty());
+    assert!(wait_until_no_keys(&c, HANG_GUARD).await.is_empty());
 }

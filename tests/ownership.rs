@@ -94,7 +94,7 @@ async fn is_held_turns_false_when_another_owner_takes_over() {
     let other = locks(&c).await;
     let g = short.try_acquire("k").await.expect("ok").expect("free");
     assert!(g.is_held().await.expect("query"));
-    let taken = other.acquire(&ctx(5_000), "k").await.expect("after expiry");
+    let taken = other.acquire(&patient(), "k").await.expect("after expiry");
     assert!(!g.is_held().await.expect("query"));
     assert!(taken.is_held().await.expect("query"));
     taken.release().await.expect("release");
@@ -107,7 +107,7 @@ async fn namespace_prefixes_every_key() {
     let locks = builder(&c).namespace("app1").build().await.expect("build");
     let g = locks.try_acquire("k").await.expect("ok").expect("free");
     // The grant is decided by 2 of 3; wait until the third node's reply is recorded too.
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let until = std::time::Instant::now() + HANG_GUARD;
     while g.granted_nodes() < 3 && std::time::Instant::now() < until {
         tokio::task::yield_now().await;
     }
@@ -148,14 +148,14 @@ async fn an_undetermined_majority_is_no_quorum_not_free() {
     let g = locks.try_acquire("k").await.expect("ok").expect("free");
     let key = locks.redis_key("k").expect("key");
     // Let node 2's (possibly straggling) grant land first, then wipe it by a restart.
-    let settle = tokio::time::Instant::now() + Duration::from_secs(2);
+    let settle = tokio::time::Instant::now() + HANG_GUARD;
     while get(&c, 2, &key).is_none() && tokio::time::Instant::now() < settle {
         tokio::task::yield_now().await;
     }
     c.restart(2).expect("restart");
     assert_eq!(get(&c, 2, &key), None);
     // Make sure the observer's connection to node 2 is back before freezing node 0.
-    let warm = tokio::time::Instant::now() + Duration::from_secs(5);
+    let warm = tokio::time::Instant::now() + HANG_GUARD;
     while observer.is_locked("warm-up").await.is_err() {
         assert!(tokio::time::Instant::now() < warm, "node 2 never came back");
     }

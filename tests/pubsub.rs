@@ -11,14 +11,13 @@ use redquorum::{Context, Error, RedLock, Retry, WaitStrategy};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// A RedLock whose polling safety net is seconds long: a wake-up within milliseconds can only
-/// come from a notification (or the holder's lease running out).
+/// A RedLock whose polling safety net is minutes long: each poll is drawn uniformly from
+/// [0, HANG_GUARD] (full jitter), so a wake-up within a few seconds comes from a notification
+/// (or the holder's lease running out), not a poll, with odds of 60 to 1 or better each time.
 async fn slow_poller(c: &LocalCluster) -> RedLock {
     builder(c)
-        .retry(Retry::exponential(
-            Duration::from_secs(3),
-            Duration::from_secs(3),
-        ))
+        .ttl(HANG_GUARD * 2) // a key it leaves behind shows, it does not expire unseen
+        .retry(Retry::exponential(HANG_GUARD, HANG_GUARD))
         .build()
         .await
         .expect("build")
@@ -27,14 +26,15 @@ async fn slow_poller(c: &LocalCluster) -> RedLock {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_wakes_the_waiter_at_once() {
     let c = cluster(5);
-    let holder = locks(&c).await;
+    // A lease longer than the test: the waiter can only be woken by the release.
+    let holder = long_lease(&c).await;
     let waiter = slow_poller(&c).await;
     let channel = format!("{}:released", holder.redis_key("k").expect("key"));
     for _ in 0..5 {
         let g = holder.try_acquire("k").await.expect("ok").expect("free");
         let task = {
             let waiter = waiter.clone();
-            tokio::spawn(async move { waiter.acquire(&ctx(10_000), "k").await })
+            tokio::spawn(async move { waiter.acquire(&patient(), "k").await })
         };
         // Released only once the waiter is subscribed everywhere: the hand-off is then a
         // notification's work.
@@ -46,8 +46,10 @@ async fn a_release_wakes_the_waiter_at_once() {
         g.release().await.expect("release");
         let got = task.await.expect("no panic").expect("acquired");
         let handoff = released.elapsed();
+        // A notification takes milliseconds; 5 s leaves room for a loaded machine and is still
+        // far below the holder's lease and (60 to 1, five rounds in a row) the next poll.
         assert!(
-            handoff < Duration::from_millis(500),
+            handoff < Duration::from_secs(5),
             "woken by polling, not by the release: {handoff:?}"
         );
         got.release().await.expect("release");
@@ -75,7 +77,7 @@ async fn a_lost_notification_is_covered_by_polling_and_the_subscription_recovers
     let g = holder.try_acquire("k").await.expect("ok").expect("free");
     let task = {
         let waiter = waiter.clone();
-        tokio::spawn(async move { waiter.acquire(&ctx(10_000), "k").await })
+        tokio::spawn(async move { waiter.acquire(&patient(), "k").await })
     };
     assert!(until_numsub(&c, &channel, 1).await);
     // Kill every subscription connection: the release below publishes to nobody.
@@ -92,7 +94,7 @@ async fn a_lost_notification_is_covered_by_polling_and_the_subscription_recovers
     // The subscriptions come back by themselves while a waiter needs them.
     let again = {
         let waiter = waiter.clone();
-        tokio::spawn(async move { waiter.acquire(&ctx(10_000), "k").await })
+        tokio::spawn(async move { waiter.acquire(&patient(), "k").await })
     };
     assert!(
         until_numsub(&c, &channel, 1).await,
@@ -121,12 +123,14 @@ async fn a_crashed_holder_is_succeeded_when_its_lease_ends_not_a_poll_later() {
     let lease_ends = Instant::now() + Duration::from_millis(800);
     std::mem::forget(g); // the holder dies without releasing
     let got = waiter
-        .acquire(&ctx(10_000), "k")
+        .acquire(&patient(), "k")
         .await
         .expect("acquired after expiry");
     let late = Instant::now().saturating_duration_since(lease_ends);
+    // Woken by the lease's end: one attempt later, milliseconds on a quiet machine; 2 s leaves
+    // room for a loaded one and is far below a poll (uniform in [0, HANG_GUARD]).
     assert!(
-        late < Duration::from_millis(500),
+        late < Duration::from_secs(2),
         "acquired {late:?} after the lease ended"
     );
     got.release().await.expect("release");
@@ -135,8 +139,8 @@ async fn a_crashed_holder_is_succeeded_when_its_lease_ends_not_a_poll_later() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_hundred_local_waiters_acquire_once_each_in_order() {
     let c = cluster(3);
-    let locks = locks(&c).await;
-    let other = common::locks(&c).await;
+    let locks = long_lease(&c).await;
+    let other = long_lease(&c).await;
     let channel = format!("{}:released", locks.redis_key("k").expect("key"));
     let blocker = other.try_acquire("k").await.expect("ok").expect("free");
     let order = Arc::new(Mutex::new(Vec::new()));
@@ -144,7 +148,7 @@ async fn a_hundred_local_waiters_acquire_once_each_in_order() {
     for i in 0..100 {
         let (locks, order) = (locks.clone(), order.clone());
         tasks.push(tokio::spawn(async move {
-            let g = locks.acquire(&ctx(30_000), "k").await?;
+            let g = locks.acquire(&patient(), "k").await?;
             order.lock().expect("no poison").push(i);
             g.release().await
         }));
@@ -165,9 +169,7 @@ async fn a_hundred_local_waiters_acquire_once_each_in_order() {
     );
     assert!(until_numsub(&c, &channel, 0).await, "subscription leaked");
     assert!((0..3).all(|i| channels(&c, i).is_empty()));
-    assert!(wait_until_no_keys(&c, Duration::from_secs(2))
-        .await
-        .is_empty());
+    assert!(wait_until_no_keys(&c, HANG_GUARD).await.is_empty());
 }
 
 fn connected_clients(c: &LocalCluster, i: usize) -> usize {
@@ -181,14 +183,15 @@ fn connected_clients(c: &LocalCluster, i: usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_waiters_on_a_thousand_keys_use_constant_connections() {
     let c = cluster(3);
-    // Leases far longer than the test, so every waiter really waits until cancelled.
+    // Leases far longer than the test (every wait below is bounded by HANG_GUARD), so every
+    // waiter really waits until cancelled.
     let locks = builder(&c)
-        .ttl(Duration::from_secs(120))
+        .ttl(HANG_GUARD * 4)
         .build()
         .await
         .expect("build");
     let other = builder(&c)
-        .ttl(Duration::from_secs(120))
+        .ttl(HANG_GUARD * 4)
         .build()
         .await
         .expect("build");
@@ -198,14 +201,14 @@ async fn ten_thousand_waiters_on_a_thousand_keys_use_constant_connections() {
         held.push(other.try_acquire(k).await.expect("ok").expect("free"));
     }
     let token = CancellationToken::new();
-    let ctx = Context::with_timeout(Duration::from_secs(60)).with_cancel(token.clone());
+    let ctx = Context::with_timeout(HANG_GUARD * 2).with_cancel(token.clone());
     let mut tasks = Vec::new();
     for w in 0..10_000 {
         let (locks, ctx, key) = (locks.clone(), ctx.clone(), keys[w % 1000].clone());
         tasks.push(tokio::spawn(async move { locks.acquire(&ctx, &key).await }));
     }
     // Every key's head is subscribed: 1000 channels per node.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + HANG_GUARD;
     while (0..3).any(|i| channels(&c, i).len() < 1000) {
         assert!(Instant::now() < deadline, "heads never subscribed");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -219,7 +222,7 @@ async fn ten_thousand_waiters_on_a_thousand_keys_use_constant_connections() {
         let res = t.await.expect("no panic");
         assert!(matches!(res, Err(Error::Cancelled { .. })), "{res:?}");
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + HANG_GUARD;
     while (0..3).any(|i| !channels(&c, i).is_empty()) {
         assert!(
             Instant::now() < deadline,
@@ -228,15 +231,13 @@ async fn ten_thousand_waiters_on_a_thousand_keys_use_constant_connections() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(held);
-    assert!(wait_until_no_keys(&c, Duration::from_secs(5))
-        .await
-        .is_empty());
+    assert!(wait_until_no_keys(&c, HANG_GUARD).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_while_waiting_unsubscribes_and_leaves_nothing() {
     let c = cluster(3);
-    let holder = locks(&c).await;
+    let holder = long_lease(&c).await;
     let waiter = slow_poller(&c).await;
     let channel = format!("{}:released", holder.redis_key("k").expect("key"));
     let g = holder.try_acquire("k").await.expect("ok").expect("free");
@@ -247,9 +248,7 @@ async fn deadline_while_waiting_unsubscribes_and_leaves_nothing() {
         "subscription left after the deadline"
     );
     g.release().await.expect("release");
-    assert!(wait_until_no_keys(&c, Duration::from_secs(2))
-        .await
-        .is_empty());
+    assert!(wait_until_no_keys(&c, HANG_GUARD).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,10 +264,10 @@ async fn poll_strategy_never_subscribes() {
     let before = command_stats(&c);
     let task = {
         let waiter = waiter.clone();
-        tokio::spawn(async move { waiter.acquire(&ctx(10_000), "k").await })
+        tokio::spawn(async move { waiter.acquire(&patient(), "k").await })
     };
     // Several attempts (a PubSub waiter subscribes right after its first one).
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + HANG_GUARD;
     while command_stats(&c).since(&before).calls("evalsha") < 9 {
         assert!(Instant::now() < deadline, "the waiter is not polling");
         tokio::task::yield_now().await;

@@ -37,7 +37,7 @@ async fn acquire_waits_then_succeeds_after_release() {
     let waiter = {
         let (locks, released) = (locks.clone(), released.clone());
         tokio::spawn(async move {
-            let g = locks.acquire(&ctx(10_000), "k").await;
+            let g = locks.acquire(&patient(), "k").await;
             (g, released.load(Ordering::SeqCst))
         })
     };
@@ -80,7 +80,9 @@ async fn acquire_times_out_at_the_deadline_while_held() {
     }
     assert!(err.is_timeout() && err.is_retryable());
     assert!(waited >= Duration::from_millis(300), "{waited:?}");
-    assert!(waited < Duration::from_millis(900), "{waited:?}");
+    // Ends at the deadline, not at the holder's lease end (5 s after it was taken) nor at a
+    // later attempt: 2 s over the deadline covers a loaded machine's scheduling delays.
+    assert!(waited < Duration::from_millis(2_300), "{waited:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,12 +92,10 @@ async fn a_local_holder_makes_local_waiters_time_out_without_redis_traffic() {
     let holder = locks.try_acquire("k").await.expect("ok").expect("free");
     // Let the straggling third grant land before counting.
     let key = locks.redis_key("k").expect("key");
-    let settle = Instant::now() + Duration::from_secs(2);
-    while (0..3).any(|i| get(&c, i, &key).as_deref() != Some(holder.value()))
-        && Instant::now() < settle
-    {
-        tokio::task::yield_now().await;
-    }
+    eventually("the holder's grant on every node", || {
+        (0..3).all(|i| get(&c, i, &key).as_deref() == Some(holder.value()))
+    })
+    .await;
     let before = command_stats(&c);
     let started = Instant::now();
     let err = locks.acquire(&ctx(200), "k").await.expect_err("held");
@@ -135,7 +135,7 @@ async fn retry_budget_ends_the_wait() {
         .build()
         .await
         .expect("build");
-    match locks.acquire(&ctx(10_000), "k").await {
+    match locks.acquire(&patient(), "k").await {
         Err(Error::RetriesExhausted { attempts: 3, .. }) => {}
         other => panic!("expected RetriesExhausted after 3 attempts, got {other:?}"),
     }
@@ -144,15 +144,15 @@ async fn retry_budget_ends_the_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_ends_the_wait_and_leaves_nothing() {
     let c = cluster(3);
-    let locks = locks(&c).await;
-    let other_process = common::locks(&c).await;
+    let locks = long_lease(&c).await;
+    let other_process = long_lease(&c).await;
     let holder = other_process
         .try_acquire("k")
         .await
         .expect("ok")
         .expect("free");
     let token = CancellationToken::new();
-    let ctx = Context::with_timeout(Duration::from_secs(30)).with_cancel(token.clone());
+    let ctx = Context::with_timeout(HANG_GUARD).with_cancel(token.clone());
     let waiter = {
         let locks = locks.clone();
         tokio::spawn(async move { locks.acquire(&ctx, "k").await })
@@ -167,15 +167,15 @@ async fn cancellation_ends_the_wait_and_leaves_nothing() {
     token.cancel();
     let res = waiter.await.expect("no panic");
     assert!(matches!(res, Err(Error::Cancelled { .. })), "{res:?}");
-    assert!(cancelled_at.elapsed() < Duration::from_secs(1));
+    // At once (milliseconds), not at the holder's lease end (5 s) or the deadline; 2 s
+    // covers a loaded machine's scheduling delays.
+    assert!(cancelled_at.elapsed() < Duration::from_secs(2));
     assert!(
         until_numsub(&c, &channel, 0).await,
         "subscription left after cancellation"
     );
     holder.release().await.expect("release");
-    assert!(wait_until_no_keys(&c, Duration::from_secs(2))
-        .await
-        .is_empty());
+    assert!(wait_until_no_keys(&c, HANG_GUARD).await.is_empty());
 }
 
 /// Dropping an acquire future at any point (here: by a timeout racing it, many times over at
@@ -183,12 +183,12 @@ async fn cancellation_ends_the_wait_and_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_acquire_leaves_no_key_behind() {
     let c = cluster(5);
-    let locks = locks(&c).await;
+    let locks = long_lease(&c).await;
     let mut completed = 0;
     for i in 0..200u64 {
         let cut = Duration::from_micros(i * 7 % 400);
         let key = format!("drop-{i}");
-        match tokio::time::timeout(cut, locks.acquire(&ctx(5_000), &key)).await {
+        match tokio::time::timeout(cut, locks.acquire(&patient(), &key)).await {
             Ok(Ok(g)) => {
                 completed += 1;
                 g.release().await.expect("release");
@@ -197,7 +197,7 @@ async fn dropped_acquire_leaves_no_key_behind() {
             Err(_) => {} // dropped mid-flight
         }
     }
-    let left = wait_until_no_keys(&c, Duration::from_secs(3)).await;
+    let left = wait_until_no_keys(&c, HANG_GUARD).await;
     assert!(left.is_empty(), "keys left behind: {left:?}");
     assert!(
         completed < 200,
@@ -208,7 +208,7 @@ async fn dropped_acquire_leaves_no_key_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_guard_releases() {
     let c = cluster(3);
-    let locks = locks(&c).await;
+    let locks = long_lease(&c).await;
     let key = locks.redis_key("scoped").expect("key");
     {
         let _g = locks
@@ -220,13 +220,11 @@ async fn dropping_the_guard_releases() {
     }
     // The release runs in a spawned task; acquire waits for it.
     let g = locks
-        .acquire(&ctx(2_000), "scoped")
+        .acquire(&patient(), "scoped")
         .await
         .expect("released by drop");
     g.release().await.expect("release");
-    assert!(wait_until_no_keys(&c, Duration::from_secs(2))
-        .await
-        .is_empty());
+    assert!(wait_until_no_keys(&c, HANG_GUARD).await.is_empty());
 }
 
 /// `try_acquire` is one attempt of `acquire`: a local guard kept past its validity does not

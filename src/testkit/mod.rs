@@ -109,8 +109,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Environment variable that overrides the `redis-server` binary to use.
 const BINARY_ENV: &str = "REDQUORUM_REDIS_SERVER";
-/// How long a freshly spawned server gets to answer `PING`.
-const READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a freshly spawned server gets to answer `PING`: a hang guard (a start takes
+/// milliseconds, an AOF replay of a test's data little more), generous because test machines
+/// are often busy with other builds.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between readiness probes.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// Fresh ports tried by `start` when a server exits early (port race).

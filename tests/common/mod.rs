@@ -4,7 +4,33 @@
 use std::time::Duration;
 
 use redquorum::testkit::LocalCluster;
-use redquorum::{RedLock, RedLockBuilder, Retry};
+use redquorum::{Context, RedLock, RedLockBuilder, Retry};
+
+/// The bound on every wait whose length is not the behaviour under test (a subscription to
+/// appear, a background release to land, an acquire that must succeed): only a hang guard.
+/// Five minutes is far beyond anything a loaded 2-core machine needs (the whole suite runs in
+/// a few minutes there) and still ends a hung test instead of stalling CI for ever. Tests wait
+/// on the condition itself and go on the moment it holds; nothing ever sleeps this long.
+pub const HANG_GUARD: Duration = Duration::from_secs(300);
+
+/// A context for an acquire that is expected to succeed: its deadline is only a hang guard.
+/// Tests whose deadline is the behaviour (a timeout) use [`ctx`] with their figure.
+pub fn patient() -> Context {
+    Context::with_timeout(HANG_GUARD)
+}
+
+/// Polls `cond` (every few milliseconds) until it holds; fails the test, saying `what` was
+/// awaited, only after [`HANG_GUARD`].
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still waiting after {HANG_GUARD:?} (hang guard): {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
 
 /// Starts `n` real redis-server processes, failing the test with the testkit's message
 /// (which says how to install redis-server) if that is impossible.
@@ -28,6 +54,17 @@ pub fn builder(cluster: &LocalCluster) -> RedLockBuilder {
 
 pub async fn locks(cluster: &LocalCluster) -> RedLock {
     builder(cluster).build().await.expect("build RedLock")
+}
+
+/// `locks` with a lease (2 × [`HANG_GUARD`]) that outlasts every wait of a test: a key still
+/// there when a wait ends was left behind, it cannot have been about to expire, and a key
+/// gone was released, not expired.
+pub async fn long_lease(cluster: &LocalCluster) -> RedLock {
+    builder(cluster)
+        .ttl(HANG_GUARD * 2)
+        .build()
+        .await
+        .expect("build RedLock")
 }
 
 /// `cluster` with a `FaultProxy` in front of every node (for latency, blackholes, cuts).
@@ -89,7 +126,9 @@ pub fn all_keys(cluster: &LocalCluster) -> Vec<(usize, String)> {
 }
 
 /// Waits (polling, bounded) until no node holds any key: background releases are spawned
-/// tasks with no completion signal visible to the caller.
+/// tasks with no completion signal visible to the caller. `within` is a hang guard unless the
+/// test says otherwise: pass [`HANG_GUARD`], or a shorter figure only where "gone by then" is
+/// what the test checks (and say why it holds on a loaded machine).
 pub async fn wait_until_no_keys(cluster: &LocalCluster, within: Duration) -> Vec<(usize, String)> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
@@ -128,9 +167,10 @@ pub fn channels(c: &LocalCluster, i: usize) -> Vec<String> {
 }
 
 /// Waits until every node reports `want` subscribers on `channel` (subscription changes are
-/// applied by background tasks; there is no signal to wait on from outside).
+/// applied by background tasks; there is no signal to wait on from outside). Gives up, returning
+/// false, only after [`HANG_GUARD`].
 pub async fn until_numsub(c: &LocalCluster, channel: &str, want: i64) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
     while tokio::time::Instant::now() < deadline {
         if (0..c.len()).all(|i| numsub(c, i, channel) == want) {
             return true;
