@@ -224,8 +224,9 @@ impl LockGuard {
     /// [`Error::NotOwner`] when the lease had expired and another owner holds the key;
     /// [`Error::NotHeld`] when the key was already gone (expired); [`Error::NoQuorum`] when too
     /// few nodes answered. Whatever the outcome, a node that did not answer (even one that
-    /// timed out after a majority had answered) is tried again in the background for about a
-    /// second; keys on nodes still unreachable after that expire after the TTL.
+    /// timed out after a majority had answered) is tried again in the background (pauses doubling
+    /// to 1 s) for as long as the key could still be there; a node unreachable all that time
+    /// loses it by TTL.
     ///
     /// # Cancel safety
     /// If the future is dropped before it completes, the guard's drop spawns the release again.

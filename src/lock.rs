@@ -933,13 +933,14 @@ impl Shared {
     }
 
     /// Hands the release `op` on node `i` to the background clean-up, which has already sent
-    /// it `failed` times (0: not yet). It goes out at once (0) or after 50, 200 and 800 ms (1,
-    /// 2, 3 failed sends), then the key is left to expire by TTL. Per node, everything due goes
+    /// it `failed` times (0: not yet). It goes out at once (0), then after pauses doubling from
+    /// 50 ms to 1 s, until retrying any longer would outlast the key itself (one TTL of pauses,
+    /// see [`cleanup_pause`]); then the key is left to expire by TTL. Per node, everything due goes
     /// out together in one pass under a single in-flight permit, held for at most one node
     /// timeout: a frozen node costs one permit however many releases wait for it. With no
     /// runtime the keys expire by TTL.
     fn clean(self: &Arc<Self>, i: usize, op: &Arc<Op>, failed: usize) {
-        let Some(&pause) = CLEANUP_PAUSES.get(failed) else {
+        let Some(pause) = cleanup_pause(failed, self.config.ttl) else {
             tracing::debug!(
                 node = &**self.nodes.addr(i),
                 "release did not reach the node; the key expires by TTL there"
@@ -961,7 +962,7 @@ impl Shared {
             pending.ops.push(Cleaning {
                 op: op.clone(),
                 failed,
-                due: Instant::now() + Duration::from_millis(pause),
+                due: Instant::now() + pause,
             });
             !std::mem::replace(&mut pending.running, true)
         };
@@ -1209,10 +1210,22 @@ pub(crate) fn spawn_release(
     });
 }
 
-/// The pauses before each send of a background release, by how many sends failed before:
-/// the first goes at once, then three retries over about a second (each send bounded by the
-/// node timeout).
-const CLEANUP_PAUSES: [u64; 4] = [0, 50, 200, 800];
+/// The pause before the next background send of a release that failed `failed` times
+/// before (0: the first send, at once), doubling from 50 ms to at most 1 s; `None` once the
+/// pauses so far add up to more than `ttl`: a key is never set for longer than a lease (the
+/// release was sent after the last extension, usually of one `ttl`), so by then it has expired
+/// by itself (an extension to a longer TTL is the exception, and expires by TTL). A node that
+/// comes back within that time (a reconnect on a loaded machine can take seconds) still loses
+/// the key at once; each send is bounded by the node timeout, and a frozen node costs one
+/// batch per pause, whatever the number of releases waiting for it.
+fn cleanup_pause(failed: usize, ttl: Duration) -> Option<Duration> {
+    let pause = |k: usize| match k {
+        0 => Duration::ZERO,
+        k => Duration::from_millis(50 << (k - 1).min(5)).min(Duration::from_secs(1)),
+    };
+    let waited: Duration = (0..failed).map(pause).sum();
+    (waited <= ttl).then(|| pause(failed))
+}
 
 /// Background clean-up, per node: releases waiting to be sent (see [`Shared::clean`]).
 struct Cleanup {
@@ -1277,6 +1290,33 @@ pub(crate) fn millis(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn background_releases_back_off_and_stop_after_one_ttl() {
+        let ms = Duration::from_millis;
+        let ttl = Duration::from_secs(10);
+        let pauses: Vec<Duration> = (0..)
+            .map_while(|failed| cleanup_pause(failed, ttl))
+            .collect();
+        assert_eq!(
+            &pauses[..8],
+            [
+                ms(0),
+                ms(50),
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1000),
+                ms(1000)
+            ]
+        );
+        let total: Duration = pauses.iter().sum();
+        // Retries cover the whole TTL, and stop within one more pause of its end.
+        assert!(total > ttl && total <= ttl + ms(1000), "{total:?}");
+        // A short lease stops sooner: sends at 0, 50, 150 and 350 ms, none once 350 > 300.
+        assert_eq!((0..).map_while(|f| cleanup_pause(f, ms(300))).count(), 4);
+    }
 
     #[test]
     fn millis_rounds_down_but_never_to_zero() {
