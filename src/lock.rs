@@ -375,7 +375,13 @@ impl RedLock {
             (WaitStrategy::PubSub, Some(key)) => Some((&self.shared.wakeups, key)),
             _ => None,
         };
-        let mut waiter = Waiter::new(config.retry.delays(), wake, ticket.take_subscription());
+        let mut waiter = Waiter::new(
+            config.retry.delays(),
+            wake,
+            ticket.take_subscription(),
+            self.shared.nodes.len(),
+            config.safety_poll,
+        );
         let mut attempts = 0u32;
         let mut unreachable = 0u32;
         let mut last_error = None;
@@ -700,6 +706,8 @@ impl RedLock {
         Attempt::Busy(Busy {
             holder_left: wait::majority_free_in(n, &mut pttls),
             split: tally.yes > 0,
+            failed: tally.failed,
+            round: elapsed,
         })
     }
 
@@ -915,7 +923,8 @@ impl Shared {
     }
 
     /// Undoes an attempt that did not become a guard: a compare-and-delete of `value`
-    /// (unannounced) on every node that granted or did not answer, in the background (see
+    /// (announced where it deleted: a waiter that relies on notifications may have been
+    /// refused by this attempt's partial grant) on every node that granted or did not answer, in the background (see
     /// [`clean`](Self::clean)); a node that refused holds nothing of ours and is left alone.
     /// Without `states`, every node.
     pub(crate) fn undo(
@@ -924,7 +933,7 @@ impl Shared {
         value: &Arc<str>,
         states: Option<&NodeStates>,
     ) {
-        let op = Arc::new(release_op(keys, value, false));
+        let op = Arc::new(release_op(keys, value, true));
         for i in 0..self.nodes.len() {
             if !states.is_some_and(|s| s.refused_on(i)) {
                 self.clean(i, &op, 0);
@@ -1272,8 +1281,9 @@ impl CleanupNode {
     }
 }
 
-/// A compare-and-delete of `value`: a holder's release of a single key announces itself on
-/// the key's channel; an undo, or a set's release (sets poll), does not.
+/// A compare-and-delete of `value`: for a single key, announced on the key's channel where it
+/// deletes (a release, or an undo), unless `publish` is off (a release handed to a local
+/// waiter); a set's release is never announced (sets poll).
 fn release_op(keys: &Keys, value: &Arc<str>, publish: bool) -> Op {
     let channel = match keys.single() {
         Some(key) if publish => crate::wake::channel(key).into(),

@@ -2,6 +2,26 @@
 //!
 //! This is the one seam the waiting strategy lives behind: `acquire` asks [`Waiter::wait`] to
 //! return when the next attempt is worth making, or why it should stop.
+//!
+//! # When a subscribed waiter polls, and why that is safe
+//! The lock becomes free in one of three ways: the holder releases it (a compare-and-delete on
+//! every node it reaches, which publishes on the key's channel wherever it deleted), an attempt
+//! that did not win is undone (the same, for the nodes it had), or leases expire (which
+//! publishes nothing). A waiter whose channel is subscribed on live connections (see
+//! `wake.rs` for what "live" means and how a dead or hung connection is found) hears every
+//! deletion on those nodes, so it needs no poll for it when:
+//! - the covered nodes form a majority and the last attempt was refused by every node (no
+//!   grant of ours, no failure): the keys that refused us must free up on a majority for us to
+//!   win, and a majority of nodes intersects the covered majority; or
+//! - every node is covered (then any deletion anywhere is heard, whatever the last attempt
+//!   got), and no node failed.
+//!
+//! What remains is expiry, which the refusing nodes' PTTLs date (the waiter wakes when a
+//! majority's leases could have run out), and what nothing announces — a key deleted by hand,
+//! a release by a client that does not publish — which the safety poll
+//! ([`RedLockBuilder::safety_poll`](crate::RedLockBuilder::safety_poll)) bounds. A waiter that
+//! is not covered (subscriptions refused by an ACL, nodes down or reconnecting, a failed node
+//! in the last round, no PTTL hint) polls with the retry policy's backoff, as a spin lock would.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +73,45 @@ pub(crate) struct Busy {
     pub(crate) holder_left: Option<Duration>,
     /// Some nodes granted us but not a majority: another process is contending right now.
     pub(crate) split: bool,
+    /// Nodes that did not answer the attempt (they may free up without telling anyone).
+    pub(crate) failed: usize,
+    /// How long the attempt's round took (about one round trip to the slowest deciding node).
+    pub(crate) round: Duration,
+}
+
+/// When the next attempt is due after `busy`, waiting with notifications from `covered` of
+/// `nodes` nodes (see the module's docs): the holder's lease end, bounded by `safety`, when the
+/// notifications cover the waiter; otherwise the retry policy's `backoff`, cut short by the
+/// holder's lease end. A pure function of plain values.
+pub(crate) fn next_check(
+    nodes: usize,
+    covered: usize,
+    busy: Busy,
+    backoff: Duration,
+    safety: Duration,
+) -> Duration {
+    // A millisecond past the lease end, so the key is gone when we arrive. A zero hint (a
+    // majority looked free, yet we lost) is no hint: it would make contenders spin.
+    let holder_end = busy
+        .holder_left
+        .filter(|d| !d.is_zero())
+        .map(|d| d + Duration::from_millis(1));
+    let trusted = busy.failed == 0
+        && covered >= crate::quorum::majority(nodes)
+        && (!busy.split || covered >= nodes);
+    match (trusted, holder_end) {
+        (true, Some(end)) => end.min(safety),
+        (false, Some(end)) => backoff.min(end),
+        (_, None) => backoff,
+    }
+}
+
+/// How long contenders woken by the same notification spread their attempts: a random pause
+/// below four of their last round trips (between 0.5 and 20 ms), so that the first to go
+/// usually takes every node before the next one's requests arrive, instead of all splitting
+/// the vote and trying again.
+pub(crate) fn stagger(round: Duration) -> Duration {
+    (round * 4).clamp(Duration::from_micros(500), Duration::from_millis(20))
 }
 
 /// Passes the time between attempts for one `acquire`.
@@ -61,17 +120,29 @@ pub(crate) struct Waiter {
     /// PubSub: the hub and the key whose release channel to subscribe to (only when needed).
     wake: Option<(Wakeups, Arc<str>)>,
     sub: Option<Subscription>,
+    /// The number of nodes and the safety poll (see [`next_check`]).
+    nodes: usize,
+    safety: Duration,
 }
 
 impl Waiter {
-    /// `wake`: the release channel of this Redis key to subscribe to; `None` polls.
+    /// `wake`: the release channel of this Redis key to subscribe to; `None` polls. `nodes`
+    /// and `safety`: see [`next_check`].
     pub(crate) fn new(
         delays: Delays,
         wake: Option<(&Wakeups, &Arc<str>)>,
         sub: Option<Subscription>,
+        nodes: usize,
+        safety: Duration,
     ) -> Self {
         let wake = wake.map(|(wakeups, key)| (wakeups.clone(), key.clone()));
-        Waiter { delays, wake, sub }
+        Waiter {
+            delays,
+            wake,
+            sub,
+            nodes,
+            safety,
+        }
     }
 
     /// Called right before each attempt: notifications seen so far are accounted for by it.
@@ -90,8 +161,8 @@ impl Waiter {
     ///
     /// With PubSub, the first failed attempt subscribes and returns at once: the retry that
     /// follows re-checks after the subscription is in place, so a release in between cannot be
-    /// missed. Later waits end at the first of: a release notification, the holder's lease
-    /// running out, the next backoff interval, the deadline, cancellation.
+    /// missed. Later waits end at the first of: a release notification (then a short random
+    /// [`stagger`]), the time [`next_check`] gives, the deadline, cancellation.
     ///
     /// # Cancel safety
     /// Cancel safe: it only sleeps (and subscribes).
@@ -112,15 +183,11 @@ impl Waiter {
                 return WaitEnd::Retry;
             }
         }
-        let Some(delay) = self.delays.next() else {
+        let Some(backoff) = self.delays.next() else {
             return WaitEnd::Exhausted;
         };
-        // Wake when the holder's lease runs out if that comes first (plus a millisecond so the
-        // key is gone when we arrive). A zero hint is ignored: it would make contenders spin.
-        let delay = match busy.holder_left {
-            Some(left) if !left.is_zero() => delay.min(left + Duration::from_millis(1)),
-            _ => delay,
-        };
+        let covered = self.sub.as_ref().map_or(0, Subscription::covered);
+        let delay = next_check(self.nodes, covered, busy, backoff, self.safety);
         let now = Instant::now();
         let wake = now.checked_add(delay).unwrap_or(ctx.deadline());
         let (until, end) = if wake >= ctx.deadline() {
@@ -132,12 +199,10 @@ impl Waiter {
             match &mut self.sub {
                 Some(sub) => {
                     sub.notified().await;
-                    // Contenders in other processes woken by the same message: spread them out
-                    // a little after a split vote so one of them wins the next round.
-                    if busy.split {
-                        let jitter = Duration::from_micros(fastrand::u64(0..1_000));
-                        tokio::time::sleep(jitter).await;
-                    }
+                    // Contenders in other processes are woken by the same message.
+                    let spread = stagger(busy.round).as_micros();
+                    let pause = fastrand::u64(0..u64::try_from(spread).unwrap_or(u64::MAX));
+                    tokio::time::sleep(Duration::from_micros(pause)).await;
                 }
                 None => std::future::pending().await,
             }
@@ -182,14 +247,66 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn poll(delays: Delays) -> Waiter {
-        Waiter::new(delays, None, None)
+        Waiter::new(delays, None, None, 3, Duration::from_secs(30))
     }
 
     fn left(d: Duration) -> Busy {
         Busy {
             holder_left: Some(d),
-            split: false,
+            ..Busy::default()
         }
+    }
+
+    #[test]
+    fn a_covered_waiter_polls_only_at_the_lease_end_or_the_safety_poll() {
+        let (backoff, safety) = (20 * MS, Duration::from_secs(30));
+        let lease = Duration::from_secs(8);
+        let refused = left(lease);
+        let at_lease_end = lease + MS;
+        // Table: (nodes, covered, busy) -> next check.
+        let split = Busy {
+            split: true,
+            ..refused
+        };
+        let failed = Busy {
+            failed: 1,
+            ..refused
+        };
+        let cases = [
+            // Refused everywhere, a majority covered: notifications suffice.
+            (5, 3, refused, at_lease_end),
+            (5, 5, refused, at_lease_end),
+            // Not a majority covered: poll.
+            (5, 2, refused, backoff),
+            (5, 0, refused, backoff),
+            // A split vote: only full coverage hears every undo.
+            (5, 4, split, backoff),
+            (5, 5, split, at_lease_end),
+            // A node that did not answer may come back free without a word.
+            (5, 5, failed, backoff),
+            // No hint: poll (an expiry would go unnoticed).
+            (5, 5, Busy::default(), backoff),
+            (5, 5, left(Duration::ZERO), backoff),
+            // The lease ends before the next backoff interval: wake then, covered or not.
+            (5, 0, left(5 * MS), 6 * MS),
+        ];
+        for (nodes, covered, busy, want) in cases {
+            assert_eq!(
+                next_check(nodes, covered, busy, backoff, safety),
+                want,
+                "{nodes} nodes, {covered} covered, {busy:?}"
+            );
+        }
+        // The safety poll bounds a long lease.
+        let long = left(Duration::from_secs(600));
+        assert_eq!(next_check(3, 3, long, backoff, safety), safety);
+    }
+
+    #[test]
+    fn the_stagger_spans_a_few_round_trips_within_bounds() {
+        assert_eq!(stagger(Duration::ZERO), Duration::from_micros(500));
+        assert_eq!(stagger(Duration::from_micros(300)), Duration::from_micros(1_200));
+        assert_eq!(stagger(Duration::from_secs(1)), 20 * MS);
     }
 
     #[test]

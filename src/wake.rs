@@ -1,11 +1,25 @@
 //! Release notifications: one PubSub connection per node, shared by every waiter of the
 //! process, subscribed per channel while at least one local waiter needs it.
 //!
-//! PubSub is at-most-once: a disconnect, a failover or a lease that simply expires publishes
-//! nothing. A lost notification only costs time, never safety: waiters also poll and wake when
-//! the holder's lease runs out. After a reconnect every waiter is woken to re-check.
+//! # When a notification can be lost, and how a waiter knows
+//! PubSub is at-most-once, but only across connections: a live connection delivers every
+//! message published on a channel it is subscribed to, in order. So a notification is lost
+//! only when (a) the subscription connection dies, (b) it hangs (a frozen or partitioned node,
+//! a half-open socket), or (c) the channel was not subscribed yet. (a) is a dead socket; (b) is
+//! found by a PING on each connection every [`HEALTH_INTERVAL`] (a cost per node and process,
+//! not per waiter), which, unanswered within [`health_timeout`], drops the connection as in
+//! (a); (c) is closed by the waiters' subscribe-then-recheck. Each connection's life is an
+//! *epoch*: a channel counts as covered on node `i` only if it was confirmed subscribed in the
+//! epoch node `i` is live in now ([`Subscription::covered`]). Losing a connection ends its
+//! epoch and wakes every waiter of the process to re-check; reconnecting resubscribes every
+//! channel in a new epoch and wakes them again (anything published meanwhile is lost).
+//!
+//! What no connection can tell: a lease that expires (the waiter knows the holder's remaining
+//! PTTL instead) and a key removed by something that does not publish (`DEL` by hand, another
+//! library): the waiter's safety poll bounds that (see `wait.rs`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -23,10 +37,23 @@ enum Command {
     Unsubscribe(Arc<str>),
 }
 
+/// How often each subscription connection is checked with a PING: a connection that hangs
+/// is found within this plus [`health_timeout`], and its waiters re-check.
+pub(crate) const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a health-check PING may take: the node timeout, but at least a second, so that a
+/// loaded machine does not drop healthy connections (each drop wakes every waiter).
+pub(crate) fn health_timeout(node_timeout: Duration) -> Duration {
+    node_timeout.max(Duration::from_secs(1))
+}
+
 struct Channel {
     waiters: usize,
     /// Bumped on every notification (and after every reconnect).
     version: watch::Sender<u64>,
+    /// Per node, the epoch of the connection on which the subscription was confirmed (0:
+    /// never). Written by the node's task under the registry's lock.
+    confirmed: Box<[u64]>,
 }
 
 struct Registry {
@@ -34,8 +61,17 @@ struct Registry {
     /// One command queue per node task, started on first use.
     nodes: OnceLock<Vec<mpsc::UnboundedSender<Command>>>,
     clients: Vec<Client>,
-    /// Whether each node's subscription connection is up (only those are waited for).
-    connected: Box<[std::sync::atomic::AtomicBool]>,
+    /// Per node, the epoch of its live subscription connection, 0 while it has none (down,
+    /// reconnecting, refused). Only the node's task writes it.
+    ///
+    /// # Memory ordering
+    /// A node's task stores a new epoch (Release) only after it recorded, under `channels`'
+    /// lock, every channel it subscribed in that epoch; and stores 0 (Release) before it
+    /// wakes the waiters of a lost connection. A reader (Acquire) that sees epoch `e` therefore
+    /// sees every `confirmed[i] == e` written before it, and a reader woken by a loss sees 0.
+    /// A stale read can only under-count coverage for a moment (the waiter then polls), or
+    /// over-count it until the wake-up that follows every loss makes the waiter look again.
+    live: Box<[AtomicU64]>,
     timeout: Duration,
 }
 
@@ -46,15 +82,12 @@ pub(crate) struct Wakeups(Arc<Registry>);
 impl Wakeups {
     /// No connection is made until the first waiter subscribes.
     pub(crate) fn new(clients: Vec<Client>, timeout: Duration) -> Self {
-        let connected = clients
-            .iter()
-            .map(|_| std::sync::atomic::AtomicBool::new(false))
-            .collect();
+        let live = clients.iter().map(|_| AtomicU64::new(0)).collect();
         Wakeups(Arc::new(Registry {
             channels: Mutex::new(HashMap::new()),
             nodes: OnceLock::new(),
             clients,
-            connected,
+            live,
             timeout,
         }))
     }
@@ -92,9 +125,11 @@ impl Wakeups {
         let mut acks = Vec::new();
         let version = {
             let mut channels = lock(&self.0.channels);
+            let n = self.0.clients.len();
             let entry = channels.entry(channel.clone()).or_insert_with(|| Channel {
                 waiters: 0,
                 version: watch::channel(0).0,
+                confirmed: vec![0; n].into(),
             });
             entry.waiters += 1;
             if entry.waiters == 1 {
@@ -106,9 +141,9 @@ impl Wakeups {
                     // then wakes every waiter: no need to wait for it.
                     let up = self
                         .0
-                        .connected
+                        .live
                         .get(i)
-                        .is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst));
+                        .is_some_and(|e| e.load(Ordering::Acquire) != 0);
                     if sent && up {
                         acks.push(rx);
                     }
@@ -152,6 +187,25 @@ impl Subscription {
     /// Forgets notifications seen so far (called before each attempt).
     pub(crate) fn mark_seen(&mut self) {
         self.version.borrow_and_update();
+    }
+
+    /// On how many nodes this channel is subscribed on a live connection right now: a
+    /// release published on one of them reaches us (see the module's docs).
+    pub(crate) fn covered(&self) -> usize {
+        let reg = &self.hub.0;
+        let channels = lock(&reg.channels);
+        let Some(entry) = channels.get(&self.channel) else {
+            return 0;
+        };
+        entry
+            .confirmed
+            .iter()
+            .zip(reg.live.iter())
+            .filter(|(c, live)| {
+                let epoch = live.load(Ordering::Acquire);
+                epoch != 0 && **c == epoch
+            })
+            .count()
     }
 }
 
@@ -218,9 +272,10 @@ async fn apply(
     }
 }
 
-/// Owns node `i`'s PubSub connection: applies (un)subscriptions, forwards messages, and after a
-/// disconnect reconnects, resubscribes every registered channel and wakes all waiters.
-/// Ends when the `RedLock` is dropped.
+/// Owns node `i`'s PubSub connection: applies (un)subscriptions, forwards messages, checks the
+/// connection's health, and after a disconnect (or an unanswered health check) reconnects,
+/// resubscribes every registered channel in a new epoch and wakes all waiters. Ends when the
+/// `RedLock` is dropped.
 async fn node_task(
     i: usize,
     client: Client,
@@ -229,8 +284,9 @@ async fn node_task(
     timeout: Duration,
 ) {
     let mut backoff = Duration::ZERO;
+    let mut epoch = 0u64;
     loop {
-        set_connected(&registry, i, false);
+        set_live(&registry, i, 0);
         if !backoff.is_zero() {
             tokio::time::sleep(backoff).await;
         }
@@ -271,11 +327,23 @@ async fn node_task(
             }
         }
         backoff = Duration::ZERO;
-        set_connected(&registry, i, true);
-        // Anything published while we were away is lost: everyone re-checks.
-        if let Some(reg) = registry.upgrade() {
-            bump(&reg, None);
+        epoch += 1;
+        let Some(reg) = registry.upgrade() else {
+            return;
+        };
+        confirm(&reg, i, epoch, &current);
+        // Published only now: every channel of the snapshot is recorded as covered first.
+        if let Some(live) = reg.live.get(i) {
+            live.store(epoch, Ordering::Release);
         }
+        // Anything published while we were away is lost: everyone re-checks.
+        bump(&reg, None);
+        drop(reg);
+        let mut health = tokio::time::interval_at(
+            tokio::time::Instant::now() + HEALTH_INTERVAL,
+            HEALTH_INTERVAL,
+        );
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 cmd = commands.recv() => {
@@ -286,6 +354,9 @@ async fn node_task(
                         Some(Command::Subscribe(ch, ack)) => {
                             let applied = apply(timeout, sink.subscribe(&*ch)).await;
                             if matches!(applied, Applied::Ok) {
+                                if let Some(reg) = registry.upgrade() {
+                                    confirm(&reg, i, epoch, std::slice::from_ref(&ch));
+                                }
                                 let _ = ack.send(());
                             }
                             applied
@@ -298,6 +369,18 @@ async fn node_task(
                         Applied::Refused(why) => return refused(i, &why, commands).await,
                     }
                 }
+                _ = health.tick() => {
+                    // An answer, whatever it is, shows the connection delivers; none in time
+                    // means it may have stopped delivering messages too.
+                    let ping = tokio::time::timeout(
+                        health_timeout(timeout),
+                        sink.ping::<redis::Value>(),
+                    );
+                    if !matches!(ping.await, Ok(Ok(_))) {
+                        tracing::debug!(node = i, "pubsub connection failed its health check");
+                        break;
+                    }
+                }
                 msg = stream.next() => match msg {
                     Some(msg) => match registry.upgrade() {
                         Some(reg) => bump(&reg, Some(msg.get_channel_name())),
@@ -308,8 +391,19 @@ async fn node_task(
             }
         }
         tracing::debug!(node = i, "pubsub connection lost; reconnecting");
+        set_live(&registry, i, 0);
         if let Some(reg) = registry.upgrade() {
             bump(&reg, None);
+        }
+    }
+}
+
+/// Records `channels` as subscribed on node `i` in `epoch` (those still registered).
+fn confirm(reg: &Registry, i: usize, epoch: u64, channels: &[Arc<str>]) {
+    let mut registered = lock(&reg.channels);
+    for name in channels {
+        if let Some(slot) = registered.get_mut(name).and_then(|c| c.confirmed.get_mut(i)) {
+            *slot = epoch;
         }
     }
 }
@@ -325,10 +419,10 @@ async fn refused(i: usize, why: &str, mut commands: mpsc::UnboundedReceiver<Comm
     while commands.recv().await.is_some() {}
 }
 
-fn set_connected(registry: &Weak<Registry>, i: usize, up: bool) {
+fn set_live(registry: &Weak<Registry>, i: usize, epoch: u64) {
     if let Some(reg) = registry.upgrade() {
-        if let Some(flag) = reg.connected.get(i) {
-            flag.store(up, std::sync::atomic::Ordering::SeqCst);
+        if let Some(live) = reg.live.get(i) {
+            live.store(epoch, Ordering::Release);
         }
     }
 }
