@@ -305,7 +305,10 @@ mod tests {
     #[test]
     fn the_stagger_spans_a_few_round_trips_within_bounds() {
         assert_eq!(stagger(Duration::ZERO), Duration::from_micros(500));
-        assert_eq!(stagger(Duration::from_micros(300)), Duration::from_micros(1_200));
+        assert_eq!(
+            stagger(Duration::from_micros(300)),
+            Duration::from_micros(1_200)
+        );
         assert_eq!(stagger(Duration::from_secs(1)), 20 * MS);
     }
 

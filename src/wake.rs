@@ -402,7 +402,10 @@ async fn node_task(
 fn confirm(reg: &Registry, i: usize, epoch: u64, channels: &[Arc<str>]) {
     let mut registered = lock(&reg.channels);
     for name in channels {
-        if let Some(slot) = registered.get_mut(name).and_then(|c| c.confirmed.get_mut(i)) {
+        if let Some(slot) = registered
+            .get_mut(name)
+            .and_then(|c| c.confirmed.get_mut(i))
+        {
             *slot = epoch;
         }
     }

@@ -282,3 +282,93 @@ async fn poll_strategy_never_subscribes() {
         .await
         .expect("release");
 }
+
+/// A waiter covered by live subscriptions on every node sends nothing while it waits: no
+/// attempt between its re-check after subscribing and the holder's lease end (10 minutes
+/// away) or its safety poll (30 s), though its retry policy's backoff is 10 to 200 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_covered_waiter_sends_nothing_while_it_waits() {
+    let c = cluster(5);
+    let holder = long_lease(&c).await;
+    let waiter = builder(&c)
+        .retry(Retry::exponential(
+            Duration::from_millis(10),
+            Duration::from_millis(200),
+        ))
+        .build()
+        .await
+        .expect("build");
+    let channel = format!("{}:released", holder.redis_key("k").expect("key"));
+    let g = holder.try_acquire("k").await.expect("ok").expect("free");
+    let before = command_stats(&c);
+    let task = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.acquire(&patient(), "k").await })
+    };
+    assert!(
+        until_numsub(&c, &channel, 1).await,
+        "waiter never subscribed"
+    );
+    // Its first attempt and its re-check after subscribing: two SETs on each node.
+    eventually("the waiter re-checks after subscribing", || {
+        command_stats(&c).since(&before).calls("set") >= 10
+    })
+    .await;
+    let quiet = command_stats(&c);
+    // Two seconds: ten backoff intervals at the policy's ceiling, and two health checks.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = command_stats(&c).since(&quiet);
+    assert_eq!(
+        (used.calls("set"), used.calls("pttl"), used.calls("evalsha")),
+        (0, 0, 0),
+        "a covered waiter polled: {used:?}"
+    );
+    // What it may send: a health-check PING per node per second.
+    assert!(used.calls("ping") <= 5 * 3, "{used:?}");
+    g.release().await.expect("release");
+    let got = task.await.expect("no panic").expect("acquired");
+    got.release().await.expect("release");
+}
+
+/// A subscription connection that hangs without closing (a half-open socket, a frozen link)
+/// loses the release published on it; the health check finds it within about two seconds,
+/// and the reconnect wakes the waiter, whose next poll is minutes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_lost_on_hung_subscriptions_still_wakes_the_waiter() {
+    let c = proxied(3);
+    let direct: Vec<String> = (0..3).map(|i| c.direct_url(i).expect("node")).collect();
+    let holder = builder(&c)
+        .nodes(&direct)
+        .ttl(HANG_GUARD * 2)
+        .build()
+        .await
+        .expect("build");
+    let waiter = slow_poller(&c).await;
+    let channel = format!("{}:released", holder.redis_key("k").expect("key"));
+    let g = holder.try_acquire("k").await.expect("ok").expect("free");
+    let task = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.acquire(&patient(), "k").await })
+    };
+    assert!(
+        until_numsub(&c, &channel, 1).await,
+        "waiter never subscribed"
+    );
+    for i in 0..3 {
+        assert!(
+            c.proxy(i).expect("proxy").hang_subscribers() >= 1,
+            "node {i}: no subscription connection to hang"
+        );
+    }
+    let released = Instant::now();
+    g.release().await.expect("release"); // published to hung connections only
+    let got = task.await.expect("no panic").expect("acquired");
+    let woken = released.elapsed();
+    // Health check each second, unanswered after a second, reconnect: about two seconds; the
+    // bound leaves room for a loaded machine and is far below the next poll (minutes).
+    assert!(
+        woken < Duration::from_secs(10),
+        "woken by polling, not by the health check: {woken:?}"
+    );
+    got.release().await.expect("release");
+}

@@ -24,6 +24,7 @@ const CUT: u8 = 2;
 /// | [`blackhole`](Self::blackhole) | connections stay open but nothing gets through either way (a silent partition: requests time out); held bytes are delivered in order after [`heal`](Self::heal), as TCP would |
 /// | [`cut`](Self::cut) | every connection closed, new ones closed at once (a rejecting firewall) |
 /// | [`reset`](Self::reset) | every current connection closed once (a reconnect) |
+/// | [`hang_subscribers`](Self::hang_subscribers) | the PubSub connections open now stop delivering, silently, either way (a half-open socket); other and new connections flow |
 /// | [`heal`](Self::heal) | traffic flows again (latency is kept) |
 ///
 /// ```no_run
@@ -50,19 +51,35 @@ struct Shared {
     mode: AtomicU8,
     latency_us: AtomicU64,
     stop: AtomicBool,
-    /// Both ends of every open connection, to close them on reset/cut/drop.
-    conns: Mutex<Vec<(TcpStream, TcpStream)>>,
+    /// Every open connection, to close them on reset/cut/drop.
+    conns: Mutex<Vec<Conn>>,
+}
+
+/// Both ends of one connection, and what the pumps know of it.
+#[derive(Debug)]
+struct Conn {
+    client: TcpStream,
+    upstream: TcpStream,
+    flags: Arc<ConnFlags>,
+}
+
+#[derive(Debug, Default)]
+struct ConnFlags {
+    /// The client sent a SUBSCRIBE on it.
+    subscriber: AtomicBool,
+    /// Held like a blackhole, for this connection only.
+    hung: AtomicBool,
 }
 
 impl Shared {
-    fn conns(&self) -> std::sync::MutexGuard<'_, Vec<(TcpStream, TcpStream)>> {
+    fn conns(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
         self.conns.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn close_all(&self) {
-        for (a, b) in self.conns().drain(..) {
-            let _ = a.shutdown(Shutdown::Both);
-            let _ = b.shutdown(Shutdown::Both);
+        for c in self.conns().drain(..) {
+            let _ = c.client.shutdown(Shutdown::Both);
+            let _ = c.upstream.shutdown(Shutdown::Both);
         }
     }
 }
@@ -143,6 +160,25 @@ impl FaultProxy {
     /// Lets traffic through again (the latency setting stays).
     pub fn heal(&self) {
         self.shared.mode.store(NORMAL, Ordering::SeqCst);
+        for c in self.shared.conns().iter() {
+            c.flags.hung.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Silently stops every PubSub connection open now (one on which the client sent a
+    /// SUBSCRIBE), both ways, while other connections, and connections made later, flow: a
+    /// subscription connection that hangs without closing. Held bytes are delivered after
+    /// [`heal`](Self::heal). Returns how many connections it stopped.
+    pub fn hang_subscribers(&self) -> usize {
+        let conns = self.shared.conns();
+        let mut hung = 0;
+        for c in conns.iter() {
+            if c.flags.subscriber.load(Ordering::SeqCst) {
+                c.flags.hung.store(true, Ordering::SeqCst);
+                hung += 1;
+            }
+        }
+        hung
     }
 
     /// Open connections through the proxy.
@@ -187,23 +223,40 @@ fn connect(client: TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
     )?;
     client.set_nodelay(true)?;
     upstream.set_nodelay(true)?;
-    shared
-        .conns()
-        .push((client.try_clone()?, upstream.try_clone()?));
-    for (from, to) in [
-        (client.try_clone()?, upstream.try_clone()?),
-        (upstream, client),
+    let flags = Arc::new(ConnFlags::default());
+    shared.conns().push(Conn {
+        client: client.try_clone()?,
+        upstream: upstream.try_clone()?,
+        flags: flags.clone(),
+    });
+    for (from, to, requests) in [
+        (client.try_clone()?, upstream.try_clone()?, true),
+        (upstream, client, false),
     ] {
-        let shared = shared.clone();
+        let (shared, flags) = (shared.clone(), flags.clone());
         thread::Builder::new()
             .name("fault-proxy-pump".into())
-            .spawn(move || pump(from, to, &shared))?;
+            .spawn(move || pump(from, to, &shared, &flags, requests))?;
     }
     Ok(())
 }
 
-/// Copies `from` to `to`, applying the current mode and latency to each chunk.
-fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
+/// Whether a chunk the client sent holds a SUBSCRIBE (any case).
+fn subscribes(chunk: &[u8]) -> bool {
+    chunk
+        .windows(9)
+        .any(|w| w.eq_ignore_ascii_case(b"subscribe"))
+}
+
+/// Copies `from` to `to`, applying the current mode and latency to each chunk; `requests`:
+/// the client-to-server direction.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    shared: &Shared,
+    flags: &ConnFlags,
+    requests: bool,
+) {
     let mut buf = vec![0u8; 16 * 1024];
     let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
     loop {
@@ -223,10 +276,14 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
             }
             Err(_) => break,
         };
+        if requests && subscribes(&buf[..n]) {
+            flags.subscriber.store(true, Ordering::SeqCst);
+        }
         let mut read_at = Instant::now();
         // A partition holds the bytes (as TCP would, retransmitting) and delivers them in order
         // once healed; dropping them would desynchronise the stream, which TCP never does.
-        while shared.mode.load(Ordering::SeqCst) == BLACKHOLE && !shared.stop.load(Ordering::SeqCst)
+        while (shared.mode.load(Ordering::SeqCst) == BLACKHOLE || flags.hung.load(Ordering::SeqCst))
+            && !shared.stop.load(Ordering::SeqCst)
         {
             thread::sleep(Duration::from_millis(2));
             read_at = Instant::now();
