@@ -274,8 +274,8 @@ impl RedLockBuilder {
     /// attempts announce themselves, and a dead or hung subscription connection is found
     /// within about two seconds (a health-check PING each second on each node's subscription
     /// connection) and wakes its waiters; what remains is a key removed by something that does
-    /// not publish (`DEL` by hand, `FLUSHALL`, a client of another library), and that is what
-    /// this bounds. Waiters that are not covered (subscriptions refused by an ACL, nodes down)
+    /// not publish (`DEL` by hand, `FLUSHALL`, a client of another library, an ACL user that
+    /// may not `PUBLISH`), and that is what this bounds. Waiters that are not covered (subscriptions refused by an ACL, nodes down)
     /// poll with the [`retry`](Self::retry) backoff instead.
     ///
     /// # Default

@@ -43,9 +43,10 @@ use crate::wake::{Subscription, Wakeups};
 #[non_exhaustive]
 pub enum WaitStrategy {
     /// Subscribe to the key's release channel on every node (one shared PubSub connection per
-    /// node) and retry at once when any node announces a release; also retry when the holder's
-    /// lease runs out and, as a safety net for lost notifications, after each backoff interval
-    /// of the retry policy.
+    /// node, health-checked) and retry at once when any node announces a release; also retry
+    /// when the holder's lease runs out and after the safety poll. Where notifications cannot
+    /// be relied on (subscriptions refused or down, a node that did not
+    /// answer), poll with the retry policy's backoff.
     #[default]
     PubSub,
     /// Retry after each backoff interval of the retry policy (or when the holder's lease runs
