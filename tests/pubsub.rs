@@ -372,3 +372,62 @@ async fn a_release_lost_on_hung_subscriptions_still_wakes_the_waiter() {
     );
     got.release().await.expect("release");
 }
+
+/// A waiter whose subscriptions are refused (an ACL user without channel rights) cannot rely
+/// on notifications: it polls with its retry policy's backoff, and still gets the lock soon
+/// after the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_subscriptions_are_refused_polls() {
+    let c = cluster(3);
+    for i in 0..3 {
+        raw(
+            &c,
+            i,
+            &[
+                "ACL",
+                "SETUSER",
+                "nochannels",
+                "on",
+                ">pw",
+                "~*",
+                "resetchannels",
+                "+@all",
+            ],
+        );
+    }
+    let urls: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                "redis://nochannels:pw@127.0.0.1:{}",
+                c.port(i).expect("port")
+            )
+        })
+        .collect();
+    let holder = long_lease(&c).await;
+    let waiter = builder(&c)
+        .nodes(&urls)
+        .retry(Retry::exponential(
+            Duration::from_millis(10),
+            Duration::from_millis(20),
+        ))
+        .build()
+        .await
+        .expect("build");
+    let g = holder.try_acquire("k").await.expect("ok").expect("free");
+    let task = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.acquire(&patient(), "k").await })
+    };
+    // Polling: an attempt (a SET on each node) every 20 ms at most, so well over 3 x 10
+    // SETs in a second even on a loaded machine; a waiter relying on notifications sends none.
+    let before = command_stats(&c);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let polled = command_stats(&c).since(&before).calls("set");
+    assert!(
+        polled >= 30,
+        "the waiter did not poll: {polled} SETs in a second"
+    );
+    g.release().await.expect("release");
+    let got = task.await.expect("no panic").expect("acquired by polling");
+    got.release().await.expect("release");
+}
