@@ -80,6 +80,11 @@ fn report(label: &str, acquisitions: u64, used: CommandStats, secs: u64) {
         per(requests),
         per(commands),
     );
+    let calls: Vec<String> = ["set", "pttl", "evalsha", "publish", "del"]
+        .iter()
+        .map(|c| format!("{c} {:.2}", per(used.calls(c))))
+        .collect();
+    println!("  {:<30} per acquisition: {}", "", calls.join(", "));
 }
 
 /// `tasks` tasks on one RedLock contend for one key for `secs` seconds.

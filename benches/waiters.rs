@@ -85,10 +85,11 @@ async fn main() -> Res<()> {
             let xs: Vec<f64> = v.iter().map(f).collect();
             let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            if (hi - lo).abs() < f64::EPSILON {
-                format!("{lo:.digits$}")
+            let (lo, hi) = (format!("{lo:.digits$}"), format!("{hi:.digits$}"));
+            if lo == hi {
+                lo
             } else {
-                format!("{lo:.digits$}-{hi:.digits$}")
+                format!("{lo}-{hi}")
             }
         };
         println!(
@@ -99,7 +100,11 @@ async fn main() -> Res<()> {
     };
     row("commands/s on the 5 masters", &|f| f.idle_cmds_per_s, 0);
     row("RSS per waiter (KiB)", &|f| f.rss_per_waiter_kib, 2);
-    row("connections (all 5 masters)", &|f| f.connections, 0);
+    row(
+        "connections opened to wait (5 masters)",
+        &|f| f.connections,
+        0,
+    );
     row("after release: grants/s", &|f| f.grants_per_s, 0);
     row("commands per grant", &|f| f.cmds_per_grant, 1);
     Ok(())

@@ -379,8 +379,7 @@ impl RedLock {
             config.retry.delays(),
             wake,
             ticket.take_subscription(),
-            self.shared.nodes.len(),
-            config.safety_poll,
+            (self.shared.nodes.len(), config.safety_poll, config.ttl),
         );
         let mut attempts = 0u32;
         let mut unreachable = 0u32;
@@ -394,9 +393,8 @@ impl RedLock {
             }
             attempts += 1;
             waiter.before_attempt();
-            // From the second attempt on, a refusal also tells how long the holder has left
-            // (the first wait is short anyway).
-            let busy = match self.attempt(key, &keys, attempts > 1).await {
+            // A refusal may also tell how long the holder has left (see `wants_hint`).
+            let busy = match self.attempt(key, &keys, waiter.wants_hint(attempts)).await {
                 Attempt::Granted(guard) => break Ok(guard),
                 Attempt::Busy(busy) => {
                     unreachable = 0;

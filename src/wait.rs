@@ -83,13 +83,17 @@ pub(crate) struct Busy {
 /// When the next attempt is due after `busy`, waiting with notifications from `covered` of
 /// `nodes` nodes (see the module's docs): the holder's lease end, bounded by `safety`, when the
 /// notifications cover the waiter; otherwise the retry policy's `backoff`, cut short by the
-/// holder's lease end. A pure function of plain values.
+/// holder's lease end. A covered waiter whose attempt read no PTTL (one made right after a
+/// notification skips it: the contender that just won has a fresh lease) assumes the holder
+/// has `assumed` left (our own TTL): if it is longer, the attempt then reads it. A pure
+/// function of plain values.
 pub(crate) fn next_check(
     nodes: usize,
     covered: usize,
     busy: Busy,
     backoff: Duration,
     safety: Duration,
+    assumed: Duration,
 ) -> Duration {
     // A millisecond past the lease end, so the key is gone when we arrive. A zero hint (a
     // majority looked free, yet we lost) is no hint: it would make contenders spin.
@@ -102,8 +106,9 @@ pub(crate) fn next_check(
         && (!busy.split || covered >= nodes);
     match (trusted, holder_end) {
         (true, Some(end)) => end.min(safety),
+        (true, None) => assumed.min(safety),
         (false, Some(end)) => backoff.min(end),
-        (_, None) => backoff,
+        (false, None) => backoff,
     }
 }
 
@@ -112,7 +117,7 @@ pub(crate) fn next_check(
 /// usually takes every node before the next one's requests arrive, instead of all splitting
 /// the vote and trying again.
 pub(crate) fn stagger(round: Duration) -> Duration {
-    (round * 4).clamp(Duration::from_micros(500), Duration::from_millis(20))
+    (round * 8).clamp(Duration::from_millis(1), Duration::from_millis(20))
 }
 
 /// Passes the time between attempts for one `acquire`.
@@ -121,20 +126,23 @@ pub(crate) struct Waiter {
     /// PubSub: the hub and the key whose release channel to subscribe to (only when needed).
     wake: Option<(Wakeups, Arc<str>)>,
     sub: Option<Subscription>,
-    /// The number of nodes and the safety poll (see [`next_check`]).
+    /// The number of nodes, the safety poll and the lease assumed without a hint (see
+    /// [`next_check`]).
     nodes: usize,
     safety: Duration,
+    assumed: Duration,
+    /// The last wait ended with a release notification.
+    notified: bool,
 }
 
 impl Waiter {
-    /// `wake`: the release channel of this Redis key to subscribe to; `None` polls. `nodes`
-    /// and `safety`: see [`next_check`].
+    /// `wake`: the release channel of this Redis key to subscribe to; `None` polls. `nodes`,
+    /// `safety` and `assumed`: see [`next_check`].
     pub(crate) fn new(
         delays: Delays,
         wake: Option<(&Wakeups, &Arc<str>)>,
         sub: Option<Subscription>,
-        nodes: usize,
-        safety: Duration,
+        (nodes, safety, assumed): (usize, Duration, Duration),
     ) -> Self {
         let wake = wake.map(|(wakeups, key)| (wakeups.clone(), key.clone()));
         Waiter {
@@ -143,7 +151,17 @@ impl Waiter {
             sub,
             nodes,
             safety,
+            assumed,
+            notified: false,
         }
+    }
+
+    /// Whether attempt number `attempt` should also read the holder's remaining lease (a
+    /// pipelined PTTL): from the second attempt on, except right after a notification, where
+    /// a loss means a contender has just won with a fresh lease (see [`next_check`]). Saves
+    /// the losers of a herd one command per node.
+    pub(crate) fn wants_hint(&self, attempt: u32) -> bool {
+        attempt > 1 && !self.notified
     }
 
     /// Called right before each attempt: notifications seen so far are accounted for by it.
@@ -187,8 +205,16 @@ impl Waiter {
         let Some(backoff) = self.delays.next() else {
             return WaitEnd::Exhausted;
         };
+        self.notified = false;
         let covered = self.sub.as_ref().map_or(0, Subscription::covered);
-        let delay = next_check(self.nodes, covered, busy, backoff, self.safety);
+        let delay = next_check(
+            self.nodes,
+            covered,
+            busy,
+            backoff,
+            self.safety,
+            self.assumed,
+        );
         let now = Instant::now();
         let wake = now.checked_add(delay).unwrap_or(ctx.deadline());
         let (until, end) = if wake >= ctx.deadline() {
@@ -213,6 +239,7 @@ impl Waiter {
             () = ctx.cancelled() => WaitEnd::Cancelled,
             () = notified => {
                 tracing::debug!("woken by a release notification");
+                self.notified = true;
                 WaitEnd::Retry
             }
             () = tokio::time::sleep_until(until) => end,
@@ -248,7 +275,12 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn poll(delays: Delays) -> Waiter {
-        Waiter::new(delays, None, None, 3, Duration::from_secs(30))
+        Waiter::new(
+            delays,
+            None,
+            None,
+            (3, Duration::from_secs(30), Duration::from_secs(10)),
+        )
     }
 
     fn left(d: Duration) -> Busy {
@@ -260,7 +292,8 @@ mod tests {
 
     #[test]
     fn a_covered_waiter_polls_only_at_the_lease_end_or_the_safety_poll() {
-        let (backoff, safety) = (20 * MS, Duration::from_secs(30));
+        let (backoff, safety, assumed) =
+            (20 * MS, Duration::from_secs(30), Duration::from_secs(10));
         let lease = Duration::from_secs(8);
         let refused = left(lease);
         let at_lease_end = lease + MS;
@@ -285,22 +318,23 @@ mod tests {
             (5, 5, split, at_lease_end),
             // A node that did not answer may come back free without a word.
             (5, 5, failed, backoff),
-            // No hint: poll (an expiry would go unnoticed).
-            (5, 5, Busy::default(), backoff),
-            (5, 5, left(Duration::ZERO), backoff),
+            // No hint: covered, assume a fresh lease of our TTL; else poll.
+            (5, 5, Busy::default(), assumed),
+            (5, 5, left(Duration::ZERO), assumed),
+            (5, 2, Busy::default(), backoff),
             // The lease ends before the next backoff interval: wake then, covered or not.
             (5, 0, left(5 * MS), 6 * MS),
         ];
         for (nodes, covered, busy, want) in cases {
             assert_eq!(
-                next_check(nodes, covered, busy, backoff, safety),
+                next_check(nodes, covered, busy, backoff, safety, assumed),
                 want,
                 "{nodes} nodes, {covered} covered, {busy:?}"
             );
         }
         // The safety poll bounds a long lease.
         let long = left(Duration::from_secs(600));
-        assert_eq!(next_check(3, 3, long, backoff, safety), safety);
+        assert_eq!(next_check(3, 3, long, backoff, safety, assumed), safety);
     }
 
     #[test]
