@@ -842,7 +842,9 @@ fn a_dead_watchdog_never_turns_the_command_into_a_silent_sigpipe() {
         run_args(
             &c,
             "watchdog-gone",
-            &["--wait", "120s", "--owner", &label, "--", "sh", "-c", &touch],
+            &[
+                "--wait", "120s", "--owner", &label, "--", "sh", "-c", &touch,
+            ],
         ),
         &[],
     );
