@@ -367,7 +367,7 @@ impl Drop for Baton {
                 key = %h.keys,
                 "handed lock not taken by any local waiter; releasing it"
             );
-            spawn_release(h.shared, h.keys, h.value, Some(h.states), None);
+            spawn_release(h.shared, h.keys, h.value, h.states, None);
         }
     }
 }
@@ -383,7 +383,7 @@ impl Drop for LockGuard {
                 state.shared.clone(),
                 state.keys.clone(),
                 state.value.clone(),
-                Some(self.states.clone()),
+                self.states.clone(),
                 self.ticket.take(),
             );
         }

@@ -23,8 +23,9 @@ use crate::quorum;
 /// # The lost signal and its limits
 /// [`lost`](Self::lost) fires when the lock can no longer be trusted: an extension failed to
 /// reach a majority before the validity ran out, the validity ran out (with no renewal), or
-/// the key was found with another owner. Work that selects on it stops before it acts without
-/// the lock. It cannot stop a process that pauses (GC, swap, SIGSTOP) *after* checking it and
+/// the key was found gone or with another owner. From then on the validity is zero: a loss
+/// that a round confirmed leaves no time to act under the lock. Work that selects on it stops
+/// before it acts without the lock. It cannot stop a process that pauses (GC, swap, SIGSTOP) *after* checking it and
 /// *before* acting: that gap is what fencing tokens close.
 ///
 /// # When the guard lets go
@@ -259,6 +260,8 @@ impl Lease {
         // The majority must have confirmed while the old lease was still trusted.
         let mut expiry = state.expiry();
         match quorum::validity(lease, decided - start, config.drift_factor) {
+            // A lease that ended meanwhile (its guard let go) stays ended.
+            Some(_) if state.done.is_cancelled() => Ok(()),
             Some(validity) if decided < expiry.0 => {
                 *expiry = (decided + validity, lease);
                 drop(expiry);
@@ -295,9 +298,15 @@ impl State {
         self.lost.cancel();
     }
 
+    /// The lock can no longer be trusted: the validity ends now (a loss that an extension or
+    /// a query confirmed must not leave work the rest of its old validity) and `lost` fires.
     pub(crate) fn lose(&self, why: &str) {
         if !self.lost.is_cancelled() && !self.done.is_cancelled() {
             tracing::warn!(key = &*self.key, why, "lock lost");
+            let now = Instant::now();
+            let mut expiry = self.expiry();
+            expiry.0 = expiry.0.min(now);
+            drop(expiry);
             self.lost.cancel();
         }
     }

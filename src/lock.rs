@@ -1185,15 +1185,15 @@ impl Drop for Undo {
     }
 }
 
-/// Releases in the background on the current runtime (nodes that did not answer are retried,
-/// see `Shared::clean`); with no runtime the keys expire by TTL. With `states` (a guard)
-/// late straggling grants are caught too; without, it is an undo on every node. The local queue `ticket`, if any, is handed on only
-/// after the first round, so the next local waiter finds the key gone.
+/// A guard's release in the background on the current runtime (nodes that did not answer
+/// are retried, see `Shared::clean`, and late straggling grants are caught, see
+/// [`NodeStates`]); with no runtime the keys expire by TTL. The local queue `ticket`, if any,
+/// is handed on only after the first round, so the next local waiter finds the key gone.
 pub(crate) fn spawn_release(
     shared: Arc<Shared>,
     keys: Keys,
     value: Arc<str>,
-    states: Option<NodeStates>,
+    states: NodeStates,
     ticket: Option<Ticket>,
 ) {
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -1205,11 +1205,7 @@ pub(crate) fn spawn_release(
     };
     rt.spawn(async move {
         let announce = ticket.as_ref().is_none_or(Ticket::announce_release);
-        let Some(states) = &states else {
-            shared.undo(&keys, &value, None);
-            return;
-        };
-        let round = shared.release_guard(&keys, &value, states, announce).await;
+        let round = shared.release_guard(&keys, &value, &states, announce).await;
         if let (true, Some(ticket)) = (announce, &ticket) {
             ticket.announced(round.listeners, shared.others_poll(&keys));
         }

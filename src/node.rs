@@ -378,39 +378,33 @@ impl NodeSpec {
     }
 }
 
-/// A node URL for messages, Debug output and logs: user and password (everything before the
-/// last `@`) become `***`, and so does every query value but `db` and `protocol`
-/// (`redis+unix:///s.sock?db=1&pass=...`, the unix form's credentials); something that is not
-/// a URL at all is not shown.
+/// A node URL for messages, Debug output and logs, rebuilt from what the redis crate parsed
+/// rather than cut out of the text (a password may hold `@`, `/`, `?` or `#`): the scheme,
+/// `***@` where there are credentials, the address and the database. Text that does not parse
+/// as a Redis URL is not shown beyond its scheme.
 pub(crate) fn redact(url: &str) -> String {
-    let Some(s) = url.find("://") else {
-        return "***".to_owned();
+    let scheme = url.find("://").map_or("", |s| &url[..s + 3]);
+    let Ok(client) = Client::open(url) else {
+        return format!("{scheme}*** (not shown: it does not parse, and may hold a password)");
     };
-    let (scheme, rest) = url.split_at(s + 3);
-    let rest = match rest.rfind('@') {
-        Some(at) => format!("***@{}", &rest[at + 1..]),
-        None => rest.to_owned(),
+    let info = client.get_connection_info();
+    let settings = info.redis_settings();
+    let creds = if settings.username().is_some() || settings.password().is_some() {
+        "***@"
+    } else {
+        ""
     };
-    let (rest, fragment) = match rest.split_once('#') {
-        Some((rest, "insecure")) => (rest, "#insecure"),
-        Some((rest, _)) => (rest, "#***"),
-        None => (rest.as_str(), ""),
-    };
-    let shown = match rest.split_once('?') {
-        Some((path, query)) => {
-            let pairs: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some(("db" | "protocol", _)) => pair.to_owned(),
-                    Some((key, _)) => format!("{key}=***"),
-                    None => "***".to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", pairs.join("&"))
-        }
-        None => rest.to_owned(),
-    };
-    format!("{scheme}{shown}{fragment}")
+    let (addr, db) = (info.addr(), settings.db());
+    match addr {
+        redis::ConnectionAddr::Unix(_) => format!("{scheme}{addr}?db={db}{}", {
+            if creds.is_empty() {
+                ""
+            } else {
+                "&pass=***"
+            }
+        }),
+        _ => format!("{scheme}{creds}{addr}/{db}"),
+    }
 }
 
 /// A message on one line (redis' parse errors span several).
@@ -797,7 +791,8 @@ impl Nodes {
         if let Some(i) = (0..n).find(|&i| self.ids.duplicate_of(i).is_some()) {
             let of = self.ids.duplicate_of(i).unwrap_or(i);
             return Err(Error::config(format!(
-                "nodes {} and {} are the same Redis server (one run_id): a server listed more                  than once would count as several votes; list every master once",
+                "nodes {} and {} are the same Redis server (one run_id): a server listed more \
+                 than once would count as several votes; list every master once",
                 self.ids.shown[of], self.ids.shown[i]
             )));
         }
@@ -1276,7 +1271,15 @@ mod tests {
             redact("redis://user:secret@10.0.0.1:6379/2"),
             "redis://***@10.0.0.1:6379/2"
         );
-        assert_eq!(redact("redis://10.0.0.1:6379"), "redis://10.0.0.1:6379");
+        assert_eq!(redact("redis://10.0.0.1:6379"), "redis://10.0.0.1:6379/0");
+        // A password holding the characters a URL is cut at.
+        for pw in ["a@b", "a/b@c", "a?b#c@d"] {
+            let shown = redact(&format!("redis+unix:///run/r.sock?db=1&pass={pw}"));
+            assert_eq!(shown, "redis+unix:///run/r.sock?db=1&pass=***");
+            let shown = redact(&format!("redis://:{pw}@h:1/2"));
+            assert!(!shown.contains(pw) && !shown.contains('b'), "{shown}");
+        }
+        assert!(!redact("redis://:pw@h:notaport").contains("pw"));
     }
 
     #[test]

@@ -807,3 +807,76 @@ fn the_command_does_not_see_the_node_urls() {
     assert_eq!(with_flag.code(), Some(0), "{with_flag:?}");
     assert_eq!(with_flag.stdout.trim(), "nodes=unset", "{with_flag:?}");
 }
+
+/// Review finding: the command's `pre_exec` arms the watchdog with a `write` to its pipe while
+/// SIGPIPE has its default action (std resets it before running `pre_exec` closures). If the
+/// watchdog is gone (OOM-killed, `kill -9`), that write kills the forked child with SIGPIPE
+/// before exec; std's spawn cannot tell that from a successful exec, so redquorum takes the
+/// lock, "runs" nothing, and exits 141 as if the command had died of SIGPIPE, with no word
+/// that the command never ran.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_dead_watchdog_never_turns_the_command_into_a_silent_sigpipe() {
+    let c = cluster(3);
+    let s = Scratch::new();
+    let rt = runtime();
+    let (locks, guard) = rt.block_on(async {
+        let locks = common::builder(&c)
+            .ttl(Duration::from_secs(60))
+            .owner("review-holder")
+            .build()
+            .await
+            .expect("build");
+        let guard = locks
+            .try_acquire("watchdog-gone")
+            .await
+            .expect("try")
+            .expect("free");
+        (locks, guard)
+    });
+    let label = format!("review-watchdog-{}", std::process::id());
+    let marker = s.path("ran");
+    let touch = format!("touch {}", marker.display());
+    let waiting = start(
+        &s,
+        run_args(
+            &c,
+            "watchdog-gone",
+            &[
+                "--wait", "120s", "--owner", &label, "--", "sh", "-c", &touch,
+            ],
+        ),
+        &[],
+    );
+    let redquorum = waiting.child.id();
+    // The watchdog: a fork of redquorum (same command line) that is not redquorum itself.
+    let deadline = Instant::now() + LIMIT;
+    let watchdog = loop {
+        let found = fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| pid != redquorum)
+            .find(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&label))
+            });
+        if let Some(pid) = found {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no watchdog process found");
+        thread::sleep(Duration::from_millis(10));
+    };
+    let _ = Command::new("kill")
+        .args(["-9", &watchdog.to_string()])
+        .status();
+    while alive(watchdog) {
+        thread::sleep(Duration::from_millis(10));
+    }
+    rt.block_on(guard.release()).expect("release");
+    let out = waiting.wait();
+    drop(locks);
+    assert!(
+        marker.exists() || out.stderr.contains("watchdog") && out.code() != Some(141),
+        "the command never ran, and redquorum reported it as a SIGPIPE death: {out:?}"
+    );
+}

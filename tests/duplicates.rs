@@ -142,3 +142,25 @@ async fn a_duplicate_that_connects_later_never_votes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The `Error::Config` for two URLs of one server (found by `run_id` at `build()`) is one
+/// clean line (review finding: a lost `\` line continuation put 18 spaces in it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_server_error_is_one_clean_line() {
+    let c = cluster(2);
+    let (p, q) = (c.port(0).expect("port"), c.port(1).expect("port"));
+    let urls = [
+        format!("redis://127.0.0.1:{p}"),
+        format!("redis://127.0.0.1:{q}"),
+        format!("redis://localhost:{p}"),
+    ];
+    let err = RedLock::builder()
+        .nodes(&urls)
+        .node_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .expect_err("node 3 is node 1");
+    let msg = err.to_string();
+    assert!(msg.contains("same Redis server"), "{msg}");
+    assert!(!msg.contains("  ") && !msg.contains('\n'), "{msg:?}");
+}

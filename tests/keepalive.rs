@@ -204,6 +204,8 @@ async fn an_extension_finding_another_owner_fires_lost_and_unlocks_nothing() {
         .expect_err("theirs now");
     assert!(matches!(err, Error::NotOwner { .. }), "{err:?}");
     assert!(g.lease().is_lost());
+    // A confirmed loss leaves no validity to act under.
+    assert_eq!(g.validity(), Duration::ZERO);
     // Node 2 still holds our value: a failed extension unlocked nothing.
     assert_eq!(get(&c, 2, &key).as_deref(), Some(g.value()));
     drop(g);

@@ -219,6 +219,16 @@ async fn supervise(
         Err(e) => {
             // The child may have armed the watchdog before its exec failed.
             let _ = watchdog.disarm();
+            if e.raw_os_error() == Some(libc::EPIPE) {
+                // The write that arms the watchdog found it gone.
+                return Err(Failure::new(
+                    exit::CANNOT_EXECUTE,
+                    format!(
+                        "not running {program:?}: the watchdog that stops it if redquorum dies \
+                         is gone (was it killed?); run redquorum again"
+                    ),
+                ));
+            }
             let code = match e.kind() {
                 io::ErrorKind::NotFound => exit::NOT_FOUND,
                 _ => exit::CANNOT_EXECUTE,

@@ -77,23 +77,32 @@ pub fn arm_from_child(fd: RawFd, group: bool) -> io::Result<()> {
     let tag = if group { ARM_GROUP } else { ARM_PROCESS };
     let p = pid.to_ne_bytes();
     let message = [tag, p[0], p[1], p[2], p[3]];
-    loop {
+    // SIGPIPE has its default action here (std resets it for the command): a write to the
+    // pipe of a watchdog that is gone would kill this child before exec, which the parent
+    // cannot tell from a command that died of SIGPIPE. Ignored for the write, the write fails
+    // with EPIPE instead (reported by spawn), and the default comes back for the command.
+    // SAFETY: signal(2) is async-signal-safe; SIG_IGN and the previous handler are valid.
+    let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let written = loop {
         // SAFETY: `message` is a valid buffer of MESSAGE bytes; `fd` is the pipe's write end.
         let n = unsafe { libc::write(fd, message.as_ptr().cast(), MESSAGE) };
         if n == MESSAGE as isize {
-            return Ok(());
+            break Ok(());
         }
         let err = io::Error::last_os_error();
         if n < 0 && err.raw_os_error() == Some(libc::EINTR) {
             continue;
         }
         // A short write cannot happen for a pipe message shorter than PIPE_BUF.
-        return Err(if n < 0 {
+        break Err(if n < 0 {
             err
         } else {
             io::Error::from_raw_os_error(libc::EIO)
         });
-    }
+    };
+    // SAFETY: as above; `previous` is what signal(2) returned for SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, previous) };
+    written
 }
 
 /// A pipe whose ends are both closed on exec (so the command never holds the write end).
