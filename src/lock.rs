@@ -384,6 +384,8 @@ impl RedLock {
         let mut attempts = 0u32;
         let mut unreachable = 0u32;
         let mut last_error = None;
+        // Armed by a split vote's quiet undo, until we hold the lock (see `Undo::quietly`).
+        let mut leaving = LeaveAnnounced(None);
         let result = loop {
             if ctx.is_cancelled() {
                 break Err(Error::Cancelled { key: key.into() });
@@ -394,11 +396,17 @@ impl RedLock {
             attempts += 1;
             waiter.before_attempt();
             // A refusal may also tell how long the holder has left (see `wants_hint`).
-            let busy = match self.attempt(key, &keys, waiter.wants_hint(attempts)).await {
+            let busy = match self
+                .attempt(key, &keys, waiter.wants_hint(attempts), true)
+                .await
+            {
                 Attempt::Granted(guard) => break Ok(guard),
                 Attempt::Busy(busy) => {
                     unreachable = 0;
                     last_error = None;
+                    if busy.split {
+                        leaving.arm(&self.shared, &keys);
+                    }
                     busy
                 }
                 Attempt::Unreachable(e) => {
@@ -425,6 +433,9 @@ impl RedLock {
         };
         tracing::Span::current().record("attempts", attempts);
         ticket.keep_subscription(waiter.into_subscription());
+        if result.is_ok() {
+            leaving.0 = None;
+        }
         result.map(|guard| guard.with_ticket(ticket))
     }
 
@@ -522,7 +533,7 @@ impl RedLock {
             return Ok(Some(guard.with_ticket(ticket)));
         }
         ticket.attempting();
-        match self.attempt(key, &keys, false).await {
+        match self.attempt(key, &keys, false, false).await {
             Attempt::Granted(guard) => Ok(Some(guard.with_ticket(ticket))),
             Attempt::Busy(_) => Ok(None),
             Attempt::Unreachable(e) => Err(e),
@@ -555,7 +566,10 @@ impl RedLock {
     }
 
     /// One Redlock round.
-    async fn attempt(&self, key: &str, keys: &Keys, hint: bool) -> Attempt {
+    ///
+    /// `retrying`: the caller tries again after a split vote (`acquire`), so the undo of its
+    /// partial grant need not be announced (see [`Undo::quietly`]).
+    async fn attempt(&self, key: &str, keys: &Keys, hint: bool, retrying: bool) -> Attempt {
         let shared = &self.shared;
         let config = &shared.config;
         let n = shared.nodes.len();
@@ -683,8 +697,9 @@ impl RedLock {
             tracing::warn!(key, ?elapsed, ttl = ?config.ttl, "grant came too late to leave any validity; undoing");
             return Attempt::Busy(Busy::default());
         }
-        // `undo` is dropped here: the partial grant is released where a node granted or did
-        // not answer (not where it refused).
+        // The partial grant is released where a node granted or did not answer (not where it
+        // refused): announced when `undo` is dropped, quietly after a split vote that the
+        // caller will retry.
         if tally.answered() < tally.required() {
             tracing::warn!(
                 key,
@@ -701,9 +716,13 @@ impl RedLock {
                 causes,
             });
         }
+        let split = tally.yes > 0;
+        if split && retrying {
+            undo.quietly();
+        }
         Attempt::Busy(Busy {
             holder_left: wait::majority_free_in(n, &mut pttls),
-            split: tally.yes > 0,
+            split,
             failed: tally.failed,
             round: elapsed,
         })
@@ -920,18 +939,19 @@ impl Shared {
         round
     }
 
-    /// Undoes an attempt that did not become a guard: a compare-and-delete of `value`
-    /// (announced where it deleted: a waiter that relies on notifications may have been
-    /// refused by this attempt's partial grant) on every node that granted or did not answer, in the background (see
+    /// Undoes an attempt that did not become a guard: a compare-and-delete of `value` on
+    /// every node that granted or did not answer, in the background (see
     /// [`clean`](Self::clean)); a node that refused holds nothing of ours and is left alone.
-    /// Without `states`, every node.
+    /// Without `states`, every node. `announce`: publish where it deletes (see
+    /// [`Undo::quietly`] for when it need not).
     pub(crate) fn undo(
         self: &Arc<Self>,
         keys: &Keys,
         value: &Arc<str>,
         states: Option<&NodeStates>,
+        announce: bool,
     ) {
-        let op = Arc::new(release_op(keys, value, true));
+        let op = Arc::new(release_op(keys, value, announce));
         for i in 0..self.nodes.len() {
             if !states.is_some_and(|s| s.refused_on(i)) {
                 self.clean(i, &op, 0);
@@ -1162,6 +1182,29 @@ async fn leave(mut ticket: Ticket) {
     }
 }
 
+/// A waiter that undid a split vote's partial grant quietly and then leaves without the lock
+/// (an error, or its future dropped) announces the key on every node as it goes, so that
+/// waiters of other processes refused by that grant do not sleep on (see [`Undo::quietly`]).
+struct LeaveAnnounced(Option<(Arc<Shared>, Arc<str>)>);
+
+impl LeaveAnnounced {
+    fn arm(&mut self, shared: &Arc<Shared>, keys: &Keys) {
+        if let (None, Some(key)) = (&self.0, keys.single()) {
+            self.0 = Some((shared.clone(), key.clone()));
+        }
+    }
+}
+
+impl Drop for LeaveAnnounced {
+    fn drop(&mut self) {
+        if let (Some((shared, key)), Ok(rt)) =
+            (self.0.take(), tokio::runtime::Handle::try_current())
+        {
+            rt.spawn(async move { shared.announce(&key).await });
+        }
+    }
+}
+
 /// Releases a round's value where a node granted or did not answer when dropped, unless
 /// disarmed (see [`Shared::undo`]).
 struct Undo {
@@ -1175,12 +1218,25 @@ impl Undo {
     fn disarm(mut self) {
         self.shared = None;
     }
+
+    /// Undoes without announcing: for a split vote that the waiter retries. A waiter of
+    /// another process that relies on notifications and was refused by our partial grant
+    /// needs no message for it: whoever of the split contenders wins announces its release
+    /// in time, and a contender that gives up announces the key as it leaves
+    /// (`acquire_keys`). Silent, these undos do not wake every other waiter at each split
+    /// (which made them all try again, and split again). Dropped instead (a failed attempt
+    /// that is not retried, a cancelled one), the undo announces.
+    fn quietly(mut self) {
+        if let Some(shared) = self.shared.take() {
+            shared.undo(&self.keys, &self.value, Some(&self.states), false);
+        }
+    }
 }
 
 impl Drop for Undo {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
-            shared.undo(&self.keys, &self.value, Some(&self.states));
+            shared.undo(&self.keys, &self.value, Some(&self.states), true);
         }
     }
 }

@@ -6,15 +6,19 @@
 //! # When a subscribed waiter polls, and why that is safe
 //! The lock becomes free in one of three ways: the holder releases it (a compare-and-delete on
 //! every node it reaches, which publishes on the key's channel wherever it deleted), an attempt
-//! that did not win is undone (the same, for the nodes it had), or leases expire (which
-//! publishes nothing). A waiter whose channel is subscribed on live connections (see
-//! `wake.rs` for what "live" means and how a dead or hung connection is found) hears every
-//! deletion on those nodes, so it needs no poll for it when:
-//! - the covered nodes form a majority and the last attempt was refused by every node (no
-//!   grant of ours, no failure): the keys that refused us must free up on a majority for us to
-//!   win, and a majority of nodes intersects the covered majority; or
-//! - every node is covered (then any deletion anywhere is heard, whatever the last attempt
-//!   got), and no node failed.
+//! that did not win is undone, or leases expire (which publishes nothing). A waiter whose
+//! channel is subscribed on live connections (see `wake.rs` for what "live" means and how a
+//! dead or hung connection is found) hears every deletion announced on those nodes, so it
+//! needs no poll when the covered nodes form a majority and its last attempt was refused by
+//! every node (no grant of ours, no failure): what refused us must free up on a majority for
+//! us to win, and a majority intersects the covered one.
+//!
+//! Undos: an attempt that is not retried (`try_acquire`, a cancelled or failed `acquire`)
+//! announces its undo. A split vote's loser undoes quietly and polls with the backoff instead
+//! of trusting notifications (all contenders may have lost); whoever of the contenders wins
+//! announces its release in time, and one that leaves without the lock announces the key as
+//! it goes. So a waiter refused by a contender's partial grant is told, without every split
+//! waking every waiter (which made them all try again, and split again).
 //!
 //! What remains is expiry, which the refusing nodes' PTTLs date (the waiter wakes when a
 //! majority's leases could have run out), and what nothing announces — a key deleted by hand,
@@ -101,9 +105,7 @@ pub(crate) fn next_check(
         .holder_left
         .filter(|d| !d.is_zero())
         .map(|d| d + Duration::from_millis(1));
-    let trusted = busy.failed == 0
-        && covered >= crate::quorum::majority(nodes)
-        && (!busy.split || covered >= nodes);
+    let trusted = busy.failed == 0 && covered >= crate::quorum::majority(nodes) && !busy.split;
     match (trusted, holder_end) {
         (true, Some(end)) => end.min(safety),
         (true, None) => assumed.min(safety),
@@ -113,7 +115,7 @@ pub(crate) fn next_check(
 }
 
 /// How long contenders woken by the same notification spread their attempts: a random pause
-/// below four of their last round trips (between 0.5 and 20 ms), so that the first to go
+/// below eight of their last round trips (between 1 and 20 ms), so that the first to go
 /// usually takes every node before the next one's requests arrive, instead of all splitting
 /// the vote and trying again.
 pub(crate) fn stagger(round: Duration) -> Duration {
@@ -313,9 +315,9 @@ mod tests {
             // Not a majority covered: poll.
             (5, 2, refused, backoff),
             (5, 0, refused, backoff),
-            // A split vote: only full coverage hears every undo.
+            // A split vote: its undo is quiet, and the contenders may all have lost: poll.
             (5, 4, split, backoff),
-            (5, 5, split, at_lease_end),
+            (5, 5, split, backoff),
             // A node that did not answer may come back free without a word.
             (5, 5, failed, backoff),
             // No hint: covered, assume a fresh lease of our TTL; else poll.
@@ -339,10 +341,10 @@ mod tests {
 
     #[test]
     fn the_stagger_spans_a_few_round_trips_within_bounds() {
-        assert_eq!(stagger(Duration::ZERO), Duration::from_micros(500));
+        assert_eq!(stagger(Duration::ZERO), MS);
         assert_eq!(
             stagger(Duration::from_micros(300)),
-            Duration::from_micros(1_200)
+            Duration::from_micros(2_400)
         );
         assert_eq!(stagger(Duration::from_secs(1)), 20 * MS);
     }

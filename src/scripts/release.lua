@@ -1,8 +1,8 @@
 -- Delete the lock's keys that this owner's value still holds; another owner's keys are left
 -- untouched. Where it deleted, a single key's release or undo also announces it on ARGV[2],
 -- the key's "<key>:released" channel, to subscribed waiters (who rely on it instead of
--- polling); "" announces nothing (a release handed to a local waiter; sets, whose waiters
--- poll).
+-- polling); "" announces nothing (a release handed to a local waiter, a split vote's undo
+-- that its waiter retries, sets, whose waiters poll).
 -- KEYS: the lock keys; ARGV[1]: the owner's value; ARGV[2]: channel or "".
 -- Returns 1 + the subscribers told when something was deleted, 0 when no key was there, -1
 -- when only another owner's keys were.
