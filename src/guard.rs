@@ -451,6 +451,14 @@ impl NodeStates {
             .is_some_and(|s| s.load(Ordering::SeqCst) == GRANTED)
     }
 
+    /// Whether node `i`'s reply (or failure) has been recorded.
+    pub(crate) fn answered(&self, i: usize) -> bool {
+        self.0
+            .votes
+            .get(i)
+            .is_some_and(|s| s.load(Ordering::SeqCst) != UNKNOWN)
+    }
+
     /// Whether node `i` is known to have refused (another value held the key): nothing of
     /// ours can be there, so an undo skips it.
     pub(crate) fn refused_on(&self, i: usize) -> bool {

@@ -695,12 +695,13 @@ impl RedLock {
                 return Attempt::Granted(LockGuard::new(lease, states));
             }
             tracing::warn!(key, ?elapsed, ttl = ?config.ttl, "grant came too late to leave any validity; undoing");
+            undo.settle(pending, true);
             return Attempt::Busy(Busy::default());
         }
         // The partial grant is released where a node granted or did not answer (not where it
-        // refused): announced when `undo` is dropped, quietly after a split vote that the
-        // caller will retry.
+        // refused): announced, or quietly after a split vote that the caller will retry.
         if tally.answered() < tally.required() {
+            undo.settle(pending, true);
             tracing::warn!(
                 key,
                 answered = tally.answered(),
@@ -717,14 +718,11 @@ impl RedLock {
             });
         }
         let split = tally.yes > 0;
-        if split && retrying {
-            undo.quietly();
-        }
+        undo.settle(pending, !(split && retrying));
         Attempt::Busy(Busy {
             holder_left: wait::majority_free_in(n, &mut pttls),
             split,
             failed: tally.failed,
-            round: elapsed,
         })
     }
 
@@ -1219,17 +1217,47 @@ impl Undo {
         self.shared = None;
     }
 
-    /// Undoes without announcing: for a split vote that the waiter retries. A waiter of
-    /// another process that relies on notifications and was refused by our partial grant
-    /// needs no message for it: whoever of the split contenders wins announces its release
-    /// in time, and a contender that gives up announces the key as it leaves
-    /// (`acquire_keys`). Silent, these undos do not wake every other waiter at each split
-    /// (which made them all try again, and split again). Dropped instead (a failed attempt
-    /// that is not retried, a cancelled one), the undo announces.
-    fn quietly(mut self) {
-        if let Some(shared) = self.shared.take() {
-            shared.undo(&self.keys, &self.value, Some(&self.states), false);
+    /// Undoes a decided round: now on the nodes that granted or failed, and on each node
+    /// still `pending` once it answers, only if it granted or failed (a node that refused holds
+    /// nothing of ours; a round is decided before every node has answered, and undoing on the
+    /// stragglers blindly cost most losers two useless requests).
+    ///
+    /// `announce` off for a split vote that the waiter retries: a waiter of another process
+    /// that relies on notifications and was refused by our partial grant needs no message for
+    /// it, because whoever of the split contenders wins announces its release in time, and a
+    /// contender that gives up announces the key as it leaves (`acquire_keys`). Silent, these
+    /// undos do not wake every other waiter at each split (which made them all try again, and
+    /// split again). Dropped instead (a cancelled round), the undo announces, on every node
+    /// that did not refuse.
+    fn settle<F>(mut self, mut pending: FuturesUnordered<F>, announce: bool)
+    where
+        F: std::future::Future<Output = (usize, Result<Grant, NodeCause>)> + Send + 'static,
+    {
+        let Some(shared) = self.shared.take() else {
+            return;
+        };
+        let op = Arc::new(release_op(&self.keys, &self.value, announce));
+        for i in 0..shared.nodes.len() {
+            if self.states.answered(i) && !self.states.refused_on(i) {
+                shared.clean(i, &op, 0);
+            }
         }
+        if pending.is_empty() {
+            return;
+        }
+        let states = self.states.clone();
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            quorum::until(&mut pending, |(i, reply)| {
+                if states.record(i, &reply) != Vote::No {
+                    shared.clean(i, &op, 0);
+                }
+                false
+            })
+            .await;
+        });
     }
 }
 

@@ -80,8 +80,6 @@ pub(crate) struct Busy {
     pub(crate) split: bool,
     /// Nodes that did not answer the attempt (they may free up without telling anyone).
     pub(crate) failed: usize,
-    /// How long the attempt's round took (about one round trip to the slowest deciding node).
-    pub(crate) round: Duration,
 }
 
 /// When the next attempt is due after `busy`, waiting with notifications from `covered` of
@@ -112,14 +110,6 @@ pub(crate) fn next_check(
         (false, Some(end)) => backoff.min(end),
         (false, None) => backoff,
     }
-}
-
-/// How long contenders woken by the same notification spread their attempts: a random pause
-/// below eight of their last round trips (between 1 and 20 ms), so that the first to go
-/// usually takes every node before the next one's requests arrive, instead of all splitting
-/// the vote and trying again.
-pub(crate) fn stagger(round: Duration) -> Duration {
-    (round * 8).clamp(Duration::from_millis(1), Duration::from_millis(20))
 }
 
 /// Passes the time between attempts for one `acquire`.
@@ -182,8 +172,8 @@ impl Waiter {
     ///
     /// With PubSub, the first failed attempt subscribes and returns at once: the retry that
     /// follows re-checks after the subscription is in place, so a release in between cannot be
-    /// missed. Later waits end at the first of: a release notification (then a short random
-    /// [`stagger`]), the time [`next_check`] gives, the deadline, cancellation.
+    /// missed. Later waits end at the first of: a release notification, the time
+    /// [`next_check`] gives, the deadline, cancellation.
     ///
     /// # Cancel safety
     /// Cancel safe: it only sleeps (and subscribes).
@@ -226,13 +216,7 @@ impl Waiter {
         };
         let notified = async {
             match &mut self.sub {
-                Some(sub) => {
-                    sub.notified().await;
-                    // Contenders in other processes are woken by the same message.
-                    let spread = stagger(busy.round).as_micros();
-                    let pause = fastrand::u64(0..u64::try_from(spread).unwrap_or(u64::MAX));
-                    tokio::time::sleep(Duration::from_micros(pause)).await;
-                }
+                Some(sub) => sub.notified().await,
                 None => std::future::pending().await,
             }
         };
@@ -337,16 +321,6 @@ mod tests {
         // The safety poll bounds a long lease.
         let long = left(Duration::from_secs(600));
         assert_eq!(next_check(3, 3, long, backoff, safety, assumed), safety);
-    }
-
-    #[test]
-    fn the_stagger_spans_a_few_round_trips_within_bounds() {
-        assert_eq!(stagger(Duration::ZERO), MS);
-        assert_eq!(
-            stagger(Duration::from_micros(300)),
-            Duration::from_micros(2_400)
-        );
-        assert_eq!(stagger(Duration::from_secs(1)), 20 * MS);
     }
 
     #[test]

@@ -111,8 +111,12 @@ async fn a_refused_attempt_is_undone_only_on_the_node_that_did_not_answer() {
         contender.try_acquire("k").await.expect("ok").is_none(),
         "held elsewhere"
     );
+    // The round was decided without node 2; its answer is still awaited, and an answer
+    // (a refusal) would need no undo. Only once its request has timed out (no signal of that
+    // leaves the client: wait well past the 250 ms node timeout) does its silence call for
+    // an undo, queued behind the acquire, which runs on resume.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     c.resume(2).expect("resume");
-    // The undo for node 2 (no answer) was queued behind its acquire; it runs on resume.
     assert!(
         eventually(|| calls(&c, 2, "evalsha") > before[2]).await,
         "node 2 never got the undo its silence calls for"
@@ -288,4 +292,49 @@ async fn a_release_is_announced_while_a_bypassed_local_waiter_waits() {
         "the waiter was not woken: it got the key only once the old one expired"
     );
     g.release().await.expect("release");
+}
+
+/// A lost round is decided before every node has answered; a node whose answer comes after
+/// the decision gets an undo only if it granted or failed. A slow node that refuses holds
+/// nothing of ours and gets nothing (before, every straggler got a blind undo: most losers of
+/// a herd sent two useless requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_straggler_that_refuses_gets_no_undo() {
+    let c = proxied(3);
+    let direct: Vec<String> = (0..3).map(|i| c.direct_url(i).expect("node")).collect();
+    let holder = builder(&c).nodes(&direct).build().await.expect("build");
+    let _held = held_everywhere(&holder, &c, "k").await;
+    let contender = builder(&c)
+        .node_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .expect("build");
+    let warm = contender
+        .try_acquire("warm")
+        .await
+        .expect("ok")
+        .expect("free");
+    warm.release().await.expect("release");
+    let key = holder.redis_key("k").expect("key");
+    assert!(eventually(|| all_keys(&c).iter().all(|(_, k)| *k == key)).await);
+    let before = (calls(&c, 2, "set"), calls(&c, 2, "evalsha"));
+    c.proxy(2)
+        .expect("proxy")
+        .set_latency(Duration::from_millis(200));
+    assert!(
+        contender.try_acquire("k").await.expect("ok").is_none(),
+        "held elsewhere"
+    );
+    assert!(
+        eventually(|| calls(&c, 2, "set") > before.0).await,
+        "node 2 never got the acquire"
+    );
+    // Its refusal takes 200 ms back; a blind undo would have been sent at the decision and
+    // arrive 200 ms after it. A second covers both with room to spare.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        calls(&c, 2, "evalsha"),
+        before.1,
+        "the slow node refused, yet it got an undo"
+    );
 }
