@@ -23,7 +23,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let tasks: usize = args[pos + 2].parse()?;
         let secs: u64 = args[pos + 3].parse()?;
         let strategy = strategy(&args[pos + 4]);
-        println!("{}", contend(&urls, tasks, secs, strategy).await?);
+        let (n, held) = contend(&urls, tasks, secs, strategy).await?;
+        println!("{n} {}", held.as_nanos());
         return Ok(());
     }
     let secs: u64 = args
@@ -36,9 +37,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("hand-off, N=5, 1 ms hold, {secs} s per run");
     for name in ["pubsub", "poll"] {
         let before = cluster.command_stats()?;
-        let n = contend(&urls, 8, secs, strategy(name)).await?;
+        let (n, held) = contend(&urls, 8, secs, strategy(name)).await?;
         let cmds = cluster.command_stats()?.since(&before);
-        report(&format!("1 process  x 8 tasks, {name}"), n, cmds, secs);
+        report(
+            &format!("1 process  x 8 tasks, {name}"),
+            n,
+            cmds,
+            secs,
+            held,
+        );
 
         let before = cluster.command_stats()?;
         let exe = std::env::current_exe()?;
@@ -51,13 +58,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
             .collect::<Result<_, _>>()?;
         let mut per_process = Vec::new();
+        let mut held = Duration::ZERO;
         for child in children {
             let out = child.wait_with_output()?;
-            per_process.push(String::from_utf8_lossy(&out.stdout).trim().parse::<u64>()?);
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut fields = text.split_whitespace();
+            let n: u64 = fields.next().ok_or("no count from a child")?.parse()?;
+            let ns: u64 = fields.next().ok_or("no hold time from a child")?.parse()?;
+            per_process.push(n);
+            held += Duration::from_nanos(ns);
         }
         let n = per_process.iter().sum();
         let cmds = cluster.command_stats()?.since(&before);
-        report(&format!("4 processes x 4 tasks, {name}"), n, cmds, secs);
+        report(
+            &format!("4 processes x 4 tasks, {name}"),
+            n,
+            cmds,
+            secs,
+            held,
+        );
         println!("  {:<30} per process: {per_process:?}", "");
     }
     Ok(())
@@ -71,7 +90,9 @@ fn strategy(name: &str) -> WaitStrategy {
     }
 }
 
-fn report(label: &str, acquisitions: u64, used: CommandStats, secs: u64) {
+/// `held`: the time all holders spent in the critical section together, for the ceiling
+/// (one holder at a time: at most 1 / mean hold acquisitions per second).
+fn report(label: &str, acquisitions: u64, used: CommandStats, secs: u64, held: Duration) {
     let (commands, requests) = (used.total(), used.requests(SCRIPT_COMMANDS));
     let per = |x: u64| x as f64 / acquisitions.max(1) as f64;
     println!(
@@ -79,6 +100,15 @@ fn report(label: &str, acquisitions: u64, used: CommandStats, secs: u64) {
         acquisitions as f64 / secs as f64,
         per(requests),
         per(commands),
+    );
+    let mean_hold = held.as_secs_f64() / acquisitions.max(1) as f64;
+    let ceiling = 1.0 / mean_hold;
+    let rate = acquisitions as f64 / secs as f64;
+    println!(
+        "  {:<30} mean hold {:.3} ms: ceiling {ceiling:.0}/s, reached {:.0} %",
+        "",
+        mean_hold * 1e3,
+        100.0 * rate / ceiling
     );
     let calls: Vec<String> = ["set", "pttl", "evalsha", "publish", "del"]
         .iter()
@@ -93,7 +123,7 @@ async fn contend(
     tasks: usize,
     secs: u64,
     strategy: WaitStrategy,
-) -> Result<u64, redquorum::Error> {
+) -> Result<(u64, Duration), redquorum::Error> {
     let locks = RedLock::builder()
         .nodes(urls)
         .ttl(Duration::from_secs(10))
@@ -105,12 +135,14 @@ async fn contend(
         .map(|_| {
             let locks = locks.clone();
             tokio::spawn(async move {
-                let mut n = 0u64;
+                let (mut n, mut held) = (0u64, Duration::ZERO);
                 while Instant::now() < end {
                     let ctx = Context::with_deadline(end);
                     match locks.acquire(&ctx, "handoff").await {
                         Ok(g) => {
+                            let started = Instant::now();
                             std::thread::sleep(HOLD); // the critical section
+                            held += started.elapsed();
                             g.release().await?;
                             n += 1;
                         }
@@ -118,15 +150,17 @@ async fn contend(
                         Err(e) => return Err(e),
                     }
                 }
-                Ok(n)
+                Ok((n, held))
             })
         })
         .collect();
-    let mut total = 0;
+    let (mut total, mut held) = (0, Duration::ZERO);
     for h in handles {
-        total += h.await.map_err(|e| redquorum::Error::Config {
+        let (n, h) = h.await.map_err(|e| redquorum::Error::Config {
             reason: e.to_string(),
         })??;
+        total += n;
+        held += h;
     }
-    Ok(total)
+    Ok((total, held))
 }
