@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use crate::context::Context;
 use crate::retry::Delays;
-use crate::wake::{Subscription, Wakeups};
+use crate::wake::{Subscription, Wake, Wakeups};
 
 /// How a waiter learns that the lock may be free again.
 ///
@@ -123,7 +123,7 @@ pub(crate) struct Waiter {
     nodes: usize,
     safety: Duration,
     assumed: Duration,
-    /// The last wait ended with a release notification.
+    /// The last wait ended with a release announcement (not a mere re-check).
     notified: bool,
 }
 
@@ -149,7 +149,7 @@ impl Waiter {
     }
 
     /// Whether attempt number `attempt` should also read the holder's remaining lease (a
-    /// pipelined PTTL): from the second attempt on, except right after a notification, where
+    /// pipelined PTTL): from the second attempt on, except right after a release announcement, where
     /// a loss means a contender has just won with a fresh lease (see [`next_check`]). Saves
     /// the losers of a herd one command per node.
     pub(crate) fn wants_hint(&self, attempt: u32) -> bool {
@@ -217,15 +217,15 @@ impl Waiter {
         let notified = async {
             match &mut self.sub {
                 Some(sub) => sub.notified().await,
-                None => std::future::pending().await,
+                None => std::future::pending::<Wake>().await,
             }
         };
         tokio::select! {
             biased;
             () = ctx.cancelled() => WaitEnd::Cancelled,
-            () = notified => {
-                tracing::debug!("woken by a release notification");
-                self.notified = true;
+            wake = notified => {
+                tracing::debug!(?wake, "woken by the subscription");
+                self.notified = wake == Wake::Release;
                 WaitEnd::Retry
             }
             () = tokio::time::sleep_until(until) => end,

@@ -49,8 +49,9 @@ pub(crate) fn health_timeout(node_timeout: Duration) -> Duration {
 
 struct Channel {
     waiters: usize,
-    /// Bumped on every notification (and after every reconnect).
-    version: watch::Sender<u64>,
+    /// What happened on the channel: releases announced, and wake-ups to re-check (a
+    /// subscription connection lost or re-established: messages may have been lost).
+    version: watch::Sender<Events>,
     /// Per node, the epoch of the connection on which the subscription was confirmed (0:
     /// never). Written by the node's task under the registry's lock.
     confirmed: Box<[u64]>,
@@ -128,7 +129,7 @@ impl Wakeups {
             let n = self.0.clients.len();
             let entry = channels.entry(channel.clone()).or_insert_with(|| Channel {
                 waiters: 0,
-                version: watch::channel(0).0,
+                version: watch::channel(Events::default()).0,
                 confirmed: vec![0; n].into(),
             });
             entry.waiters += 1;
@@ -151,10 +152,12 @@ impl Wakeups {
             }
             entry.version.subscribe()
         };
+        let seen = *version.borrow();
         let sub = Subscription {
             hub: self.clone(),
             channel,
             version,
+            seen,
         };
         if !acks.is_empty() {
             // Every node's confirmation, or the node timeout: a node that is down cannot
@@ -165,28 +168,54 @@ impl Wakeups {
     }
 }
 
+/// Counts of what a channel's waiters were woken for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Events {
+    /// Release announcements received (from any node).
+    releases: u64,
+    /// Wake-ups to re-check: a subscription connection was lost or re-established.
+    rechecks: u64,
+}
+
+/// Why a waiter was woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// A release was announced on the key's channel.
+    Release,
+    /// Only a re-check: messages may have been lost (a connection came or went).
+    Recheck,
+}
+
 /// A waiter's interest in one channel; the last one dropped unsubscribes the nodes.
 pub(crate) struct Subscription {
     hub: Wakeups,
     channel: Arc<str>,
-    version: watch::Receiver<u64>,
+    version: watch::Receiver<Events>,
+    /// What had happened when the waiter last looked (see [`mark_seen`](Self::mark_seen)).
+    seen: Events,
 }
 
 impl Subscription {
-    /// Completes at the next notification after the last call (or after subscribing).
+    /// Completes at the next event after the last [`mark_seen`](Self::mark_seen) (or after
+    /// subscribing), saying whether a release was among what happened since.
     ///
     /// # Cancel safety
     /// Cancel safe.
-    pub(crate) async fn notified(&mut self) {
+    pub(crate) async fn notified(&mut self) -> Wake {
         if self.version.changed().await.is_err() {
             // The channel entry cannot go away while we hold it; never wake spuriously.
             std::future::pending::<()>().await;
+        }
+        if self.version.borrow().releases != self.seen.releases {
+            Wake::Release
+        } else {
+            Wake::Recheck
         }
     }
 
     /// Forgets notifications seen so far (called before each attempt).
     pub(crate) fn mark_seen(&mut self) {
-        self.version.borrow_and_update();
+        self.seen = *self.version.borrow_and_update();
     }
 
     /// On how many nodes this channel is subscribed on a live connection right now: a
@@ -235,18 +264,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Wakes every waiter of `channel` (or of every channel).
+/// Wakes every waiter of `channel` for a release (or of every channel, to re-check).
 fn bump(registry: &Registry, channel: Option<&str>) {
     let channels = lock(&registry.channels);
     match channel {
         Some(name) => {
             if let Some(c) = channels.get(name) {
-                c.version.send_modify(|v| *v += 1);
+                c.version.send_modify(|v| v.releases += 1);
             }
         }
         None => channels
             .values()
-            .for_each(|c| c.version.send_modify(|v| *v += 1)),
+            .for_each(|c| c.version.send_modify(|v| v.rechecks += 1)),
     }
 }
 

@@ -46,6 +46,7 @@ async fn every_config_error() {
         ),
         (nodes().max_in_flight(0), "max_in_flight"),
         (nodes().connect_timeout(Duration::ZERO), "connect_timeout"),
+        (nodes().safety_poll(Duration::ZERO), "safety_poll"),
         (nodes().namespace(""), "namespace"),
         (nodes().namespace("app:locks"), "must not contain ':'"),
         (nodes().owner(""), "owner"),

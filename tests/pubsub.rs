@@ -432,3 +432,86 @@ async fn a_waiter_whose_subscriptions_are_refused_polls() {
     let got = task.await.expect("no panic").expect("acquired by polling");
     got.release().await.expect("release");
 }
+
+/// A subscription connection that dies (here: killed by the server) loses the release
+/// published meanwhile; the dead socket is found at once, and the reconnect wakes the waiter,
+/// whose next poll is minutes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_lost_on_killed_subscriptions_still_wakes_the_waiter() {
+    let c = cluster(3);
+    let holder = long_lease(&c).await;
+    let waiter = slow_poller(&c).await;
+    let channel = format!("{}:released", holder.redis_key("k").expect("key"));
+    let g = holder.try_acquire("k").await.expect("ok").expect("free");
+    let task = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.acquire(&patient(), "k").await })
+    };
+    assert!(
+        until_numsub(&c, &channel, 1).await,
+        "waiter never subscribed"
+    );
+    for i in 0..3 {
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut conn(&c, i))
+            .expect("CLIENT KILL");
+        assert!(killed >= 1, "node {i}: no subscription connection to kill");
+    }
+    let released = Instant::now();
+    g.release().await.expect("release"); // published to nobody
+    let got = task.await.expect("no panic").expect("acquired");
+    let woken = released.elapsed();
+    assert!(
+        woken < Duration::from_secs(10),
+        "woken by polling, not by the dead connection: {woken:?}"
+    );
+    got.release().await.expect("release");
+}
+
+/// A key removed by something that does not publish (`DEL` by hand) is found by the safety
+/// poll, not minutes later by the retry policy, nor at the end of the holder's lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_deleted_without_a_word_is_found_by_the_safety_poll() {
+    let c = cluster(3);
+    let holder = long_lease(&c).await;
+    let waiter = builder(&c)
+        .ttl(HANG_GUARD * 2)
+        .retry(Retry::exponential(HANG_GUARD, HANG_GUARD))
+        .safety_poll(Duration::from_secs(1))
+        .build()
+        .await
+        .expect("build");
+    let channel = format!("{}:released", holder.redis_key("k").expect("key"));
+    let g = holder.try_acquire("k").await.expect("ok").expect("free");
+    let before = command_stats(&c);
+    let task = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.acquire(&patient(), "k").await })
+    };
+    assert!(
+        until_numsub(&c, &channel, 1).await,
+        "waiter never subscribed"
+    );
+    eventually("the waiter re-checks after subscribing", || {
+        command_stats(&c).since(&before).calls("set") >= 6
+    })
+    .await;
+    let key = holder.redis_key("k").expect("key");
+    let deleted = Instant::now();
+    for i in 0..3 {
+        raw(&c, i, &["DEL", &key]);
+    }
+    let got = task.await.expect("no panic").expect("acquired");
+    let found = deleted.elapsed();
+    // The safety poll is 1 s; 5 s leaves room for a loaded machine, far below the holder's
+    // lease and the next poll (minutes).
+    assert!(
+        found < Duration::from_secs(5),
+        "found {found:?} after the DEL"
+    );
+    got.release().await.expect("release");
+    std::mem::forget(g); // its key is gone; a release would only say NotHeld
+}
