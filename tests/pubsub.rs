@@ -23,6 +23,44 @@ async fn slow_poller(c: &LocalCluster) -> RedLock {
         .expect("build")
 }
 
+/// `holder` takes `key`; then a task of `waiter` waits for it, and this returns once that
+/// waiter is subscribed on every node (the guard, the waiting task).
+async fn held_and_awaited(
+    c: &LocalCluster,
+    holder: &RedLock,
+    waiter: &RedLock,
+    key: &'static str,
+) -> (
+    redquorum::LockGuard,
+    tokio::task::JoinHandle<Result<redquorum::LockGuard, Error>>,
+) {
+    let channel = format!("{}:released", holder.redis_key(key).expect("key"));
+    let g = holder.try_acquire(key).await.expect("ok").expect("free");
+    let task = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.acquire(&patient(), key).await })
+    };
+    assert!(
+        until_numsub(c, &channel, 1).await,
+        "waiter never subscribed"
+    );
+    (g, task)
+}
+
+/// Releases `g`, then returns how long `task` took to get the lock after that (and releases
+/// it too).
+async fn woken_after_release(
+    g: redquorum::LockGuard,
+    task: tokio::task::JoinHandle<Result<redquorum::LockGuard, Error>>,
+) -> Duration {
+    let released = Instant::now();
+    g.release().await.expect("release");
+    let got = task.await.expect("no panic").expect("acquired");
+    let woken = released.elapsed();
+    got.release().await.expect("release");
+    woken
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_wakes_the_waiter_at_once() {
     let c = cluster(5);
@@ -299,17 +337,8 @@ async fn a_covered_waiter_sends_nothing_while_it_waits() {
         .build()
         .await
         .expect("build");
-    let channel = format!("{}:released", holder.redis_key("k").expect("key"));
-    let g = holder.try_acquire("k").await.expect("ok").expect("free");
     let before = command_stats(&c);
-    let task = {
-        let waiter = waiter.clone();
-        tokio::spawn(async move { waiter.acquire(&patient(), "k").await })
-    };
-    assert!(
-        until_numsub(&c, &channel, 1).await,
-        "waiter never subscribed"
-    );
+    let (g, task) = held_and_awaited(&c, &holder, &waiter, "k").await;
     // Its first attempt and its re-check after subscribing: two SETs on each node.
     eventually("the waiter re-checks after subscribing", || {
         command_stats(&c).since(&before).calls("set") >= 10
@@ -326,9 +355,7 @@ async fn a_covered_waiter_sends_nothing_while_it_waits() {
     );
     // What it may send: a health-check PING per node per second.
     assert!(used.calls("ping") <= 5 * 3, "{used:?}");
-    g.release().await.expect("release");
-    let got = task.await.expect("no panic").expect("acquired");
-    got.release().await.expect("release");
+    woken_after_release(g, task).await;
 }
 
 /// A subscription connection that hangs without closing (a half-open socket, a frozen link)
@@ -345,33 +372,21 @@ async fn a_release_lost_on_hung_subscriptions_still_wakes_the_waiter() {
         .await
         .expect("build");
     let waiter = slow_poller(&c).await;
-    let channel = format!("{}:released", holder.redis_key("k").expect("key"));
-    let g = holder.try_acquire("k").await.expect("ok").expect("free");
-    let task = {
-        let waiter = waiter.clone();
-        tokio::spawn(async move { waiter.acquire(&patient(), "k").await })
-    };
-    assert!(
-        until_numsub(&c, &channel, 1).await,
-        "waiter never subscribed"
-    );
+    let (g, task) = held_and_awaited(&c, &holder, &waiter, "k").await;
     for i in 0..3 {
         assert!(
             c.proxy(i).expect("proxy").hang_subscribers() >= 1,
             "node {i}: no subscription connection to hang"
         );
     }
-    let released = Instant::now();
-    g.release().await.expect("release"); // published to hung connections only
-    let got = task.await.expect("no panic").expect("acquired");
-    let woken = released.elapsed();
+    // The release is published to hung connections only.
+    let woken = woken_after_release(g, task).await;
     // Health check each second, unanswered after a second, reconnect: about two seconds; the
     // bound leaves room for a loaded machine and is far below the next poll (minutes).
     assert!(
         woken < Duration::from_secs(10),
         "woken by polling, not by the health check: {woken:?}"
     );
-    got.release().await.expect("release");
 }
 
 /// A waiter whose subscriptions are refused (an ACL user without channel rights) cannot rely
@@ -441,16 +456,7 @@ async fn a_release_lost_on_killed_subscriptions_still_wakes_the_waiter() {
     let c = cluster(3);
     let holder = long_lease(&c).await;
     let waiter = slow_poller(&c).await;
-    let channel = format!("{}:released", holder.redis_key("k").expect("key"));
-    let g = holder.try_acquire("k").await.expect("ok").expect("free");
-    let task = {
-        let waiter = waiter.clone();
-        tokio::spawn(async move { waiter.acquire(&patient(), "k").await })
-    };
-    assert!(
-        until_numsub(&c, &channel, 1).await,
-        "waiter never subscribed"
-    );
+    let (g, task) = held_and_awaited(&c, &holder, &waiter, "k").await;
     for i in 0..3 {
         let killed: i64 = redis::cmd("CLIENT")
             .arg("KILL")
@@ -460,15 +466,12 @@ async fn a_release_lost_on_killed_subscriptions_still_wakes_the_waiter() {
             .expect("CLIENT KILL");
         assert!(killed >= 1, "node {i}: no subscription connection to kill");
     }
-    let released = Instant::now();
-    g.release().await.expect("release"); // published to nobody
-    let got = task.await.expect("no panic").expect("acquired");
-    let woken = released.elapsed();
+    // The release is published to nobody.
+    let woken = woken_after_release(g, task).await;
     assert!(
         woken < Duration::from_secs(10),
         "woken by polling, not by the dead connection: {woken:?}"
     );
-    got.release().await.expect("release");
 }
 
 /// A key removed by something that does not publish (`DEL` by hand) is found by the safety
@@ -484,17 +487,8 @@ async fn a_key_deleted_without_a_word_is_found_by_the_safety_poll() {
         .build()
         .await
         .expect("build");
-    let channel = format!("{}:released", holder.redis_key("k").expect("key"));
-    let g = holder.try_acquire("k").await.expect("ok").expect("free");
     let before = command_stats(&c);
-    let task = {
-        let waiter = waiter.clone();
-        tokio::spawn(async move { waiter.acquire(&patient(), "k").await })
-    };
-    assert!(
-        until_numsub(&c, &channel, 1).await,
-        "waiter never subscribed"
-    );
+    let (g, task) = held_and_awaited(&c, &holder, &waiter, "k").await;
     eventually("the waiter re-checks after subscribing", || {
         command_stats(&c).since(&before).calls("set") >= 6
     })

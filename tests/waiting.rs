@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use redquorum::{Context, Error, Retry};
+use redquorum::testkit::LocalCluster;
+use redquorum::{Context, Error, RedLock, Retry};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -227,13 +228,9 @@ async fn dropping_the_guard_releases() {
     assert!(wait_until_no_keys(&c, HANG_GUARD).await.is_empty());
 }
 
-/// `try_acquire` is one attempt of `acquire`: a local guard kept past its validity does not
-/// block it (the key is free in Redis once the lease ran out there), just as `acquire` goes
-/// past such a holder.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn try_acquire_is_not_blocked_by_a_local_guard_kept_past_its_validity() {
-    let c = cluster(3);
-    let locks = builder(&c)
+/// A `RedLock` with a 300 ms lease, and its guard of key `k` kept after its validity ran out.
+async fn kept_past_its_validity(c: &LocalCluster) -> (RedLock, redquorum::LockGuard) {
+    let locks = builder(c)
         .ttl(Duration::from_millis(300))
         .node_timeout(Duration::from_millis(100))
         .build()
@@ -241,6 +238,16 @@ async fn try_acquire_is_not_blocked_by_a_local_guard_kept_past_its_validity() {
         .expect("build");
     let stale = locks.try_acquire("k").await.expect("ok").expect("free");
     stale.lost().cancelled().await; // the validity ran out; the guard is kept
+    (locks, stale)
+}
+
+/// `try_acquire` is one attempt of `acquire`: a local guard kept past its validity does not
+/// block it (the key is free in Redis once the lease ran out there), just as `acquire` goes
+/// past such a holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_acquire_is_not_blocked_by_a_local_guard_kept_past_its_validity() {
+    let c = cluster(3);
+    let (locks, stale) = kept_past_its_validity(&c).await;
     let key = locks.redis_key("k").expect("key");
     // The nodes expire the key a drift after the validity: wait for that, not for a time.
     while (0..3).any(|i| pttl(&c, i, &key) != -2) {
@@ -266,14 +273,7 @@ async fn try_acquire_is_not_blocked_by_a_local_guard_kept_past_its_validity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_after_one_that_went_past_an_expired_local_guard_are_not_stuck() {
     let c = cluster(3);
-    let locks = builder(&c)
-        .ttl(Duration::from_millis(300))
-        .node_timeout(Duration::from_millis(100))
-        .build()
-        .await
-        .expect("build");
-    let stale = locks.try_acquire("k").await.expect("ok").expect("free");
-    stale.lost().cancelled().await; // the validity ran out; the guard is kept
+    let (locks, stale) = kept_past_its_validity(&c).await;
     let first = locks
         .acquire(&ctx(10_000), "k")
         .await
