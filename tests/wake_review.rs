@@ -198,3 +198,77 @@ async fn review_a_waiter_woken_by_a_release_does_not_assume_its_own_ttl_for_the_
     got.release().await.expect("release");
     std::mem::forget(g);
 }
+
+/// An attempt that a majority did not answer (`Attempt::Unreachable`) reaches the waiter as
+/// `Busy::default()`: `failed: 0`, no split, no hint. With its subscriptions still live
+/// (they are separate connections, and PubSub commands are not refused by an OOM node), the
+/// waiter counts as covered and sleeps one assumed TTL (min the safety poll) instead of
+/// polling with the backoff, as the docs promise for "a failed node in the last round". Here
+/// the nodes refuse writes (maxmemory reached) for a moment while the key is released; the
+/// lock is free again a moment later and nothing will announce it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_a_waiter_whose_last_round_was_unreachable_polls() {
+    let c = cluster(3);
+    let holder = long_lease(&c).await;
+    let waiter = builder(&c)
+        .ttl(Duration::from_secs(20))
+        .retry(Retry::exponential(
+            Duration::from_millis(200),
+            Duration::from_millis(200),
+        ))
+        .build()
+        .await
+        .expect("build");
+    let key = holder.redis_key("k").expect("key");
+    let channel = format!("{key}:released");
+    let g = holder.try_acquire("k").await.expect("ok").expect("free");
+    let before = command_stats(&c);
+    let task = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move {
+            waiter
+                .acquire(&Context::with_timeout(Duration::from_secs(8)), "k")
+                .await
+        })
+    };
+    assert!(until_numsub(&c, &channel, 1).await, "waiter never subscribed");
+    eventually("the waiter re-checks after subscribing", || {
+        command_stats(&c).since(&before).calls("set") >= 6
+    })
+    .await;
+    // The nodes refuse writes; the holder's release lands (DEL and PUBLISH still run).
+    for i in 0..3 {
+        raw(&c, i, &["CONFIG", "SET", "maxmemory", "1"]);
+    }
+    for i in 0..3 {
+        raw(&c, i, &["DEL", &key]);
+    }
+    // One message wakes the waiter once (a message per node would wake it per node).
+    raw(&c, 0, &["PUBLISH", &channel, ""]);
+    let oom = |i: usize| {
+        let info: String = redis::cmd("INFO")
+            .arg("errorstats")
+            .query(&mut conn(&c, i))
+            .expect("INFO");
+        info.contains("errorstat_OOM")
+    };
+    eventually("the waiter's round is refused for memory", || {
+        (0..3).all(oom)
+    })
+    .await;
+    // A moment later the nodes accept writes again: the lock is free.
+    for i in 0..3 {
+        raw(&c, i, &["CONFIG", "SET", "maxmemory", "0"]);
+    }
+    let free = Instant::now();
+    let got = task.await.expect("no panic");
+    let got = got.unwrap_or_else(|e| {
+        panic!(
+            "the lock has been free for {:?} and the waiter did not retry: {e}",
+            free.elapsed()
+        )
+    });
+    assert!(free.elapsed() < Duration::from_secs(3), "acquired {:?} after", free.elapsed());
+    got.release().await.expect("release");
+    std::mem::forget(g);
+}
