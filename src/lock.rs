@@ -95,8 +95,8 @@ enum Attempt {
     Granted(LockGuard),
     /// Held by someone else (or our grant came too late to be valid).
     Busy(Busy),
-    /// A majority of nodes did not answer.
-    Unreachable(Error),
+    /// A majority of nodes did not answer (the error, and what the round saw).
+    Unreachable(Error, Busy),
 }
 
 impl RedLock {
@@ -125,10 +125,10 @@ impl RedLock {
             cleanup,
         });
         let weak = Arc::downgrade(&shared);
-        shared.queues.set_announcer(Box::new(move |key| {
+        shared.queues.set_announcer(Box::new(move |keys| {
             if let (Some(shared), Ok(rt)) = (weak.upgrade(), tokio::runtime::Handle::try_current())
             {
-                rt.spawn(async move { shared.announce(&key).await });
+                rt.spawn(async move { shared.announce(&keys).await });
             }
         }));
         // First contact: a majority must answer; every node is identified as it connects.
@@ -379,7 +379,11 @@ impl RedLock {
             config.retry.delays(),
             wake,
             ticket.take_subscription(),
-            (self.shared.nodes.len(), config.safety_poll, config.ttl),
+            (
+                self.shared.nodes.len(),
+                config.safety_poll,
+                config.ttl.min(wait::LOST_RACE_RECHECK),
+            ),
         );
         let mut attempts = 0u32;
         let mut unreachable = 0u32;
@@ -409,13 +413,13 @@ impl RedLock {
                     }
                     busy
                 }
-                Attempt::Unreachable(e) => {
+                Attempt::Unreachable(e, busy) => {
                     unreachable += 1;
                     if unreachable >= UNREACHABLE_ATTEMPTS {
                         break Err(e);
                     }
                     last_error = Some(e);
-                    Busy::default()
+                    busy
                 }
             };
             tracing::debug!(key, attempts, ?busy, "lock busy; waiting to retry");
@@ -536,7 +540,7 @@ impl RedLock {
         match self.attempt(key, &keys, false, false).await {
             Attempt::Granted(guard) => Ok(Some(guard.with_ticket(ticket))),
             Attempt::Busy(_) => Ok(None),
-            Attempt::Unreachable(e) => Err(e),
+            Attempt::Unreachable(e, _) => Err(e),
         }
     }
 
@@ -696,7 +700,11 @@ impl RedLock {
             }
             tracing::warn!(key, ?elapsed, ttl = ?config.ttl, "grant came too late to leave any validity; undoing");
             undo.settle(pending, true);
-            return Attempt::Busy(Busy::default());
+            // Our own grant stood in the way; its undo is announced. Not a refusal to trust.
+            return Attempt::Busy(Busy {
+                split: true,
+                ..Busy::default()
+            });
         }
         // The partial grant is released where a node granted or did not answer (not where it
         // refused): announced, or quietly after a split vote that the caller will retry.
@@ -708,14 +716,23 @@ impl RedLock {
                 required = tally.required(),
                 "no quorum: too few nodes answered"
             );
-            return Attempt::Unreachable(Error::NoQuorum {
-                op: "acquire",
-                key: key.into(),
-                ok: tally.yes,
-                required: tally.required(),
-                nodes: n,
-                causes,
-            });
+            // Nodes that did not answer may free up without a word: the next wait polls.
+            let busy = Busy {
+                split: tally.yes > 0,
+                failed: tally.failed,
+                holder_left: None,
+            };
+            return Attempt::Unreachable(
+                Error::NoQuorum {
+                    op: "acquire",
+                    key: key.into(),
+                    ok: tally.yes,
+                    required: tally.required(),
+                    nodes: n,
+                    causes,
+                },
+                busy,
+            );
         }
         let split = tally.yes > 0;
         undo.settle(pending, !(split && retrying));
@@ -1067,12 +1084,14 @@ impl Shared {
         keys.single().is_none() || self.config.wait_strategy == WaitStrategy::Poll
     }
 
-    /// Tells waiters of other processes that `key` (a single lock key) is free (a bare PUBLISH
-    /// on every node).
-    async fn announce(&self, key: &str) {
-        let channel = crate::wake::channel(key);
-        futures::future::join_all((0..self.nodes.len()).map(|i| self.nodes.publish(i, &channel)))
-            .await;
+    /// Tells waiters of other processes that `keys` may be free: a bare PUBLISH of
+    /// [`RECHECK`](crate::wake::RECHECK) on each key's channel on every node (it deleted
+    /// nothing itself, so a waiter woken by it reads the holder's lease on its next attempt).
+    async fn announce(&self, keys: &Keys) {
+        let channels: Vec<String> = keys.iter().map(|k| crate::wake::channel(k)).collect();
+        let nodes = 0..self.nodes.len();
+        let each = nodes.flat_map(|i| channels.iter().map(move |c| (i, c)));
+        futures::future::join_all(each.map(|(i, c)| self.nodes.publish(i, c))).await;
     }
 
     /// `GET key` on every node: the distinct values with their counts.
@@ -1183,22 +1202,22 @@ async fn leave(mut ticket: Ticket) {
 /// A waiter that undid a split vote's partial grant quietly and then leaves without the lock
 /// (an error, or its future dropped) announces the key on every node as it goes, so that
 /// waiters of other processes refused by that grant do not sleep on (see [`Undo::quietly`]).
-struct LeaveAnnounced(Option<(Arc<Shared>, Arc<str>)>);
+struct LeaveAnnounced(Option<(Arc<Shared>, Keys)>);
 
 impl LeaveAnnounced {
     fn arm(&mut self, shared: &Arc<Shared>, keys: &Keys) {
-        if let (None, Some(key)) = (&self.0, keys.single()) {
-            self.0 = Some((shared.clone(), key.clone()));
+        if self.0.is_none() {
+            self.0 = Some((shared.clone(), keys.clone()));
         }
     }
 }
 
 impl Drop for LeaveAnnounced {
     fn drop(&mut self) {
-        if let (Some((shared, key)), Ok(rt)) =
+        if let (Some((shared, keys)), Ok(rt)) =
             (self.0.take(), tokio::runtime::Handle::try_current())
         {
-            rt.spawn(async move { shared.announce(&key).await });
+            rt.spawn(async move { shared.announce(&keys).await });
         }
     }
 }
@@ -1359,15 +1378,14 @@ impl CleanupNode {
     }
 }
 
-/// A compare-and-delete of `value`: for a single key, announced on the key's channel where it
-/// deletes (a release, or an undo), unless `publish` is off (a release handed to a local
-/// waiter); a set's release is never announced (sets poll).
+/// A compare-and-delete of `value`, announced on each deleted key's channel (`<key>:released`,
+/// see [`crate::wake::channel`]; the script builds the names) unless `publish` is off (a
+/// release handed to a local waiter, a split vote's quiet undo). A set's release is announced
+/// too: its waiters poll, but a single-key waiter of one of its keys listens.
 fn release_op(keys: &Keys, value: &Arc<str>, publish: bool) -> Op {
-    let channel = match keys.single() {
-        Some(key) if publish => crate::wake::channel(key).into(),
-        _ => Arc::from(""),
-    };
-    Op::new(Script::Release, keys).text(value).text(&channel)
+    Op::new(Script::Release, keys)
+        .text(value)
+        .number(u64::from(publish))
 }
 
 /// Whole milliseconds of `d`, at least 1.

@@ -930,7 +930,10 @@ impl Nodes {
     /// `PUBLISH channel ""` on node `i` (errors are only logged: announcing is best effort).
     pub(crate) async fn publish(&self, i: usize, channel: &str) {
         let link = &self.nodes[i].link;
-        let cmd = redis::cmd("PUBLISH").arg(channel).arg("").to_owned();
+        let cmd = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(crate::wake::RECHECK)
+            .to_owned();
         let res = self
             .bounded(self.timeout, async move {
                 cmd.query_async::<i64>(&mut link.get().await?)

@@ -29,9 +29,9 @@ use crate::wake::Subscription;
 /// processes listen, the local head holds back briefly.
 pub(crate) const LOCAL_STREAK: u32 = 8;
 
-/// Announces a release on every node (a bare PUBLISH), for releases that were not announced
-/// and whose local successor left.
-pub(crate) type Announcer = Box<dyn Fn(Arc<str>) + Send + Sync>;
+/// Announces a lock's keys on every node (a bare PUBLISH each), for releases that were not
+/// announced and whose local successor left.
+pub(crate) type Announcer = Box<dyn Fn(Keys) + Send + Sync>;
 
 /// One FIFO per key with local waiters or a local holder; entries are removed when the last
 /// ticket goes, so the map is bounded by the keys in use.
@@ -338,15 +338,15 @@ impl Drop for Ticket {
         drop(keys);
         drop(self.permit.take());
         // An entry removed with a baton in it: the baton's drop releases the keys in Redis
-        // and announces it, so no separate announcement. Only a single key's release has a
-        // channel that waiters of other processes listen on (sets poll).
-        if let (Some(key), Some(announce)) = (self.lock.single(), self.queues.announcer.get()) {
+        // and announces it, so no separate announcement.
+        if let Some(announce) = self.queues.announcer.get() {
             if removed
                 .as_ref()
                 .is_some_and(|e| e.unannounced && e.baton.is_none())
             {
-                // A release went to a local waiter that left without taking it: tell the others.
-                announce(key.clone());
+                // A release went to a local waiter that left without taking it: tell the others
+                // (a set's keys too: a single-key waiter of one of them listens).
+                announce(self.lock.clone());
             }
         }
         drop(removed); // unsubscribes outside the queue lock
@@ -418,7 +418,7 @@ mod tests {
     }
 
     /// Announcements made when the successor of an unannounced release leaves, for `lock`.
-    async fn told_after_successor_leaves(lock: &Keys) -> Vec<Arc<str>> {
+    async fn told_after_successor_leaves(lock: &Keys) -> Vec<Keys> {
         let queues = Arc::new(Queues::default());
         let told = Arc::new(Mutex::new(Vec::new()));
         let sink = told.clone();
@@ -439,14 +439,11 @@ mod tests {
 
     #[tokio::test]
     async fn an_unannounced_release_is_announced_when_its_successor_leaves() {
-        let key: Arc<str> = "k".into();
-        assert_eq!(told_after_successor_leaves(&one(&key)).await, [key]);
-    }
-
-    #[tokio::test]
-    async fn a_set_is_never_announced_nobody_listens_for_it() {
+        let key = one("k");
+        assert_eq!(told_after_successor_leaves(&key).await, [key]);
+        // A set's too: a single-key waiter of one of its keys listens.
         let set = Keys::many(vec!["a".into(), "b".into()]);
-        assert!(told_after_successor_leaves(&set).await.is_empty());
+        assert_eq!(told_after_successor_leaves(&set).await, [set]);
     }
 
     #[tokio::test]

@@ -82,13 +82,19 @@ pub(crate) struct Busy {
     pub(crate) failed: usize,
 }
 
+/// How long a waiter that lost a race right after a release announcement (and so did not
+/// read the winner's remaining lease: see [`Waiter::wants_hint`]) waits before it checks again,
+/// at most: the winner's lease is unknown (another client may use a shorter TTL than ours, and
+/// may die at once). It costs one attempt per such loser when the winner holds longer, and
+/// bounds the oversleep after a short-lived winner's crash to about this.
+pub(crate) const LOST_RACE_RECHECK: Duration = Duration::from_secs(1);
+
 /// When the next attempt is due after `busy`, waiting with notifications from `covered` of
 /// `nodes` nodes (see the module's docs): the holder's lease end, bounded by `safety`, when the
 /// notifications cover the waiter; otherwise the retry policy's `backoff`, cut short by the
 /// holder's lease end. A covered waiter whose attempt read no PTTL (one made right after a
-/// notification skips it: the contender that just won has a fresh lease) assumes the holder
-/// has `assumed` left (our own TTL): if it is longer, the attempt then reads it. A pure
-/// function of plain values.
+/// release announcement skips it) checks again after `assumed` (our TTL, at most
+/// [`LOST_RACE_RECHECK`]), and that attempt reads it. A pure function of plain values.
 pub(crate) fn next_check(
     nodes: usize,
     covered: usize,

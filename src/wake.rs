@@ -27,7 +27,13 @@ use futures::StreamExt;
 use redis::Client;
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// The PubSub channel a key's release is announced on (the release script publishes there).
+/// The payload of an announcement that deleted nothing itself ("the key may be free: look"):
+/// a waiter woken by it reads the holder's remaining lease on its next attempt, as after any
+/// re-check. A release script's announcement (it deleted the key) carries an empty payload.
+pub(crate) const RECHECK: &str = "recheck";
+
+/// The PubSub channel a key's release is announced on (the release script builds the same
+/// name: `KEYS[i] .. ':released'`).
 pub(crate) fn channel(redis_key: &str) -> String {
     format!("{redis_key}:released")
 }
@@ -264,13 +270,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Wakes every waiter of `channel` for a release (or of every channel, to re-check).
-fn bump(registry: &Registry, channel: Option<&str>) {
+/// Wakes every waiter of `channel` for a message (a release, or not: a re-check), or of every
+/// channel to re-check.
+fn bump(registry: &Registry, channel: Option<(&str, bool)>) {
     let channels = lock(&registry.channels);
     match channel {
-        Some(name) => {
+        Some((name, release)) => {
             if let Some(c) = channels.get(name) {
-                c.version.send_modify(|v| v.releases += 1);
+                c.version.send_modify(|v| {
+                    if release {
+                        v.releases += 1;
+                    } else {
+                        v.rechecks += 1;
+                    }
+                });
             }
         }
         None => channels
@@ -412,7 +425,10 @@ async fn node_task(
                 }
                 msg = stream.next() => match msg {
                     Some(msg) => match registry.upgrade() {
-                        Some(reg) => bump(&reg, Some(msg.get_channel_name())),
+                        Some(reg) => {
+                            let release = msg.get_payload_bytes() != RECHECK.as_bytes();
+                            bump(&reg, Some((msg.get_channel_name(), release)));
+                        }
                         None => return,
                     },
                     None => break,

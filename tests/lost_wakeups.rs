@@ -1,7 +1,7 @@
-//! Review of "Waiting that costs the masters almost nothing" (issue 12): schedules in which a
-//! waiter that relies on notifications (covered) sleeps while the lock is free and nothing
-//! announces it, past what the holder's lease end justifies. Each test fails on the code as
-//! reviewed.
+//! Schedules in which a waiter that relies on notifications (covered) could sleep while the
+//! lock is free and nothing announces it, past what the holder's lease end justifies (found by
+//! a review of the waiting design; each test failed on the code as reviewed): a set's release,
+//! a bare announcement, a winner with a shorter lease, an unreachable round.
 mod common;
 
 use std::time::Duration;
@@ -29,7 +29,7 @@ async fn covered_waiter(c: &LocalCluster, ttl: Duration) -> RedLock {
 /// is covered (subscribed on a majority, refused everywhere, no split), so it sleeps until
 /// the set's lease end or the safety poll (30 s), though the lock was released at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_a_sets_release_wakes_a_single_key_waiter_of_one_of_its_keys() {
+async fn a_sets_release_wakes_a_single_key_waiter_of_one_of_its_keys() {
     let c = cluster(3);
     let sets = long_lease(&c).await;
     let waiter = covered_waiter(&c, HANG_GUARD * 2).await;
@@ -48,7 +48,10 @@ async fn review_a_sets_release_wakes_a_single_key_waiter_of_one_of_its_keys() {
                 .await
         })
     };
-    assert!(until_numsub(&c, &channel, 1).await, "waiter never subscribed");
+    assert!(
+        until_numsub(&c, &channel, 1).await,
+        "waiter never subscribed"
+    );
     eventually("the waiter re-checks after subscribing", || {
         command_stats(&c).since(&before).calls("set") >= 6
     })
@@ -60,7 +63,10 @@ async fn review_a_sets_release_wakes_a_single_key_waiter_of_one_of_its_keys() {
     let got = got.unwrap_or_else(|e| {
         panic!("the set was released, yet the single-key waiter slept on for {took:?}: {e}")
     });
-    assert!(took < Duration::from_secs(5), "woken {took:?} after the set's release");
+    assert!(
+        took < Duration::from_secs(5),
+        "woken {took:?} after the set's release"
+    );
     got.release().await.expect("release");
 }
 
@@ -82,7 +88,7 @@ async fn review_a_sets_release_wakes_a_single_key_waiter_of_one_of_its_keys() {
 /// 6. Z wakes, re-attempts without a hint, is refused by H, assumes 8 s: sleeps until
 ///    t_H + ~13.5 s, ~5.5 s after H's lease ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_a_bare_announcement_does_not_make_a_waiter_oversleep_a_dead_holders_lease() {
+async fn a_bare_announcement_does_not_make_a_waiter_oversleep_a_dead_holders_lease() {
     let c = cluster(3);
     let ttl = Duration::from_secs(8);
     let splitter = covered_waiter(&c, ttl).await;
@@ -111,7 +117,10 @@ async fn review_a_bare_announcement_does_not_make_a_waiter_oversleep_a_dead_hold
         command_stats(&c).since(&before).calls("set") >= 6
     })
     .await;
-    eventually("W's quiet undo lands on node 2", || get(&c, 2, &key).is_none()).await;
+    eventually("W's quiet undo lands on node 2", || {
+        get(&c, 2, &key).is_none()
+    })
+    .await;
     // 3. The stale value goes without a word; H takes every node and dies.
     for i in 0..2 {
         raw(&c, i, &["DEL", &key]);
@@ -145,7 +154,10 @@ async fn review_a_bare_announcement_does_not_make_a_waiter_oversleep_a_dead_hold
         )
     });
     let late = Instant::now().saturating_duration_since(lease_ends);
-    assert!(late < Duration::from_secs(2), "acquired {late:?} after H's lease ended");
+    assert!(
+        late < Duration::from_secs(2),
+        "acquired {late:?} after H's lease ended"
+    );
     got.release().await.expect("release");
 }
 
@@ -156,7 +168,7 @@ async fn review_a_bare_announcement_does_not_make_a_waiter_oversleep_a_dead_hold
 /// ended, with nothing to announce it. (Emulated atomically per node: the release deletes and
 /// publishes, the 1 s contender's SET lands before the waiter's re-attempt.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_a_waiter_woken_by_a_release_does_not_assume_its_own_ttl_for_the_winner() {
+async fn a_waiter_woken_by_a_release_does_not_assume_its_own_ttl_for_the_winner() {
     let c = cluster(3);
     let holder = long_lease(&c).await;
     let waiter = covered_waiter(&c, Duration::from_secs(20)).await;
@@ -172,7 +184,10 @@ async fn review_a_waiter_woken_by_a_release_does_not_assume_its_own_ttl_for_the_
                 .await
         })
     };
-    assert!(until_numsub(&c, &channel, 1).await, "waiter never subscribed");
+    assert!(
+        until_numsub(&c, &channel, 1).await,
+        "waiter never subscribed"
+    );
     eventually("the waiter re-checks after subscribing", || {
         command_stats(&c).since(&before).calls("set") >= 6
     })
@@ -194,7 +209,10 @@ async fn review_a_waiter_woken_by_a_release_does_not_assume_its_own_ttl_for_the_
         )
     });
     let late = Instant::now().saturating_duration_since(lease_ends);
-    assert!(late < Duration::from_secs(2), "acquired {late:?} after the lease ended");
+    assert!(
+        late < Duration::from_secs(2),
+        "acquired {late:?} after the lease ended"
+    );
     got.release().await.expect("release");
     std::mem::forget(g);
 }
@@ -207,7 +225,7 @@ async fn review_a_waiter_woken_by_a_release_does_not_assume_its_own_ttl_for_the_
 /// the nodes refuse writes (maxmemory reached) for a moment while the key is released; the
 /// lock is free again a moment later and nothing will announce it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_a_waiter_whose_last_round_was_unreachable_polls() {
+async fn a_waiter_whose_last_round_was_unreachable_polls() {
     let c = cluster(3);
     let holder = long_lease(&c).await;
     let waiter = builder(&c)
@@ -231,7 +249,10 @@ async fn review_a_waiter_whose_last_round_was_unreachable_polls() {
                 .await
         })
     };
-    assert!(until_numsub(&c, &channel, 1).await, "waiter never subscribed");
+    assert!(
+        until_numsub(&c, &channel, 1).await,
+        "waiter never subscribed"
+    );
     eventually("the waiter re-checks after subscribing", || {
         command_stats(&c).since(&before).calls("set") >= 6
     })
@@ -268,7 +289,11 @@ async fn review_a_waiter_whose_last_round_was_unreachable_polls() {
             free.elapsed()
         )
     });
-    assert!(free.elapsed() < Duration::from_secs(3), "acquired {:?} after", free.elapsed());
+    assert!(
+        free.elapsed() < Duration::from_secs(3),
+        "acquired {:?} after",
+        free.elapsed()
+    );
     got.release().await.expect("release");
     std::mem::forget(g);
 }
