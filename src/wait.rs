@@ -82,6 +82,12 @@ pub(crate) struct Busy {
     pub(crate) failed: usize,
 }
 
+/// How long a waiter woken by a release's first announcement waits at most for a majority of
+/// nodes to announce it (each node that deleted the key does): a release reaches the nodes
+/// within a round trip; a key that had already expired on some nodes announces itself on
+/// fewer.
+pub(crate) const RELEASE_SPREAD: Duration = Duration::from_millis(2);
+
 /// How long a waiter that lost a race right after a release announcement (and so did not
 /// read the winner's remaining lease: see [`Waiter::wants_hint`]) waits before it checks again,
 /// at most: the winner's lease is unknown (another client may use a shorter TTL than ours, and
@@ -232,6 +238,17 @@ impl Waiter {
             wake = notified => {
                 tracing::debug!(?wake, "woken by the subscription");
                 self.notified = wake == Wake::Release;
+                if self.notified {
+                    // A release announces itself from each node as it deletes the key there:
+                    // go once a majority has, so the attempt does not race the release itself
+                    // on the nodes it has not reached yet (and collide there with the other
+                    // waiters woken by the first message).
+                    if let Some(sub) = &mut self.sub {
+                        let want = crate::quorum::majority(self.nodes) as u64;
+                        let most = sub.releases_at_least(want);
+                        let _ = tokio::time::timeout(RELEASE_SPREAD, most).await;
+                    }
+                }
                 WaitEnd::Retry
             }
             () = tokio::time::sleep_until(until) => end,

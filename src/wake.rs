@@ -219,6 +219,27 @@ impl Subscription {
         }
     }
 
+    /// Release announcements received since the last [`mark_seen`](Self::mark_seen).
+    fn releases_since(&self) -> u64 {
+        self.version
+            .borrow()
+            .releases
+            .saturating_sub(self.seen.releases)
+    }
+
+    /// Completes when `want` release announcements have come since the last
+    /// [`mark_seen`](Self::mark_seen) (each node that deleted the key sends one).
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub(crate) async fn releases_at_least(&mut self, want: u64) {
+        while self.releases_since() < want {
+            if self.version.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Forgets notifications seen so far (called before each attempt).
     pub(crate) fn mark_seen(&mut self) {
         self.seen = *self.version.borrow_and_update();
