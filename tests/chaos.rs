@@ -247,3 +247,58 @@ async fn the_same_schedule_with_a_restart_delay_of_one_ttl_is_clean() {
     let after = b.expect("B acquires once A's lease is over");
     assert!(after.is_some(), "B was granted before A's validity ended");
 }
+
+/// Negative control for `max_stall` on a real run: a workload without a nemesis, during which
+/// a majority (3 of 5) is frozen for 1.5 s once grants are flowing. No grant is possible meanwhile, so
+/// the report must show a stall of about that length (and still no violation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_majority_shows_in_max_stall() {
+    let c = chaos_cluster(false);
+    let mut w = Workload::new(Duration::from_secs(6), 7);
+    w.nemesis = false;
+    w.clients = 3;
+    w.keys = 1;
+    let freeze = Duration::from_millis(1_500);
+    let schedule = async {
+        // Every client is built and locking (a client still being built when the majority
+        // freezes would fail the run): node 4, never frozen, shows each one's connection
+        // running lock commands.
+        eventually("every client is locking", || locking_clients(&c, 4) >= 3).await;
+        tokio::task::block_in_place(|| {
+            for i in 0..3 {
+                c.pause(i).expect("pause");
+            }
+        });
+        // The stall under test: its length is the behaviour, not a wait for something.
+        tokio::time::sleep(freeze).await;
+        tokio::task::block_in_place(|| {
+            for i in 0..3 {
+                c.resume(i).expect("resume");
+            }
+        });
+    };
+    let (report, ()) = tokio::join!(w.run(&c), schedule);
+    let report = report.expect("run");
+    println!("{report}");
+    assert!(report.violations.is_empty(), "{report}");
+    assert!(report.grants > 0, "{report}");
+    // A grant decided just before the freeze may return just after it began: 1.2 s of 1.5.
+    assert!(
+        report.max_stall >= Duration::from_millis(1_200),
+        "the freeze did not show: {report}"
+    );
+}
+
+/// Connections to node `i` whose last command was one a lock client sends while locking.
+fn locking_clients(c: &LocalCluster, i: usize) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut conn(c, i))
+        .expect("CLIENT LIST");
+    list.lines()
+        .filter(|l| {
+            l.split(' ')
+                .any(|f| matches!(f, "cmd=set" | "cmd=evalsha" | "cmd=pttl" | "cmd=eval"))
+        })
+        .count()
+}
