@@ -229,28 +229,44 @@ mod tests {
 
     #[test]
     fn tally_decides_as_early_as_possible() {
-        // Exhaustive over every vote sequence for n = 1..=5.
-        fn walk(t: Tally) {
+        // Exhaustive over every vote sequence for n = 1..=5, against a specification written
+        // out independently of `Tally`: Reached exactly when a majority said yes, Impossible
+        // exactly when even every unheard node saying yes would leave it short, else Pending.
+        fn expected(t: &Tally) -> Decision {
+            let majority = t.nodes / 2 + 1;
+            let unheard = t.nodes - t.yes - t.no - t.failed;
+            if t.yes >= majority {
+                Decision::Reached
+            } else if t.yes + unheard < majority {
+                Decision::Impossible
+            } else {
+                Decision::Pending
+            }
+        }
+        fn walk(t: Tally, seen: &mut [usize; 3]) {
             let d = t.decision();
-            if d != Decision::Pending {
-                // A decision is final: no further vote may contradict it.
-                assert!(
-                    d == Decision::Reached
-                        || t.yes + (t.nodes - t.yes - t.no - t.failed) < t.required(),
-                    "{t:?}"
-                );
+            assert_eq!(d, expected(&t), "{t:?}");
+            seen[d as usize] += 1;
+            if t.complete() {
+                assert_ne!(d, Decision::Pending, "complete but undecided: {t:?}");
                 return;
             }
-            assert!(!t.complete(), "complete but undecided: {t:?}");
+            // Keep walking past a decision: no further vote may change it.
             for v in [Vote::Yes, Vote::No, Vote::Failed] {
                 let mut next = t;
                 next.record(v);
-                walk(next);
+                if d != Decision::Pending {
+                    assert_eq!(next.decision(), d, "decision changed: {t:?} then {v:?}");
+                }
+                walk(next, seen);
             }
         }
+        let mut seen = [0; 3];
         for n in 1..=5 {
-            walk(Tally::new(n));
+            walk(Tally::new(n), &mut seen);
         }
+        // The walk met every outcome, so the comparison above was not vacuous.
+        assert!(seen.iter().all(|&c| c > 0), "{seen:?}");
     }
 
     #[test]

@@ -155,8 +155,12 @@ async fn a_paused_master_costs_little_latency() {
 /// {0,1,2} (3 and 4 unreachable); node 2 crashes and comes back within the lease; B then
 /// acquires on {2,3,4}. Without persistence node 2 forgot A's key and both hold the lock: the
 /// checker must report it. With AOF (fsync always), or with node 2 kept down for one TTL, B
-/// cannot get in while A's lease lasts: clean.
-async fn kleppmann(appendonly: bool, restart_delay: Duration) -> Vec<String> {
+/// cannot get in while A's lease lasts: clean. Returns the checker's verdict and, if B got the
+/// lock, how long after A's validity ended its grant came (`None` if before).
+async fn kleppmann(
+    appendonly: bool,
+    restart_delay: Duration,
+) -> (Vec<String>, Result<Option<Duration>, Error>) {
     let c = chaos_cluster(appendonly);
     let ttl = Duration::from_secs(2);
     let a = builder(&c)
@@ -187,8 +191,8 @@ async fn kleppmann(appendonly: bool, restart_delay: Duration) -> Vec<String> {
     c.proxy(0).expect("proxy").cut();
     c.proxy(1).expect("proxy").cut();
     let mut holds = Vec::new();
-    // B tries until A's lease is long over.
-    let gb = b.acquire(&ctx(8_000), "k").await;
+    // B tries until it gets in (after A's lease at the latest; the deadline is a hang guard).
+    let gb = b.acquire(&patient(), "k").await;
     let b_start = Instant::now();
     holds.push(HoldRecord {
         key: "k".into(),
@@ -198,7 +202,10 @@ async fn kleppmann(appendonly: bool, restart_delay: Duration) -> Vec<String> {
         end: ga.expires_at(), // A works until its validity ends
         valid_until: ga.expires_at(),
     });
-    if let Ok(gb) = gb {
+    let b_after_a = gb
+        .as_ref()
+        .map(|_| b_start.checked_duration_since(ga.expires_at()));
+    if let Ok(gb) = &gb {
         holds.push(HoldRecord {
             key: "k".into(),
             client: 1,
@@ -211,12 +218,12 @@ async fn kleppmann(appendonly: bool, restart_delay: Duration) -> Vec<String> {
     for i in [0, 1] {
         c.proxy(i).expect("proxy").heal();
     }
-    check_holds(&holds)
+    (check_holds(&holds), b_after_a.map_err(Clone::clone))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_restarted_without_persistence_lets_a_second_holder_in_and_the_checker_sees_it() {
-    let violations = kleppmann(false, Duration::ZERO).await;
+    let (violations, _) = kleppmann(false, Duration::ZERO).await;
     assert_eq!(
         violations.len(),
         1,
@@ -226,12 +233,72 @@ async fn a_master_restarted_without_persistence_lets_a_second_holder_in_and_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_schedule_with_aof_is_clean() {
-    let violations = kleppmann(true, Duration::ZERO).await;
+    let (violations, b) = kleppmann(true, Duration::ZERO).await;
     assert!(violations.is_empty(), "{violations:?}");
+    // Clean because B waited for A's lease, not because B never got in.
+    let after = b.expect("B acquires once A's lease is over");
+    assert!(after.is_some(), "B was granted before A's validity ended");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_schedule_with_a_restart_delay_of_one_ttl_is_clean() {
-    let violations = kleppmann(false, Duration::from_secs(2)).await;
+    let (violations, b) = kleppmann(false, Duration::from_secs(2)).await;
     assert!(violations.is_empty(), "{violations:?}");
+    let after = b.expect("B acquires once A's lease is over");
+    assert!(after.is_some(), "B was granted before A's validity ended");
+}
+
+/// Negative control for `max_stall` on a real run: a workload without a nemesis, during which
+/// a majority (3 of 5) is frozen for 1.5 s once grants are flowing. No grant is possible meanwhile, so
+/// the report must show a stall of about that length (and still no violation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_majority_shows_in_max_stall() {
+    let c = chaos_cluster(false);
+    let mut w = Workload::new(Duration::from_secs(6), 7);
+    w.nemesis = false;
+    w.clients = 3;
+    w.keys = 1;
+    let freeze = Duration::from_millis(1_500);
+    let schedule = async {
+        // Every client is built and locking (a client still being built when the majority
+        // freezes would fail the run): node 4, never frozen, shows each one's connection
+        // running lock commands.
+        eventually("every client is locking", || locking_clients(&c, 4) >= 3).await;
+        tokio::task::block_in_place(|| {
+            for i in 0..3 {
+                c.pause(i).expect("pause");
+            }
+        });
+        // The stall under test: its length is the behaviour, not a wait for something.
+        tokio::time::sleep(freeze).await;
+        tokio::task::block_in_place(|| {
+            for i in 0..3 {
+                c.resume(i).expect("resume");
+            }
+        });
+    };
+    let (report, ()) = tokio::join!(w.run(&c), schedule);
+    let report = report.expect("run");
+    println!("{report}");
+    assert!(report.violations.is_empty(), "{report}");
+    assert!(report.grants > 0, "{report}");
+    // A grant decided just before the freeze may return just after it began: 1.2 s of 1.5.
+    assert!(
+        report.max_stall >= Duration::from_millis(1_200),
+        "the freeze did not show: {report}"
+    );
+}
+
+/// Connections to node `i` whose last command was one a lock client sends while locking.
+fn locking_clients(c: &LocalCluster, i: usize) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut conn(c, i))
+        .expect("CLIENT LIST");
+    list.lines()
+        .filter(|l| {
+            l.split(' ')
+                .any(|f| matches!(f, "cmd=set" | "cmd=evalsha" | "cmd=pttl" | "cmd=eval"))
+        })
+        .count()
 }

@@ -364,13 +364,64 @@ fn concurrent_runs_never_overlap() {
     });
     let lines: Vec<String> = s.read("log").lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 12, "{lines:?}");
+    assert_eq!(overlap(&lines), None);
+}
+
+/// The first sign in a log of "start PID"/"end PID" lines that two runs overlapped: a start not
+/// followed directly by its own end.
+fn overlap(lines: &[String]) -> Option<String> {
     for pair in lines.chunks(2) {
-        let (start, end) = (&pair[0], &pair[1]);
-        let pid = start
-            .strip_prefix("start ")
-            .unwrap_or_else(|| panic!("overlap: {lines:?}"));
-        assert_eq!(end, &format!("end {pid}"), "overlap: {lines:?}");
+        let pid = pair[0].strip_prefix("start ");
+        let end = pair.get(1).and_then(|l| l.strip_prefix("end "));
+        if pid.is_none() || pid != end {
+            return Some(format!("overlap at {pair:?}: {lines:?}"));
+        }
     }
+    None
+}
+
+/// Negative control for `concurrent_runs_never_overlap`'s parser: two runs under different
+/// locks (each ignoring the other's) that each wait, inside their command, until the other has
+/// started really do overlap, and the parser must say so.
+#[test]
+fn the_overlap_check_catches_runs_that_ignore_each_others_lock() {
+    let c = cluster(5);
+    let s = Scratch::new();
+    let log = s.path("log");
+    // Bounded wait for the other run (3000 × 0.1 s: a hang guard of five minutes).
+    let script = |me: &str, other: &str| {
+        format!(
+            "echo \"start $$\" >> {log}; touch {dir}/{me}; i=0; \
+             while [ ! -e {dir}/{other} ] && [ $i -lt 3000 ]; do sleep 0.1; i=$((i+1)); done; \
+             echo \"end $$\" >> {log}",
+            log = log.display(),
+            dir = s.0.display(),
+        )
+    };
+    let (sa, sb) = (script("a", "b"), script("b", "a"));
+    let args_a = run_args(&c, "exclusive-a", &["--", "sh", "-c", &sa]);
+    let args_b = run_args(&c, "exclusive-b", &["--", "sh", "-c", &sb]);
+    thread::scope(|scope| {
+        for args in [&args_a, &args_b] {
+            let s = &s;
+            scope.spawn(move || {
+                let out = run_bin(s, args);
+                assert_eq!(out.code(), Some(0), "{out:?}");
+            });
+        }
+    });
+    let lines: Vec<String> = s.read("log").lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(overlap(&lines).is_some(), "overlap missed: {lines:?}");
+    // And the parser's verdicts on logs written out by hand.
+    let own = |v: &[&str]| v.iter().map(|l| (*l).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        overlap(&own(&["start 1", "end 1", "start 2", "end 2"])),
+        None
+    );
+    assert!(overlap(&own(&["start 1", "start 2", "end 1", "end 2"])).is_some());
+    assert!(overlap(&own(&["start 1", "end 2", "start 2", "end 1"])).is_some());
+    assert!(overlap(&own(&["start 1", "end 1", "start 2"])).is_some());
 }
 
 #[test]

@@ -122,8 +122,11 @@ async fn a_duplicate_that_connects_later_never_votes() {
     );
     // The server restarts with a new run_id; node 3 reconnects first, node 1 after it.
     c.restart(0).expect("restart");
-    let (_, causes) = seen_as_duplicate("after a restart").await;
-    let _ = causes;
+    let (why, _) = seen_as_duplicate("after a restart").await;
+    assert!(
+        why.contains(&format!("127.0.0.1:{}", c.port(0).expect("port"))),
+        "{why}"
+    );
     // Node 1 itself answers again (its connection came back).
     let node_1 = format!("127.0.0.1:{}/0", c.port(0).expect("port"));
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -422,3 +422,27 @@ async fn a_dropped_streak_ending_release_is_never_handed_on() {
         "two holders"
     );
 }
+
+/// Negative control for `contend`'s flag: two `RedLock`s that share `inside` but lock different
+/// keys (a client that ignores the other's lock) hold at the same time, and the flag must say
+/// so. Each side hands its key on locally, so one holder or another is nearly always inside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contends_flag_catches_two_holders_at_once() {
+    let c = cluster(3);
+    let (a, b) = (long_lease(&c).await, long_lease(&c).await);
+    let inside = Arc::new(AtomicBool::new(false));
+    let hold = Duration::from_millis(20);
+    let run = tokio::spawn(async move {
+        tokio::join!(
+            contend(&a, "k", 2, 10, hold, inside.clone()),
+            contend(&b, "not-k", 2, 10, hold, inside),
+        )
+    });
+    let err = run.await.expect_err("the flag missed two holders at once");
+    let msg = err
+        .into_panic()
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(msg.contains("two holders of"), "{msg}");
+}

@@ -61,11 +61,17 @@ async fn with_lock_releases_when_the_work_panics() {
                 .await
         })
     };
-    assert!(task.await.is_err(), "the panic propagates");
+    let err = task.await.expect_err("the panic propagates");
+    assert!(err.is_panic(), "{err:?}");
+    // Released, not expired: the keys go long before the lease could end, and another
+    // RedLock gets the lock at its first try.
+    let left = wait_until_no_keys(&c, HANG_GUARD).await;
+    assert!(left.is_empty(), "not released after the panic: {left:?}");
     let other = common::locks(&c).await;
     let g = other
-        .acquire(&patient(), "job")
+        .try_acquire("job")
         .await
+        .expect("ok")
         .expect("released after the panic");
     g.release().await.expect("release");
 }
@@ -101,17 +107,21 @@ async fn freezing_a_majority_fires_lost_before_the_validity_ends() {
                 let rival = rival.clone();
                 *rival_task.lock().expect("no poison") = Some(tokio::spawn(async move {
                     let deadline = Instant::now() + HANG_GUARD;
+                    // When each refused try ended: shows the rival was trying all along.
+                    let mut refused = Vec::new();
                     let g = loop {
                         match rival.acquire(&patient(), "job").await {
                             Ok(g) => break g,
                             // A frozen majority: keep trying.
-                            Err(Error::NoQuorum { .. }) if Instant::now() < deadline => {}
+                            Err(Error::NoQuorum { .. }) if Instant::now() < deadline => {
+                                refused.push(Instant::now());
+                            }
                             Err(e) => panic!("rival: {e}"),
                         }
                     };
                     let at = Instant::now();
                     g.release().await.expect("release");
-                    at
+                    (refused, at)
                 }));
                 let lost = lease.lost();
                 tokio::select! {
@@ -138,10 +148,15 @@ async fn freezing_a_majority_fires_lost_before_the_validity_ends() {
         .expect("no poison")
         .take()
         .expect("spawned");
-    let rival_got_it = rival_task.await.expect("no panic");
+    let (refused, rival_got_it) = rival_task.await.expect("no panic");
     assert!(
         rival_got_it > trusted_until,
         "the rival held the lock while the guard still trusted it"
+    );
+    // Not merely late: it was refused while the guard trusted the lock and kept trying.
+    assert!(
+        refused.first().is_some_and(|t| *t <= trusted_until),
+        "the rival never tried while the guard trusted the lock: {refused:?}"
     );
 }
 

@@ -10,6 +10,11 @@ use redquorum::Error;
 async fn groups_are_isolated_and_share_connections() {
     let c = cluster(3);
     let locks = locks(&c).await;
+    // The connections the RedLock makes for locking, counted once they are up.
+    let warm = locks.try_acquire("warm").await.expect("ok").expect("free");
+    warm.release().await.expect("release");
+    let connections = || (0..3).map(|i| clients(&c, i)).collect::<Vec<_>>();
+    let before = connections();
     let billing = locks.group("billing").expect("group");
     let shipping = locks.group("shipping").expect("group");
     let a = billing
@@ -49,6 +54,51 @@ async fn groups_are_isolated_and_share_connections() {
     for g in [a, b, d] {
         g.release().await.expect("release");
     }
+    // Two groups locked, queried and released through the same connections: none added.
+    assert_eq!(
+        connections(),
+        before,
+        "a group opened connections of its own"
+    );
+    // The count does see a client with connections of its own (another RedLock).
+    let other = common::locks(&c).await;
+    other
+        .try_acquire("warm")
+        .await
+        .expect("ok")
+        .expect("free")
+        .release()
+        .await
+        .expect("release");
+    let more = connections();
+    assert!(
+        more.iter().zip(&before).all(|(m, b)| m > b),
+        "{before:?} -> {more:?}"
+    );
+}
+
+/// Clients connected to node `i`, less the one asking.
+fn clients(c: &redquorum::testkit::LocalCluster, i: usize) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut conn(c, i))
+        .expect("CLIENT LIST");
+    list.lines().count() - 1
+}
+
+/// Calls of `command` node `i` ran since it started.
+fn calls(c: &redquorum::testkit::LocalCluster, i: usize, command: &str) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn(c, i))
+        .expect("INFO");
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|r| r.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,10 +204,15 @@ async fn an_undetermined_majority_is_no_quorum_not_free() {
     }
     c.restart(2).expect("restart");
     assert_eq!(get(&c, 2, &key), None);
-    // Make sure the observer's connection to node 2 is back before freezing node 0.
+    // Make sure the observer's connection to node 2 is back before freezing node 0: its
+    // queries reach node 2 again (a query answered by nodes 0 and 1 alone shows nothing).
+    let seen = calls(&c, 2, "get");
     let warm = tokio::time::Instant::now() + HANG_GUARD;
-    while observer.is_locked("warm-up").await.is_err() {
+    while calls(&c, 2, "get") == seen {
         assert!(tokio::time::Instant::now() < warm, "node 2 never came back");
+        // Answered by nodes 0 and 1 at least; what counts is whether node 2 saw it.
+        observer.is_locked("warm-up").await.ok();
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     c.pause(0).expect("pause");
     let locked = observer.is_locked("k").await;

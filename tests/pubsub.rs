@@ -98,16 +98,37 @@ async fn a_release_wakes_the_waiter_at_once() {
     );
 }
 
+/// Runs `ACL SETUSER waiter <rules>` on every node of `c`.
+fn set_waiter_user(c: &LocalCluster, rules: &[&str]) {
+    for i in 0..c.len() {
+        let mut args = vec!["ACL", "SETUSER", "waiter"];
+        args.extend_from_slice(rules);
+        raw(c, i, &args);
+    }
+}
+
+/// The subscriptions are taken away for the whole wait (the waiter's user loses its channel
+/// rights, so Redis drops them and refuses every resubscription): no notification, and no
+/// reconnect to wake the waiter either. The holder's lease and the safety poll are minutes
+/// away, so only the retry policy's polls (every 300 ms at most) can find the release. (That
+/// dropped subscriptions come back is `an_existing_waiter_is_resubscribed_…` below; refused
+/// ones are, by design, not retried.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_notification_is_covered_by_polling_and_the_subscription_recovers() {
+async fn a_lost_notification_is_covered_by_polling() {
     let c = cluster(3);
-    let holder = locks(&c).await;
-    // Poll every ~300 ms: slower than a notification, much faster than the 5 s lease.
+    set_waiter_user(&c, &["on", ">pw", "~*", "allchannels", "+@all"]);
+    let urls: Vec<String> = (0..3)
+        .map(|i| format!("redis://waiter:pw@127.0.0.1:{}", c.port(i).expect("port")))
+        .collect();
+    let holder = long_lease(&c).await;
     let waiter = builder(&c)
+        .nodes(&urls)
+        .ttl(HANG_GUARD * 2)
         .retry(Retry::exponential(
             Duration::from_millis(300),
             Duration::from_millis(300),
         ))
+        .safety_poll(HANG_GUARD)
         .build()
         .await
         .expect("build");
@@ -117,35 +138,101 @@ async fn a_lost_notification_is_covered_by_polling_and_the_subscription_recovers
         let waiter = waiter.clone();
         tokio::spawn(async move { waiter.acquire(&patient(), "k").await })
     };
-    assert!(until_numsub(&c, &channel, 1).await);
-    // Kill every subscription connection: the release below publishes to nobody.
-    for i in 0..3 {
-        let _: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query(&mut conn(&c, i))
-            .expect("CLIENT KILL");
-    }
-    g.release().await.expect("release");
+    assert!(
+        until_numsub(&c, &channel, 1).await,
+        "waiter never subscribed"
+    );
+    // Redis drops the subscription connections of a user that loses its channel rights.
+    set_waiter_user(&c, &["resetchannels"]);
+    assert!(
+        until_numsub(&c, &channel, 0).await,
+        "subscriptions survived"
+    );
+    let before = command_stats(&c);
+    let released = Instant::now();
+    g.release().await.expect("release"); // publishes to nobody
     let got = task.await.expect("no panic").expect("acquired by polling");
-    // The subscriptions come back by themselves while a waiter needs them.
-    let again = {
+    let found = released.elapsed();
+    // Polls every 300 ms at most; 5 s leaves room for a loaded machine and is far below the
+    // holder's lease, the safety poll (minutes) and the subscriptions' return (never, here).
+    assert!(
+        found < Duration::from_secs(5),
+        "found {found:?} after the release"
+    );
+    assert_eq!(
+        command_stats(&c).since(&before).calls("subscribe"),
+        0,
+        "a subscription came back during the wait"
+    );
+    got.release().await.expect("release");
+}
+
+/// A waiter already waiting when its subscription connections drop is resubscribed, woken to
+/// re-check (the release may have been lost meanwhile), and then notified of the release on
+/// the new subscriptions; its next poll is minutes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_waiter_is_resubscribed_and_woken_after_its_subscriptions_drop() {
+    let c = cluster(3);
+    let holder = long_lease(&c).await;
+    let waiter = slow_poller(&c).await;
+    let channel = format!("{}:released", holder.redis_key("k").expect("key"));
+    let g = holder.try_acquire("k").await.expect("ok").expect("free");
+    let before = command_stats(&c);
+    let task = {
         let waiter = waiter.clone();
         tokio::spawn(async move { waiter.acquire(&patient(), "k").await })
     };
     assert!(
         until_numsub(&c, &channel, 1).await,
-        "subscription did not recover"
+        "waiter never subscribed"
+    );
+    // Its first attempt and its re-check after subscribing: a SET on each node each.
+    eventually("the waiter re-checks after subscribing", || {
+        command_stats(&c).since(&before).calls("set") >= 6
+    })
+    .await;
+    let dropped = command_stats(&c);
+    let dropped_at = Instant::now();
+    for i in 0..3 {
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut conn(&c, i))
+            .expect("CLIENT KILL");
+        assert!(killed >= 1, "node {i}: no subscription connection to kill");
+    }
+    // Resubscribed on every node (the same waiter, still waiting) ...
+    eventually("the waiter resubscribes", || {
+        command_stats(&c).since(&dropped).calls("subscribe") >= 3
+    })
+    .await;
+    assert!(
+        until_numsub(&c, &channel, 1).await,
+        "waiter never resubscribed"
+    );
+    // ... and woken to re-check (the release may have been lost meanwhile): another attempt
+    // at once. Its poll is uniform in [0, HANG_GUARD]: within 10 s (room for a loaded machine)
+    // only with odds of 1 in 30.
+    eventually("the waiter re-checks", || {
+        command_stats(&c).since(&dropped).calls("set") >= 3
+    })
+    .await;
+    let rechecked = dropped_at.elapsed();
+    assert!(
+        rechecked < Duration::from_secs(10),
+        "re-checked {rechecked:?} after the drop: by a poll, not a wake"
+    );
+    assert!(!task.is_finished(), "acquired a held lock");
+    let released = Instant::now();
+    g.release().await.expect("release");
+    let got = task.await.expect("no panic").expect("acquired");
+    let woken = released.elapsed();
+    assert!(
+        woken < Duration::from_secs(5),
+        "woken by polling, not by the new subscription: {woken:?}"
     );
     got.release().await.expect("release");
-    again
-        .await
-        .expect("no panic")
-        .expect("acquired")
-        .release()
-        .await
-        .expect("release");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

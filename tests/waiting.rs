@@ -180,14 +180,23 @@ async fn cancellation_ends_the_wait_and_leaves_nothing() {
 }
 
 /// Dropping an acquire future at any point (here: by a timeout racing it, many times over at
-/// varied moments) leaves no key behind once the spawned undo has run.
+/// varied moments) leaves no key behind once the spawned undo has run. Each node is 5 ms away
+/// each way (a 10 ms round trip), and the cuts spread over 0..15 ms, so most land while the
+/// SETs are on their way or their answers are: the drops happen with requests in flight, not
+/// all on tokio's first timer tick before anything was sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_acquire_leaves_no_key_behind() {
-    let c = cluster(5);
+    let c = proxied(5);
     let locks = long_lease(&c).await;
+    for i in 0..5 {
+        c.proxy(i)
+            .expect("proxy")
+            .set_latency(Duration::from_millis(5));
+    }
+    let before = command_stats(&c);
     let mut completed = 0;
     for i in 0..200u64 {
-        let cut = Duration::from_micros(i * 7 % 400);
+        let cut = Duration::from_micros(i * 75);
         let key = format!("drop-{i}");
         match tokio::time::timeout(cut, locks.acquire(&patient(), &key)).await {
             Ok(Ok(g)) => {
@@ -203,6 +212,15 @@ async fn dropped_acquire_leaves_no_key_behind() {
     assert!(
         completed < 200,
         "no acquire was ever cut short; the test proves nothing"
+    );
+    // Every key is free (no contention), so a completed acquire made one SET per node; SETs
+    // beyond those came from dropped acquires that had reached the nodes, whose keys the undo
+    // then had to remove.
+    let sets = command_stats(&c).since(&before).calls("set");
+    let from_dropped = sets.saturating_sub(5 * completed);
+    assert!(
+        from_dropped >= 5 * 10,
+        "only {from_dropped} SETs of dropped acquires reached a node ({completed} completed)"
     );
 }
 

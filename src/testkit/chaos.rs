@@ -207,14 +207,13 @@ impl Workload {
         let clients = self
             .spawn_clients(&cluster.urls(), 0, oracle.clone(), end, &stop, &log)
             .await?;
-        let (faults, windows) = self.nemesis(cluster, end, &stop).await;
+        let chaos = self.nemesis(cluster, end, &stop).await;
         stop.store(true, Ordering::SeqCst);
-        for c in clients {
-            let _ = c.await;
-        }
-        let log = std::mem::take(&mut *lock(&log));
+        let crashed = join_clients(clients, 0).await;
+        let mut log = std::mem::take(&mut *lock(&log));
+        log.violations.extend(crashed);
         let values = oracle.values(self.keys).await;
-        Ok(self.report(log, &values, faults, &windows, started))
+        Ok(self.report(log, &values, chaos, started))
     }
 
     /// Runs the workload with the clients in `processes` separate OS processes (each started
@@ -256,10 +255,10 @@ impl Workload {
             );
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let (faults, windows) = self.nemesis(cluster, end, &stop).await;
+        let chaos = self.nemesis(cluster, end, &stop).await;
         let mut log = Log::default();
         let clock = Clock::now();
-        for child in children {
+        for (p, child) in children.into_iter().enumerate() {
             let out = tokio::task::spawn_blocking(move || child.wait_with_output())
                 .await
                 .map_err(|e| fail(e.to_string()))?
@@ -267,10 +266,15 @@ impl Workload {
             for line in String::from_utf8_lossy(&out.stdout).lines() {
                 log.parse(line, &clock);
             }
+            // A child that crashed took its clients' holds with it: not a clean run.
+            if !out.status.success() {
+                log.violations
+                    .push(format!("soak child {p} failed: {}", out.status));
+            }
         }
         let oracle = Oracle::redis(&oracle_url).await?;
         let values = oracle.values(self.keys).await;
-        Ok(self.report(log, &values, faults, &windows, started))
+        Ok(self.report(log, &values, chaos, started))
     }
 
     /// The child side of [`run_processes`](Self::run_processes): runs `clients` clients with
@@ -302,15 +306,16 @@ impl Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let oracle = Arc::new(Oracle::redis(oracle_url).await?);
         let log = Arc::new(Mutex::new(Log::default()));
-        for c in w
+        let clients = w
             .spawn_clients(&urls, first, oracle, end, &stop, &log)
-            .await?
-        {
-            let _ = c.await;
-        }
+            .await?;
+        let crashed = join_clients(clients, first).await;
         let clock = Clock::now();
         let log = lock(&log);
         let mut out = String::new();
+        for v in crashed {
+            out.push_str(&format!("V {}\n", v.replace('\n', " ")));
+        }
         for (h, asked) in &log.holds {
             out.push_str(&format!(
                 "H {} {} {} {} {} {} {}\n",
@@ -391,14 +396,8 @@ impl Workload {
         Ok(clients)
     }
 
-    /// Runs the nemesis (or just waits) until `end` or `stop`; returns the faults injected by
-    /// kind and the windows during which some fault was active.
-    async fn nemesis(
-        &self,
-        cluster: &LocalCluster,
-        end: Instant,
-        stop: &Arc<AtomicBool>,
-    ) -> (BTreeMap<&'static str, u64>, Vec<(Instant, Instant)>) {
+    /// Runs the nemesis (or just waits) until `end` or `stop`.
+    async fn nemesis(&self, cluster: &LocalCluster, end: Instant, stop: &Arc<AtomicBool>) -> Chaos {
         if self.nemesis {
             Nemesis::new(self.seed, cluster.len(), self.fault_interval, stop.clone())
                 .run(cluster, end)
@@ -407,20 +406,22 @@ impl Workload {
             while !stop.load(Ordering::SeqCst) && Instant::now() < end {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            (BTreeMap::new(), Vec::new())
+            Chaos::default()
         }
     }
 
-    fn report(
-        &self,
-        log: Log,
-        oracle: &[u64],
-        faults: BTreeMap<&'static str, u64>,
-        windows: &[(Instant, Instant)],
-        started: Instant,
-    ) -> Report {
+    fn report(&self, log: Log, oracle: &[u64], chaos: Chaos, started: Instant) -> Report {
+        let Chaos {
+            faults,
+            windows,
+            failures,
+        } = chaos;
         let holds: Vec<HoldRecord> = log.holds.iter().map(|(h, _)| h.clone()).collect();
         let mut violations = check_holds(&holds);
+        // A crashed client or a node the nemesis could not bring back: the run did not test
+        // what it claims, so it cannot count as clean.
+        violations.extend(log.violations);
+        violations.extend(failures);
         for (k, value) in oracle.iter().enumerate() {
             let name = format!("chaos-{k}");
             let count = holds.iter().filter(|h| h.key == name).count() as u64;
@@ -451,6 +452,38 @@ impl Workload {
             elapsed: started.elapsed(),
         }
     }
+}
+
+/// What the nemesis did: faults injected by kind, the windows during which some fault was
+/// active, and faults it failed to heal (a node it could not restart, say).
+#[derive(Debug, Default)]
+struct Chaos {
+    faults: BTreeMap<&'static str, u64>,
+    windows: Vec<(Instant, Instant)>,
+    failures: Vec<String>,
+}
+
+/// Waits for every client task (numbered from `first`); returns one violation for each that
+/// panicked or was cancelled instead of finishing.
+async fn join_clients(clients: Vec<tokio::task::JoinHandle<()>>, first: usize) -> Vec<String> {
+    let mut crashed = Vec::new();
+    for (i, c) in clients.into_iter().enumerate() {
+        if let Err(e) = c.await {
+            let client = first + i;
+            crashed.push(if e.is_panic() {
+                let payload = e.into_panic();
+                let msg = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "<non-string panic>".to_owned());
+                format!("client {client} panicked: {msg}")
+            } else {
+                format!("client {client} did not finish: {e}")
+            });
+        }
+    }
+    crashed
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -570,6 +603,8 @@ struct Log {
     /// Each hold with the instant its acquire began.
     holds: Vec<(HoldRecord, Instant)>,
     errors: BTreeMap<&'static str, u64>,
+    /// Clients that crashed.
+    violations: Vec<String>,
 }
 
 impl Log {
@@ -584,6 +619,10 @@ impl Log {
 
     /// One line of a child's output.
     fn parse(&mut self, line: &str, clock: &Clock) {
+        if let Some(v) = line.strip_prefix("V ") {
+            self.violations.push(v.to_owned());
+            return;
+        }
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.as_slice() {
             ["H", key, client, token, asked, start, end, valid] => {
@@ -649,7 +688,7 @@ struct Nemesis {
     stop: Arc<AtomicBool>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 enum Fault {
     Kill,
     Pause,
@@ -667,23 +706,19 @@ impl Nemesis {
         }
     }
 
-    /// Returns the faults injected by kind and the windows during which any was active.
-    async fn run(
-        mut self,
-        cluster: &LocalCluster,
-        end: Instant,
-    ) -> (BTreeMap<&'static str, u64>, Vec<(Instant, Instant)>) {
+    async fn run(mut self, cluster: &LocalCluster, end: Instant) -> Chaos {
         let minority = crate::quorum::tolerated_failures(self.nodes);
         let mut active: Vec<(usize, Fault)> = Vec::new();
         let mut counts = BTreeMap::new();
         let mut windows = Vec::new();
+        let mut failures = Vec::new();
         let mut since: Option<Instant> = None;
         while !self.stop.load(Ordering::SeqCst) && Instant::now() < end {
             tokio::time::sleep(self.interval).await;
             // Heal one fault, or inject one more while that stays a minority.
             if !active.is_empty() && (active.len() >= minority || self.rng.bool()) {
                 let (i, fault) = active.swap_remove(self.rng.usize(0..active.len()));
-                heal(cluster, i, fault);
+                failures.extend(heal(cluster, i, fault));
             } else {
                 let healthy: Vec<usize> = (0..self.nodes)
                     .filter(|i| active.iter().all(|(j, _)| j != i))
@@ -710,12 +745,16 @@ impl Nemesis {
             }
         }
         for (i, fault) in active {
-            heal(cluster, i, fault);
+            failures.extend(heal(cluster, i, fault));
         }
         if let Some(from) = since {
             windows.push((from, Instant::now()));
         }
-        (counts, windows)
+        Chaos {
+            faults: counts,
+            windows,
+            failures,
+        }
     }
 }
 
@@ -744,15 +783,163 @@ fn inject_now(cluster: &LocalCluster, i: usize, fault: Fault) -> bool {
     }
 }
 
-fn heal(cluster: &LocalCluster, i: usize, fault: Fault) {
-    blocking(|| heal_now(cluster, i, fault));
+/// Undoes `fault` on node `i`; a violation if that failed (the node stays down or cut off,
+/// and the rest of the run is not the fault schedule it claims to be).
+fn heal(cluster: &LocalCluster, i: usize, fault: Fault) -> Option<String> {
+    blocking(|| heal_now(cluster, i, fault))
+        .err()
+        .map(|e| format!("node {i}: healing {fault:?} failed, the node stays faulty: {e}"))
 }
 
-fn heal_now(cluster: &LocalCluster, i: usize, fault: Fault) {
-    let _ = match fault {
+fn heal_now(cluster: &LocalCluster, i: usize, fault: Fault) -> Result<(), super::TestkitError> {
+    match fault {
         Fault::Kill => cluster.restart(i),
         Fault::Pause => cluster.resume(i),
         Fault::Latency => cluster.proxy(i).map(|p| p.set_latency(Duration::ZERO)),
         Fault::Partition => cluster.proxy(i).map(|p| p.heal()),
-    };
+    }
+}
+
+/// Negative controls: each check of the report run against a history (or a client, or a node)
+/// broken on purpose, which it must report; beside it the same history intact, which it must
+/// not.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn hold(t: Instant, key: &str, client: usize, from: u64, to: u64, token: u64) -> HoldRecord {
+        HoldRecord {
+            key: key.into(),
+            client,
+            token: Some(token),
+            start: t + ms(from),
+            end: t + ms(to),
+            valid_until: t + ms(to + 100),
+        }
+    }
+
+    fn log_of(holds: &[HoldRecord]) -> Log {
+        let mut log = Log::default();
+        for h in holds {
+            log.grant(h.clone(), h.start);
+        }
+        log
+    }
+
+    #[test]
+    fn check_holds_reports_a_fencing_token_that_falls_or_repeats() {
+        let t = Instant::now();
+        // Holds one after the other (no overlap): only the tokens can be wrong.
+        let rising = [hold(t, "k", 0, 0, 10, 1), hold(t, "k", 1, 200, 210, 2)];
+        assert!(check_holds(&rising).is_empty());
+        for second in [1, 0] {
+            let bad = [hold(t, "k", 0, 0, 10, 1), hold(t, "k", 1, 200, 210, second)];
+            let v = check_holds(&bad);
+            assert_eq!(v.len(), 1, "token 1 then {second}: {v:?}");
+            assert!(v[0].contains("fencing token went from 1"), "{v:?}");
+        }
+        // Listed out of order: the check sorts by start, so a falling token is still seen.
+        let bad = [hold(t, "k", 1, 200, 210, 3), hold(t, "k", 0, 0, 10, 7)];
+        assert_eq!(check_holds(&bad).len(), 1);
+        // Tokens of different keys are not compared.
+        let keys = [hold(t, "a", 0, 0, 10, 7), hold(t, "b", 1, 200, 210, 3)];
+        assert!(check_holds(&keys).is_empty());
+    }
+
+    #[test]
+    fn the_oracle_check_reports_a_lost_update() {
+        let t = Instant::now();
+        let w = Workload::new(ms(1), 1);
+        let holds = [
+            hold(t, "chaos-0", 0, 0, 10, 1),
+            hold(t, "chaos-0", 1, 200, 210, 2),
+            hold(t, "chaos-0", 2, 400, 410, 3),
+            hold(t, "chaos-1", 0, 0, 10, 1),
+        ];
+        let clean = w.report(log_of(&holds), &[3, 1, 0], Chaos::default(), t);
+        assert!(clean.violations.is_empty(), "{clean}");
+        // Two holders read the same value: one of three increments is lost.
+        let lost = w.report(log_of(&holds), &[2, 1, 0], Chaos::default(), t);
+        assert_eq!(lost.violations.len(), 1, "{lost}");
+        assert!(lost.violations[0].contains("lost update"), "{lost}");
+        assert!(lost.violations[0].contains("chaos-0"), "{lost}");
+        // An update nobody holding the lock made is caught too.
+        let extra = w.report(log_of(&holds), &[3, 1, 1], Chaos::default(), t);
+        assert_eq!(extra.violations.len(), 1, "{extra}");
+    }
+
+    #[test]
+    fn max_stall_is_the_longest_time_without_a_grant() {
+        let t = Instant::now();
+        let w = Workload::new(ms(1), 1);
+        let steady = [
+            hold(t, "chaos-0", 0, 100, 110, 1),
+            hold(t, "chaos-0", 1, 200, 210, 2),
+            hold(t, "chaos-0", 2, 300, 310, 3),
+        ];
+        let r = w.report(log_of(&steady), &[3], Chaos::default(), t);
+        assert_eq!(r.max_stall, ms(100), "{r}");
+        // A stall of 2 s in the middle, listed out of order.
+        let stalled = [
+            hold(t, "chaos-0", 0, 2_300, 2_310, 3),
+            hold(t, "chaos-0", 1, 100, 110, 1),
+            hold(t, "chaos-0", 2, 300, 310, 2),
+        ];
+        let r = w.report(log_of(&stalled), &[3], Chaos::default(), t);
+        assert_eq!(r.max_stall, ms(2_000), "{r}");
+        // A run whose first grant came late stalled from the start.
+        let late = [hold(t, "chaos-0", 0, 3_000, 3_010, 1)];
+        let r = w.report(log_of(&late), &[1], Chaos::default(), t);
+        assert_eq!(r.max_stall, ms(3_000), "{r}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_panics_is_a_violation() {
+        let fine = tokio::spawn(async {});
+        let crashed = tokio::spawn(async { panic!("deliberately broken client") });
+        let cancelled = tokio::spawn(std::future::pending::<()>());
+        cancelled.abort();
+        let v = join_clients(vec![fine, crashed, cancelled], 4).await;
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(
+            v[0].contains("client 5 panicked: deliberately broken client"),
+            "{v:?}"
+        );
+        assert!(v[1].contains("client 6 did not finish"), "{v:?}");
+        // It reaches the report, and a child process passes it on to the parent.
+        let w = Workload::new(ms(1), 1);
+        let mut log = Log::default();
+        log.parse(&format!("V {}", v[0]), &Clock::now());
+        let r = w.report(log, &[0], Chaos::default(), Instant::now());
+        assert_eq!(r.violations, [v[0].clone()], "{r}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_that_cannot_be_restarted_is_a_violation() {
+        let c = LocalCluster::start(1).expect("redis-server");
+        // Intact: a killed node comes back.
+        assert!(inject(&c, 0, Fault::Kill));
+        assert_eq!(heal(&c, 0, Fault::Kill), None);
+        assert!(c.is_running(0));
+        // Broken: while the node is down something else takes its port.
+        assert!(inject(&c, 0, Fault::Kill));
+        let squatter = std::net::TcpListener::bind(("127.0.0.1", c.port(0).expect("port")))
+            .expect("take the node's port");
+        let v = heal(&c, 0, Fault::Kill).expect("a failed restart is reported");
+        assert!(v.contains("node 0: healing Kill failed"), "{v}");
+        assert!(!c.is_running(0));
+        drop(squatter);
+        // The report counts it.
+        let w = Workload::new(ms(1), 1);
+        let chaos = Chaos {
+            failures: vec![v.clone()],
+            ..Chaos::default()
+        };
+        let r = w.report(Log::default(), &[0], chaos, Instant::now());
+        assert_eq!(r.violations, [v], "{r}");
+    }
 }
