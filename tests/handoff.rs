@@ -422,3 +422,90 @@ async fn a_dropped_streak_ending_release_is_never_handed_on() {
         "two holders"
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_local_streak_ends_in_an_announced_release_and_another_process_gets_its_turn() {
+    let c = cluster(5);
+    let a = long_lease(&c).await;
+    let b = long_lease(&c).await;
+    let channel = format!("{}:released", a.redis_key("turns").expect("key"));
+    let first = a.acquire(&patient(), "turns").await.expect("acquire");
+    // Process B waits, subscribed on every node.
+    let b_waits = tokio::spawn(async move {
+        let guard = b.acquire(&patient(), "turns").await;
+        (b, guard)
+    });
+    assert!(until_numsub(&c, &channel, 1).await, "B never subscribed");
+    // Process A: three tasks take the lock in turns (local hand-offs) until B has had it, or
+    // 400 acquisitions (50 streaks of 8) if it never gets it.
+    const CAP: usize = 400;
+    let done = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..3)
+        .map(|_| {
+            let (a, done, count) = (a.clone(), done.clone(), count.clone());
+            tokio::spawn(async move {
+                while !done.load(Ordering::SeqCst) && count.load(Ordering::SeqCst) < CAP as u64 {
+                    let g = a.acquire(&patient(), "turns").await.expect("A acquires");
+                    count.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    g.release().await.expect("A releases");
+                }
+            })
+        })
+        .collect();
+    // Let the three queue behind the first holder, so that its release starts a streak.
+    let_waiters_queue().await;
+    first.release().await.expect("release");
+    let (b, got) = b_waits.await.expect("B's task");
+    let at = count.load(Ordering::SeqCst);
+    done.store(true, Ordering::SeqCst);
+    let guard = got.expect("B acquires");
+    assert!(
+        at < CAP as u64,
+        "B only got the lock once A's tasks had stopped ({at} acquisitions): \
+         A's local hand-offs never let another process in"
+    );
+    guard.release().await.expect("B releases");
+    for t in tasks {
+        t.await.expect("A's task");
+    }
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_is_never_handed_to_a_local_waiter() {
+    let c = cluster(5);
+    let locks = long_lease(&c).await;
+    let key = locks.redis_key("lost").expect("key");
+    let mut holder = locks.acquire(&patient(), "lost").await.expect("acquire");
+    let waiter = {
+        let locks = locks.clone();
+        // Only a hand-off can give it the lock before its deadline: the key stays another
+        // owner's on every node for far longer.
+        tokio::spawn(async move { locks.acquire(&ctx(2_000), "lost").await })
+    };
+    // Another owner takes the key over everywhere (as after an expiry); the holder's next
+    // extension finds it and the lease is lost.
+    for i in 0..5 {
+        raw(&c, i, &["SET", &key, "someone-else", "PX", "600000"]);
+    }
+    let err = holder
+        .extend(HANG_GUARD * 2)
+        .await
+        .expect_err("another owner holds it");
+    assert!(matches!(err, Error::NotOwner { .. }), "{err:?}");
+    assert!(holder.lost().is_cancelled());
+    let _ = holder.release().await; // NotOwner: nothing of ours is left to release
+    match waiter.await.expect("waiter task") {
+        Err(e) if e.is_timeout() => {}
+        Err(e) => panic!("expected a timeout, got {e}"),
+        Ok(g) => panic!(
+            "a local waiter was handed a lost lease (value {:?}) while another owner holds the key",
+            g.value()
+        ),
+    }
+    for i in 0..5 {
+        assert_eq!(get(&c, i, &key).as_deref(), Some("someone-else"));
+    }
+}

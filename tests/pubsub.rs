@@ -515,3 +515,78 @@ async fn a_key_deleted_without_a_word_is_found_by_the_safety_poll() {
     got.release().await.expect("release");
     std::mem::forget(g); // its key is gone; a release would only say NotHeld
 }
+
+/// Five proxied nodes, 0, 1 and 2 slower (20 ms each way) than 3 and 4.
+fn three_slow_of_five() -> LocalCluster {
+    let c = proxied(5);
+    for i in 0..3 {
+        c.proxy(i)
+            .expect("proxy")
+            .set_latency(Duration::from_millis(20));
+    }
+    c
+}
+
+/// `key` under another owner's value on nodes 0, 1 and 2 of five: every attempt is refused by
+/// a majority and granted by nodes 3 and 4 (a split vote). On [`three_slow_of_five`] the
+/// grants come first, so the attempt knows it was a split vote when the refusals decide it
+/// (refusals first would decide the round before the grants land; see docs/testing.md).
+fn held_by_three_of_five(c: &LocalCluster, key: &str) {
+    for i in 0..3 {
+        raw(c, i, &["SET", key, "someone-else", "PX", "600000"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_undo_of_an_attempt_that_is_not_retried_is_announced() {
+    let c = three_slow_of_five();
+    let locks = long_lease(&c).await;
+    let key = locks.redis_key("split").expect("key");
+    held_by_three_of_five(&c, &key);
+    let before = command_stats(&c);
+    assert!(locks.try_acquire("split").await.expect("ok").is_none());
+    eventually("the partial grant undone on nodes 3 and 4", || {
+        (3..5).all(|i| get(&c, i, &key).is_none())
+    })
+    .await;
+    // Announced where it was undone (a waiter may have been refused by the partial grant).
+    eventually("the undo's announcements", || {
+        command_stats(&c).since(&before).calls("publish") >= 2
+    })
+    .await;
+    assert_eq!(command_stats(&c).since(&before).calls("publish"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_votes_loser_undoes_quietly_and_announces_the_key_when_it_leaves() {
+    let c = three_slow_of_five();
+    let locks = long_lease(&c).await;
+    let key = locks.redis_key("split").expect("key");
+    held_by_three_of_five(&c, &key);
+    let before = command_stats(&c);
+    let err = locks
+        .acquire(&ctx(2_000), "split")
+        .await
+        .expect_err("a majority is held elsewhere");
+    assert!(err.is_timeout(), "{err:?}");
+    // The leave announcement: one bare PUBLISH per node.
+    eventually("the leave announced on every node", || {
+        command_stats(&c).since(&before).calls("publish") >= 5
+    })
+    .await;
+    eventually("the last partial grant undone", || {
+        (3..5).all(|i| get(&c, i, &key).is_none())
+    })
+    .await;
+    let used = command_stats(&c).since(&before);
+    // Every attempt is one SET per node (split votes: the waiter polls).
+    let attempts = used.calls("set") / 5;
+    assert!(attempts >= 3, "only {attempts} attempts in two seconds");
+    // Quiet undos: the leave's 5, plus 2 if the last round was cut off by the deadline (a
+    // dropped round's undo announces). Each announced undo would add 2 per attempt.
+    let published = used.calls("publish");
+    assert!(
+        published <= 7,
+        "{published} PUBLISHes for {attempts} split votes: the undos were announced"
+    );
+}
