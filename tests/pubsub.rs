@@ -590,3 +590,81 @@ async fn a_split_votes_loser_undoes_quietly_and_announces_the_key_when_it_leaves
         "{published} PUBLISHes for {attempts} split votes: the undos were announced"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_between_the_first_attempt_and_the_subscription_is_not_missed() {
+    // The waiter reaches the nodes through proxies that add 150 ms each way; the holder goes
+    // straight to them. So the holder's release can land after the waiter's first attempt was
+    // refused and before its subscription exists (which takes a new connection and several
+    // round trips): nobody hears that release's notification.
+    let c = proxied(5);
+    for i in 0..5 {
+        c.proxy(i)
+            .expect("proxy")
+            .set_latency(Duration::from_millis(150));
+    }
+    let direct: Vec<String> = (0..5)
+        .map(|i| c.direct_url(i).expect("direct url"))
+        .collect();
+    let holder_locks = builder(&c)
+        .nodes(&direct)
+        .ttl(HANG_GUARD * 2)
+        .build()
+        .await
+        .expect("build the holder");
+    // Neither the holder's lease nor the safety poll can end the waiter's sleep during the test:
+    // only the re-check after subscribing can find the key free.
+    let waiter_locks = builder(&c)
+        .ttl(HANG_GUARD * 2)
+        .node_timeout(Duration::from_secs(1))
+        .safety_poll(HANG_GUARD)
+        .build()
+        .await
+        .expect("build the waiter");
+    // Warm-up: the waiter's subscription connections exist and are live, so its subscription
+    // is confirmed by every node when `subscribe` returns (a connection that comes up later
+    // wakes every waiter, which would re-check for it).
+    let warm = holder_locks
+        .acquire(&patient(), "warm")
+        .await
+        .expect("holder acquires");
+    let warm_waiter = {
+        let waiter_locks = waiter_locks.clone();
+        tokio::spawn(async move { waiter_locks.acquire(&patient(), "warm").await })
+    };
+    let warm_channel = format!("{}:released", holder_locks.redis_key("warm").expect("key"));
+    assert!(until_numsub(&c, &warm_channel, 1).await, "never subscribed");
+    warm.release().await.expect("release");
+    warm_waiter
+        .await
+        .expect("task")
+        .expect("warm-up acquire")
+        .release()
+        .await
+        .expect("release");
+
+    let holder = holder_locks
+        .acquire(&patient(), "gap")
+        .await
+        .expect("holder acquires");
+    let channel = format!("{}:released", holder_locks.redis_key("gap").expect("key"));
+    let before = command_stats(&c);
+    let waiter = {
+        let waiter_locks = waiter_locks.clone();
+        tokio::spawn(async move { waiter_locks.acquire(&ctx(20_000), "gap").await })
+    };
+    eventually("the waiter's first attempt refused on every node", || {
+        command_stats(&c).since(&before).calls("set") >= 5
+    })
+    .await;
+    holder.release().await.expect("release");
+    let subscribed: Vec<i64> = (0..5).map(|i| numsub(&c, i, &channel)).collect();
+    assert!(
+        subscribed.iter().all(|&n| n == 0),
+        "the release did not land before the subscription ({subscribed:?} subscribers): the \
+         test shows nothing; raise the latency"
+    );
+    let got = waiter.await.expect("waiter task");
+    let guard = got.expect("the waiter finds the key free on its re-check");
+    guard.release().await.expect("release");
+}
