@@ -668,3 +668,59 @@ async fn a_release_between_the_first_attempt_and_the_subscription_is_not_missed(
     let guard = got.expect("the waiter finds the key free on its re-check");
     guard.release().await.expect("release");
 }
+
+/// Replacing a dead subscription connection resubscribes every channel and wakes every waiter
+/// of the process to re-check, not only one: four waiters on four keys, all asleep with
+/// nothing announced, each take their key once the connections they rely on die.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_subscription_connection_wakes_every_waiter() {
+    let c = cluster(3);
+    let holder = long_lease(&c).await;
+    // No poll and no safety poll within the test: only a wake can end the waits.
+    let waiter = builder(&c)
+        .ttl(HANG_GUARD * 2)
+        .retry(Retry::exponential(HANG_GUARD, HANG_GUARD))
+        .safety_poll(HANG_GUARD)
+        .build()
+        .await
+        .expect("build");
+    let keys: Vec<String> = (0..4).map(|k| format!("many-{k}")).collect();
+    let mut held = Vec::new();
+    let mut tasks = Vec::new();
+    for key in &keys {
+        held.push(holder.try_acquire(key).await.expect("ok").expect("free"));
+        let (waiter, key) = (waiter.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            waiter.acquire(&ctx(60_000), &key).await
+        }));
+    }
+    for key in &keys {
+        let channel = format!("{}:released", holder.redis_key(key).expect("key"));
+        assert!(
+            until_numsub(&c, &channel, 1).await,
+            "{key}: never subscribed"
+        );
+    }
+    // The keys go without a word (nothing publishes): the waiters sleep on.
+    for key in &keys {
+        let redis_key = holder.redis_key(key).expect("key");
+        for i in 0..3 {
+            raw(&c, i, &["DEL", &redis_key]);
+        }
+    }
+    for i in 0..3 {
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut conn(&c, i))
+            .expect("CLIENT KILL");
+        assert!(killed >= 1, "node {i}: no subscription connection to kill");
+    }
+    for (key, task) in keys.iter().zip(tasks) {
+        let got = task.await.expect("no panic");
+        let guard = got.unwrap_or_else(|e| panic!("{key}: not woken by the reconnect: {e}"));
+        guard.release().await.expect("release");
+    }
+    drop(held);
+}
