@@ -724,3 +724,58 @@ async fn a_replaced_subscription_connection_wakes_every_waiter() {
     }
     drop(held);
 }
+
+/// The waiter's subscription connections, made live by one wait on `key` that `holder` ends.
+async fn warm_subscriptions(c: &LocalCluster, holder: &RedLock, waiter: &RedLock, key: &str) {
+    let held = holder.acquire(&patient(), key).await.expect("acquire");
+    let task = {
+        let (waiter, key) = (waiter.clone(), key.to_owned());
+        tokio::spawn(async move { waiter.acquire(&patient(), &key).await })
+    };
+    let channel = format!("{}:released", holder.redis_key(key).expect("key"));
+    assert!(until_numsub(c, &channel, 1).await, "never subscribed");
+    held.release().await.expect("release");
+    task.await
+        .expect("task")
+        .expect("warm-up acquire")
+        .release()
+        .await
+        .expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_right_after_a_notification_skips_the_pttl_hint() {
+    let c = cluster(5);
+    let holder = long_lease(&c).await;
+    let waiter = builder(&c)
+        .ttl(HANG_GUARD * 2)
+        .retry(Retry::exponential(HANG_GUARD, HANG_GUARD))
+        .safety_poll(HANG_GUARD)
+        .build()
+        .await
+        .expect("build");
+    warm_subscriptions(&c, &holder, &waiter, "warm").await;
+    let held = holder.acquire(&patient(), "hint").await.expect("acquire");
+    let before = command_stats(&c);
+    let task = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.acquire(&patient(), "hint").await })
+    };
+    // Attempt 1 has no hint; attempt 2 (the re-check after subscribing) reads the PTTL.
+    eventually("the re-check's PTTL hint on every node", || {
+        command_stats(&c).since(&before).calls("pttl") >= 5
+    })
+    .await;
+    held.release().await.expect("release");
+    let got = task.await.expect("task").expect("woken by the release");
+    let key = waiter.redis_key("hint").expect("key");
+    eventually("every node to have answered attempt 3", || {
+        (0..5).all(|i| get(&c, i, &key).as_deref() == Some(got.value()))
+    })
+    .await;
+    let used = command_stats(&c).since(&before);
+    // Attempt 3, right after the notification, sent no PTTL.
+    assert_eq!(used.calls("set"), 15, "three attempts of one SET per node");
+    assert_eq!(used.calls("pttl"), 5, "only the re-check read the PTTL");
+    got.release().await.expect("release");
+}
