@@ -1113,3 +1113,45 @@ fn the_lease_is_kept_through_a_command_longer_than_the_ttl() {
     assert_eq!(out.code(), Some(0), "{out:?}");
     assert!(!out.stderr.contains("lost"), "{out:?}");
 }
+
+#[test]
+fn sigint_to_redquorum_reaches_a_foreground_child_of_the_command() {
+    // A background process of a non-interactive shell ignores SIGINT, so the group is shown
+    // here by the command's foreground child: `sleep` dies of the forwarded SIGINT (status
+    // 130), and the command, which traps it, records that and exits 0. Without forwarding to
+    // the group the sleep runs its full 61 s and reports 0.
+    let c = cluster(3);
+    let s = Scratch::new();
+    let (ready, log) = (s.path("ready"), s.path("log"));
+    let script = format!(
+        "trap 'echo command-got-INT >> {log}' INT; touch {ready}; sleep 61; \
+         echo \"sleep=$?\" >> {log}; exit 0",
+        ready = ready.display(),
+        log = log.display()
+    );
+    let running = start(&s, run_args(&c, "int", &["--", "sh", "-c", &script]), &[]);
+    assert!(
+        wait_for_file(&ready, "", common::HANG_GUARD),
+        "the command did not start"
+    );
+    // `touch` ran before `sleep` started: wait until the sleep is a child of the command.
+    let deadline = Instant::now() + LIMIT;
+    while !fs::read_dir("/proc").expect("/proc").any(|e| {
+        e.ok()
+            .and_then(|e| fs::read(e.path().join("cmdline")).ok())
+            .is_some_and(|c| c == b"sleep\x0061\x00")
+    }) {
+        assert!(Instant::now() < deadline, "the sleep never started");
+        thread::sleep(Duration::from_millis(10));
+    }
+    signal(running.child.id(), "INT");
+    let out = running.wait();
+    let log = s.read("log");
+    assert!(log.contains("sleep=130"), "{log:?} {out:?}");
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(
+        common::all_keys(&c).is_empty(),
+        "{:?}",
+        common::all_keys(&c)
+    );
+}
