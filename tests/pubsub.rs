@@ -779,3 +779,34 @@ async fn an_attempt_right_after_a_notification_skips_the_pttl_hint() {
     assert_eq!(used.calls("pttl"), 5, "only the re-check read the PTTL");
     got.release().await.expect("release");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attempt_uses_a_fresh_value() {
+    // Split votes: each attempt's value stays on nodes 3 and 4 until the slow refusals come
+    // back and it is undone (tens of ms), long enough to be read there.
+    let c = three_slow_of_five();
+    let locks = builder(&c)
+        .ttl(HANG_GUARD * 2)
+        .owner("fresh")
+        .build()
+        .await
+        .expect("build");
+    let key = locks.redis_key("fresh").expect("key");
+    held_by_three_of_five(&c, &key);
+    // Ten seconds of attempts (a few a second even on a loaded machine) bound the search.
+    let task = {
+        let locks = locks.clone();
+        tokio::spawn(async move { locks.acquire(&ctx(10_000), "fresh").await })
+    };
+    let mut seen = std::collections::HashSet::new();
+    eventually("three attempts' values seen on node 3", || {
+        if let Some(v) = get(&c, 3, &key) {
+            assert!(v.ends_with(":fresh"), "value {v:?} lacks the owner label");
+            seen.insert(v);
+        }
+        seen.len() >= 3 || task.is_finished()
+    })
+    .await;
+    assert!(seen.len() >= 3, "{seen:?}");
+    task.abort();
+}
