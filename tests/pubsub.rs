@@ -671,7 +671,8 @@ async fn a_release_between_the_first_attempt_and_the_subscription_is_not_missed(
 
 /// Replacing a dead subscription connection resubscribes every channel and wakes every waiter
 /// of the process to re-check, not only one: four waiters on four keys, all asleep with
-/// nothing announced, each take their key once the connections they rely on die.
+/// nothing announced, each take their key once the connections they rely on die; a fifth,
+/// whose key stays held, is resubscribed and hears the release that comes later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_subscription_connection_wakes_every_waiter() {
     let c = cluster(3);
@@ -701,6 +702,20 @@ async fn a_replaced_subscription_connection_wakes_every_waiter() {
             "{key}: never subscribed"
         );
     }
+    let still = holder
+        .try_acquire("still")
+        .await
+        .expect("ok")
+        .expect("free");
+    let still_task = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.acquire(&ctx(60_000), "still").await })
+    };
+    let still_channel = format!("{}:released", holder.redis_key("still").expect("key"));
+    assert!(
+        until_numsub(&c, &still_channel, 1).await,
+        "never subscribed"
+    );
     // The keys go without a word (nothing publishes): the waiters sleep on.
     for key in &keys {
         let redis_key = holder.redis_key(key).expect("key");
@@ -723,6 +738,18 @@ async fn a_replaced_subscription_connection_wakes_every_waiter() {
         guard.release().await.expect("release");
     }
     drop(held);
+    // A fifth waiter, whose key stays held through the reconnect, is resubscribed on every
+    // node and hears the release that follows.
+    assert!(
+        until_numsub(&c, &still_channel, 1).await,
+        "the still-held key's channel was not resubscribed"
+    );
+    still.release().await.expect("release");
+    let got = still_task.await.expect("no panic");
+    got.unwrap_or_else(|e| panic!("not woken by the release after resubscribing: {e}"))
+        .release()
+        .await
+        .expect("release");
 }
 
 /// The waiter's subscription connections, made live by one wait on `key` that `holder` ends.
