@@ -931,3 +931,278 @@ fn a_dead_watchdog_never_turns_the_command_into_a_silent_sigpipe() {
         "the command never ran, and redquorum reported it as a SIGPIPE death: {out:?}"
     );
 }
+
+/// Sends signal `sig` (a name such as "TERM") to process `pid`.
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args(["-s", sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(ok.success(), "kill -s {sig} {pid} failed");
+}
+
+#[test]
+fn a_command_that_cannot_be_executed_gives_126_and_releases() {
+    let c = cluster(3);
+    let s = Scratch::new();
+    let script = s.path("not-executable.sh");
+    fs::write(&script, "#!/bin/sh\nexit 0\n").expect("write script");
+    // Readable but not executable: exec fails with EACCES, not ENOENT.
+    let out = run_bin(
+        &s,
+        run_args(&c, "noexec", &["--", script.to_str().expect("utf-8 path")]),
+    );
+    assert_eq!(out.code(), Some(126), "{out:?}");
+    assert!(out.stderr.contains("cannot run"), "{out:?}");
+    assert!(
+        common::all_keys(&c).is_empty(),
+        "{:?}",
+        common::all_keys(&c)
+    );
+}
+
+#[test]
+fn an_internal_failure_gives_70_and_the_command_does_not_run() {
+    // With one file descriptor beside stdin, stdout and stderr (the dynamic loader needs it),
+    // redquorum cannot create the watchdog's pipe: an internal error, before any I/O.
+    let c = cluster(3);
+    let s = Scratch::new();
+    let marker = s.path("ran");
+    let touch = format!("touch {}", marker.display());
+    let mut args = vec![
+        "-c".to_owned(),
+        "ulimit -n 4 && exec \"$0\" \"$@\"".to_owned(),
+        BIN.to_owned(),
+    ];
+    args.extend(run_args(&c, "internal", &["--", "sh", "-c", &touch]));
+    let out = Command::new("sh")
+        .args(&args)
+        .env_remove("REDQUORUM_NODES")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redquorum under ulimit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(70), "{out:?}");
+    assert!(stderr.contains("watchdog"), "{stderr}");
+    assert!(!marker.exists(), "the command ran");
+    assert!(
+        common::all_keys(&c).is_empty(),
+        "{:?}",
+        common::all_keys(&c)
+    );
+}
+
+#[test]
+fn a_signal_while_waiting_ends_redquorum_with_128_plus_it_and_nothing_held() {
+    let c = cluster(5);
+    let s = Scratch::new();
+    let rt = runtime();
+    let (locks, guard) = rt.block_on(async {
+        let locks = common::long_lease(&c).await;
+        let guard = locks
+            .acquire(&common::patient(), "busy")
+            .await
+            .expect("holder acquires");
+        (locks, guard)
+    });
+    let marker = s.path("ran");
+    let touch = format!("touch {}", marker.display());
+    for (sig, number) in [("TERM", 15), ("INT", 2), ("HUP", 1)] {
+        let waiting = start(
+            &s,
+            run_args(&c, "busy", &["--wait", "10m", "--", "sh", "-c", &touch]),
+            &[],
+        );
+        // It waits once it has subscribed to the key's release channel (after its first
+        // refused attempt).
+        assert!(
+            rt.block_on(common::until_numsub(
+                &c,
+                "redquorum:default:busy:released",
+                1
+            )),
+            "redquorum never started waiting"
+        );
+        signal(waiting.child.id(), sig);
+        let out = waiting.wait();
+        assert_eq!(out.code(), Some(128 + number), "SIG{sig}: {out:?}");
+        assert!(!marker.exists(), "SIG{sig}: the command ran");
+        // Nothing held: the only key is the holder's, and nobody listens any more.
+        let keys = common::all_keys(&c);
+        assert!(
+            keys.iter().all(|(_, k)| k == "redquorum:default:busy"),
+            "SIG{sig}: {keys:?}"
+        );
+        assert!(rt.block_on(common::until_numsub(
+            &c,
+            "redquorum:default:busy:released",
+            0
+        )));
+    }
+    rt.block_on(guard.release())
+        .expect("the holder still holds the lock");
+    drop(locks);
+}
+
+#[test]
+fn a_lock_found_gone_at_release_gives_76() {
+    let c = cluster(5);
+    let s = Scratch::new();
+    let (ready, go) = (s.path("ready"), s.path("go"));
+    let script = format!(
+        "touch {ready}; while [ ! -e {go} ]; do sleep 0.01; done; exit 0",
+        ready = ready.display(),
+        go = go.display()
+    );
+    // A TTL long enough that no renewal can notice the key gone while the command runs.
+    let running = start(
+        &s,
+        run_args(&c, "vanishing", &["--ttl", "5m", "--", "sh", "-c", &script]),
+        &[],
+    );
+    assert!(
+        wait_for_file(&ready, "", common::HANG_GUARD),
+        "the command did not start"
+    );
+    for i in 0..5 {
+        common::raw(&c, i, &["DEL", "redquorum:default:vanishing"]);
+    }
+    fs::write(&go, "").expect("go");
+    let out = running.wait();
+    assert_eq!(out.code(), Some(76), "{out:?}");
+    assert!(out.stderr.contains("not held throughout"), "{out:?}");
+}
+
+#[test]
+fn signals_to_redquorum_reach_the_commands_whole_process_group() {
+    let c = cluster(3);
+    let s = Scratch::new();
+    for (sig, number) in [("TERM", 15), ("HUP", 1)] {
+        let (ready, got, stop) = (
+            s.path(&format!("ready-{sig}")),
+            s.path(&format!("got-{sig}")),
+            s.path(&format!("stop-{sig}")),
+        );
+        // A background process of the command (not the command itself) records the signal;
+        // the command ignores it and waits for that process.
+        let script = format!(
+            "(trap 'echo {sig} > {got}; exit 0' {sig}; touch {ready}; \
+             while [ ! -e {stop} ]; do sleep 0.05; done) & trap '' {sig}; wait",
+            ready = ready.display(),
+            got = got.display(),
+            stop = stop.display()
+        );
+        let running = start(&s, run_args(&c, "group", &["--", "sh", "-c", &script]), &[]);
+        assert!(
+            wait_for_file(&ready, "", common::HANG_GUARD),
+            "SIG{sig}: the job did not start"
+        );
+        signal(running.child.id(), sig);
+        // Delivery takes milliseconds; a minute only bounds the wait for a signal that never
+        // comes (the job is then told to stop, so that the test fails instead of hanging).
+        let reached = wait_for_file(&got, sig, Duration::from_secs(60));
+        if !reached {
+            fs::write(&stop, "").expect("stop");
+        }
+        let out = running.wait();
+        assert!(
+            reached,
+            "SIG{sig} did not reach the command's background process: {out:?}"
+        );
+        // The command ignored it and ended normally once its child had gone.
+        assert_eq!(out.code(), Some(0), "SIG{sig} ({number}): {out:?}");
+        assert!(
+            common::all_keys(&c).is_empty(),
+            "{:?}",
+            common::all_keys(&c)
+        );
+    }
+}
+
+#[test]
+fn the_lease_is_kept_through_a_command_longer_than_the_ttl() {
+    let c = cluster(5);
+    let s = Scratch::new();
+    let (ready, go) = (s.path("ready"), s.path("go"));
+    let script = format!(
+        "touch {ready}; while [ ! -e {go} ]; do sleep 0.01; done; exit 0",
+        ready = ready.display(),
+        go = go.display()
+    );
+    let ttl = Duration::from_secs(1);
+    let running = start(
+        &s,
+        run_args(&c, "long", &["--ttl", "1s", "--", "sh", "-c", &script]),
+        &[],
+    );
+    assert!(
+        wait_for_file(&ready, "", common::HANG_GUARD),
+        "the command did not start"
+    );
+    let rt = runtime();
+    let locks = rt.block_on(common::locks(&c));
+    let key = "redquorum:default:long";
+    let value = common::get(&c, 0, key).expect("the lock is held");
+    // Three TTLs go by (the passing of time is what is tested): the lease must have been
+    // renewed under the same value, never lost or taken over.
+    let started = Instant::now();
+    while started.elapsed() < ttl * 3 {
+        thread::sleep(Duration::from_millis(100));
+        let held = rt.block_on(locks.try_acquire("long")).expect("try_acquire");
+        assert!(
+            held.is_none(),
+            "another client got the lock after {:?}",
+            started.elapsed()
+        );
+    }
+    let holding = (0..5)
+        .filter(|&i| common::get(&c, i, key).as_deref() == Some(value.as_str()))
+        .count();
+    assert!(holding >= 3, "the same value on {holding} of 5 nodes");
+    fs::write(&go, "").expect("go");
+    let out = running.wait();
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(!out.stderr.contains("lost"), "{out:?}");
+}
+
+#[test]
+fn sigint_to_redquorum_reaches_a_foreground_child_of_the_command() {
+    // A background process of a non-interactive shell ignores SIGINT, so the group is shown
+    // here by the command's foreground child: `sleep` dies of the forwarded SIGINT (status
+    // 130), and the command, which traps it, records that and exits 0. Without forwarding to
+    // the group the sleep runs its full 61 s and reports 0.
+    let c = cluster(3);
+    let s = Scratch::new();
+    let (ready, log) = (s.path("ready"), s.path("log"));
+    let script = format!(
+        "trap 'echo command-got-INT >> {log}' INT; touch {ready}; sleep 61; \
+         echo \"sleep=$?\" >> {log}; exit 0",
+        ready = ready.display(),
+        log = log.display()
+    );
+    let running = start(&s, run_args(&c, "int", &["--", "sh", "-c", &script]), &[]);
+    assert!(
+        wait_for_file(&ready, "", common::HANG_GUARD),
+        "the command did not start"
+    );
+    // `touch` ran before `sleep` started: wait until the sleep is a child of the command.
+    let deadline = Instant::now() + LIMIT;
+    while !fs::read_dir("/proc").expect("/proc").any(|e| {
+        e.ok()
+            .and_then(|e| fs::read(e.path().join("cmdline")).ok())
+            .is_some_and(|c| c == b"sleep\x0061\x00")
+    }) {
+        assert!(Instant::now() < deadline, "the sleep never started");
+        thread::sleep(Duration::from_millis(10));
+    }
+    signal(running.child.id(), "INT");
+    let out = running.wait();
+    let log = s.read("log");
+    assert!(log.contains("sleep=130"), "{log:?} {out:?}");
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(
+        common::all_keys(&c).is_empty(),
+        "{:?}",
+        common::all_keys(&c)
+    );
+}

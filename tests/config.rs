@@ -68,3 +68,53 @@ async fn config_errors_say_what_to_do() {
     assert!(msg.contains(".nodes("), "{msg}");
     assert!(!err.is_retryable());
 }
+
+/// Log output of the current thread's tracing events while the returned guard lives.
+fn capture_logs() -> (
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    tracing::subscriber::DefaultGuard,
+) {
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || LogSink(sink.clone()))
+        .finish();
+    (log, tracing::subscriber::set_default(subscriber))
+}
+
+struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// Current-thread runtime: `build()` logs on this thread, where the subscriber is the default.
+#[tokio::test]
+async fn an_even_number_of_nodes_is_allowed_but_logged_as_a_warning() {
+    let c = common::cluster(4);
+    for n in [3, 4] {
+        let (log, _guard) = capture_logs();
+        let locks = common::builder(&c)
+            .nodes(c.urls().into_iter().take(n))
+            .build()
+            .await
+            .unwrap_or_else(|e| panic!("{n} nodes are allowed: {e}"));
+        assert_eq!(locks.nodes(), n);
+        let text = String::from_utf8_lossy(&log.lock().expect("log")).into_owned();
+        let warned = text
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("even number of nodes"));
+        assert_eq!(warned, n % 2 == 0, "{n} nodes logged:\n{text}");
+    }
+}

@@ -363,3 +363,85 @@ async fn a_release_a_node_missed_is_retried_in_the_background() {
     let left = wait_until_no_keys(&c, HANG_GUARD).await;
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// Debug output of redquorum from every thread of this test binary (set up once).
+fn debug_log() -> &'static std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOG: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+        std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("redquorum=debug"))
+            .with_ansi(false)
+            .with_writer(move || LogSink(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+        log
+    })
+}
+
+struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_release_is_retried_for_one_ttl_and_then_given_up() {
+    let log = debug_log();
+    let c = proxied(3);
+    let ttl = Duration::from_secs(1);
+    let locks = builder(&c)
+        .ttl(ttl)
+        .node_timeout(Duration::from_millis(100))
+        .build()
+        .await
+        .expect("build");
+    let key = locks.redis_key("missed").expect("key");
+    let guard = locks.acquire(&patient(), "missed").await.expect("acquire");
+    eventually("node 2 to hold the key", || get(&c, 2, &key).is_some()).await;
+    // Node 2 becomes unreachable (every connection closed, new ones too) for good.
+    let port = c
+        .url(2)
+        .expect("url")
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .to_owned();
+    let node = format!(":{port}/");
+    c.proxy(2).expect("proxy").cut();
+    let released = Instant::now();
+    guard
+        .release()
+        .await
+        .expect("a majority confirms the release");
+    // The background retries end once their pauses add up to more than one TTL: the key has
+    // expired there by then. The bound is generous (a loaded machine delays each send by up to
+    // a node timeout); what matters is that the retries stop.
+    let gave_up = |log: &std::sync::Mutex<Vec<u8>>| {
+        String::from_utf8_lossy(&log.lock().expect("log"))
+            .lines()
+            .any(|l| l.contains("the key expires by TTL there") && l.contains(&node))
+    };
+    while !gave_up(log) && released.elapsed() < ttl * 30 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let after = released.elapsed();
+    assert!(
+        gave_up(log),
+        "still retrying {after:?} after the release (TTL {ttl:?})"
+    );
+    // Not before a TTL of pauses: it was retried that long first.
+    assert!(after >= ttl, "gave up after only {after:?}");
+    c.proxy(2).expect("proxy").heal();
+}

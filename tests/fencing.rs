@@ -214,3 +214,88 @@ async fn counters_never_collide_with_lock_keys() {
         "{keys:?}"
     );
 }
+
+/// Scripts the nodes ran since `before` (a fenced acquire and the fence round are scripts).
+fn scripts_since(c: &LocalCluster, before: &redquorum::testkit::CommandStats) -> u64 {
+    let used = command_stats(c).since(before);
+    used.calls("evalsha") + used.calls("eval")
+}
+
+/// A fenced acquire of `key` whose every node has answered (stragglers included), with the
+/// scripts it cost.
+async fn fenced_acquire_cost(
+    c: &LocalCluster,
+    locks: &RedLock,
+    key: &str,
+) -> (redquorum::LockGuard, u64) {
+    let before = command_stats(c);
+    let guard = locks.acquire(&patient(), key).await.expect("acquire");
+    let redis_key = locks.redis_key(key).expect("key");
+    eventually("every node to hold the key", || {
+        (0..c.len()).all(|i| get(c, i, &redis_key).is_some())
+    })
+    .await;
+    (guard, scripts_since(c, &before))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_second_fencing_round_when_the_counters_agree() {
+    let c = cluster(5);
+    let locks = fenced(&c).await;
+    // Warm up: scripts loaded, connections identified.
+    locks
+        .acquire(&patient(), "warm")
+        .await
+        .expect("acquire")
+        .release()
+        .await
+        .expect("release");
+
+    // Every counter at 0: the granting majority agrees, one script per node and no more.
+    let (guard, scripts) = fenced_acquire_cost(&c, &locks, "agree").await;
+    assert_eq!(guard.fencing_token(), Some(1));
+    assert_eq!(scripts, 5, "one acquire script per node, no fence round");
+    guard.release().await.expect("release");
+
+    // Counters 2, 2, 3, 1, 1 after the increments: no three of them are equal, so every
+    // majority disagrees and the lagging nodes are raised in a second round (the control that
+    // shows the count can see one).
+    let counter = locks.fence_key("disagree").expect("fence key");
+    for (i, incrs) in [(0, 1), (1, 1), (2, 2)] {
+        for _ in 0..incrs {
+            raw(&c, i, &["INCR", &counter]);
+        }
+    }
+    let (guard, scripts) = fenced_acquire_cost(&c, &locks, "disagree").await;
+    assert!(
+        guard.fencing_token() >= Some(2),
+        "{:?}",
+        guard.fencing_token()
+    );
+    assert!(
+        scripts > 5,
+        "disagreeing counters must be raised in a second round: {scripts} scripts"
+    );
+    guard.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sets_get_no_token_and_no_counter() {
+    let c = cluster(3);
+    let locks = fenced(&c).await;
+    let pair = locks
+        .acquire_many(&patient(), &["acct:1", "acct:2"])
+        .await
+        .expect("acquire_many");
+    assert_eq!(pair.fencing_token(), None, "a set carries no token");
+    let counters: Vec<_> = all_keys(&c)
+        .into_iter()
+        .filter(|(_, k)| k.contains("::fence:"))
+        .collect();
+    assert!(counters.is_empty(), "a set created counters: {counters:?}");
+    pair.release().await.expect("release");
+    // The control: a single key of the same RedLock does get one.
+    let one = locks.acquire(&patient(), "acct:1").await.expect("acquire");
+    assert_eq!(one.fencing_token(), Some(1));
+    one.release().await.expect("release");
+}

@@ -250,3 +250,55 @@ async fn a_local_holder_past_its_lease_does_not_block_local_waiters() {
     g.release().await.expect("release");
     drop(stuck);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_renewal_is_retried_until_one_gets_through() {
+    let c = proxied(5);
+    let ttl = Duration::from_secs(3);
+    let locks = builder(&c)
+        .ttl(ttl)
+        .node_timeout(Duration::from_millis(100))
+        .build()
+        .await
+        .expect("build");
+    let mut guard = locks.acquire(&patient(), "renew").await.expect("acquire");
+    // One extension first, so that the nodes have the script loaded: a first EVALSHA answered
+    // NOSCRIPT and sent again would count as two attempts below.
+    guard.extend(ttl).await.expect("extend");
+    let first_end = guard.expires_at();
+    let lost = guard.lost();
+    // A majority goes silent (held traffic is delivered on heal, as TCP would): the renewal
+    // due at half the TTL cannot reach a majority and fails after one node timeout.
+    for i in 0..3 {
+        c.proxy(i).expect("proxy").blackhole();
+    }
+    let before = command_stats(&c);
+    guard.keep_alive();
+    // Each renewal attempt reaches the two nodes that still answer (the stats are read past
+    // the proxies, so the silent nodes' counts do not move while they are silent). A second
+    // attempt there is the retry.
+    eventually(
+        "a renewal retried after a failed one, or the lease lost",
+        || lost.is_cancelled() || command_stats(&c).since(&before).calls("evalsha") >= 4,
+    )
+    .await;
+    assert!(
+        !lost.is_cancelled(),
+        "the lease was lost without a retried renewal"
+    );
+    for i in 0..3 {
+        c.proxy(i).expect("proxy").heal();
+    }
+    // The next retry gets through, well inside the validity that is left.
+    eventually(
+        "a renewal that extends the lease, or the lease lost",
+        || lost.is_cancelled() || guard.expires_at() > first_end,
+    )
+    .await;
+    assert!(
+        !lost.is_cancelled(),
+        "the lease was lost: no renewal got through"
+    );
+    assert!(guard.expires_at() > first_end);
+    guard.release().await.expect("release");
+}

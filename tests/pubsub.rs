@@ -596,3 +596,325 @@ async fn a_key_deleted_without_a_word_is_found_by_the_safety_poll() {
     got.release().await.expect("release");
     std::mem::forget(g); // its key is gone; a release would only say NotHeld
 }
+
+/// Five proxied nodes, 0, 1 and 2 slower (20 ms each way) than 3 and 4.
+fn three_slow_of_five() -> LocalCluster {
+    let c = proxied(5);
+    for i in 0..3 {
+        c.proxy(i)
+            .expect("proxy")
+            .set_latency(Duration::from_millis(20));
+    }
+    c
+}
+
+/// `key` under another owner's value on nodes 0, 1 and 2 of five: every attempt is refused by
+/// a majority and granted by nodes 3 and 4 (a split vote). On [`three_slow_of_five`] the
+/// grants come first, so the attempt knows it was a split vote when the refusals decide it
+/// (refusals first would decide the round before the grants land; see docs/testing.md).
+fn held_by_three_of_five(c: &LocalCluster, key: &str) {
+    for i in 0..3 {
+        raw(c, i, &["SET", key, "someone-else", "PX", "600000"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_undo_of_an_attempt_that_is_not_retried_is_announced() {
+    let c = three_slow_of_five();
+    let locks = long_lease(&c).await;
+    let key = locks.redis_key("split").expect("key");
+    held_by_three_of_five(&c, &key);
+    let before = command_stats(&c);
+    assert!(locks.try_acquire("split").await.expect("ok").is_none());
+    eventually("the partial grant undone on nodes 3 and 4", || {
+        (3..5).all(|i| get(&c, i, &key).is_none())
+    })
+    .await;
+    // Announced where it was undone (a waiter may have been refused by the partial grant).
+    eventually("the undo's announcements", || {
+        command_stats(&c).since(&before).calls("publish") >= 2
+    })
+    .await;
+    assert_eq!(command_stats(&c).since(&before).calls("publish"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_votes_loser_undoes_quietly_and_announces_the_key_when_it_leaves() {
+    let c = three_slow_of_five();
+    let locks = long_lease(&c).await;
+    let key = locks.redis_key("split").expect("key");
+    held_by_three_of_five(&c, &key);
+    let before = command_stats(&c);
+    let err = locks
+        .acquire(&ctx(2_000), "split")
+        .await
+        .expect_err("a majority is held elsewhere");
+    assert!(err.is_timeout(), "{err:?}");
+    // The leave announcement: one bare PUBLISH per node.
+    eventually("the leave announced on every node", || {
+        command_stats(&c).since(&before).calls("publish") >= 5
+    })
+    .await;
+    eventually("the last partial grant undone", || {
+        (3..5).all(|i| get(&c, i, &key).is_none())
+    })
+    .await;
+    let used = command_stats(&c).since(&before);
+    // Every attempt is one SET per node (split votes: the waiter polls).
+    let attempts = used.calls("set") / 5;
+    assert!(attempts >= 3, "only {attempts} attempts in two seconds");
+    // Quiet undos: the leave's 5, plus 2 if the last round was cut off by the deadline (a
+    // dropped round's undo announces). Each announced undo would add 2 per attempt.
+    let published = used.calls("publish");
+    assert!(
+        published <= 7,
+        "{published} PUBLISHes for {attempts} split votes: the undos were announced"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_between_the_first_attempt_and_the_subscription_is_not_missed() {
+    // The waiter reaches the nodes through proxies that add 150 ms each way; the holder goes
+    // straight to them. So the holder's release can land after the waiter's first attempt was
+    // refused and before its subscription exists (which takes a new connection and several
+    // round trips): nobody hears that release's notification.
+    let c = proxied(5);
+    for i in 0..5 {
+        c.proxy(i)
+            .expect("proxy")
+            .set_latency(Duration::from_millis(150));
+    }
+    let direct: Vec<String> = (0..5)
+        .map(|i| c.direct_url(i).expect("direct url"))
+        .collect();
+    let holder_locks = builder(&c)
+        .nodes(&direct)
+        .ttl(HANG_GUARD * 2)
+        .build()
+        .await
+        .expect("build the holder");
+    // Neither the holder's lease nor the safety poll can end the waiter's sleep during the test:
+    // only the re-check after subscribing can find the key free.
+    let waiter_locks = builder(&c)
+        .ttl(HANG_GUARD * 2)
+        .node_timeout(Duration::from_secs(1))
+        .safety_poll(HANG_GUARD)
+        .build()
+        .await
+        .expect("build the waiter");
+    // Warm-up: the waiter's subscription connections exist and are live, so its subscription
+    // is confirmed by every node when `subscribe` returns (a connection that comes up later
+    // wakes every waiter, which would re-check for it).
+    let warm = holder_locks
+        .acquire(&patient(), "warm")
+        .await
+        .expect("holder acquires");
+    let warm_waiter = {
+        let waiter_locks = waiter_locks.clone();
+        tokio::spawn(async move { waiter_locks.acquire(&patient(), "warm").await })
+    };
+    let warm_channel = format!("{}:released", holder_locks.redis_key("warm").expect("key"));
+    assert!(until_numsub(&c, &warm_channel, 1).await, "never subscribed");
+    warm.release().await.expect("release");
+    warm_waiter
+        .await
+        .expect("task")
+        .expect("warm-up acquire")
+        .release()
+        .await
+        .expect("release");
+
+    let holder = holder_locks
+        .acquire(&patient(), "gap")
+        .await
+        .expect("holder acquires");
+    let channel = format!("{}:released", holder_locks.redis_key("gap").expect("key"));
+    let before = command_stats(&c);
+    let waiter = {
+        let waiter_locks = waiter_locks.clone();
+        tokio::spawn(async move { waiter_locks.acquire(&ctx(20_000), "gap").await })
+    };
+    eventually("the waiter's first attempt refused on every node", || {
+        command_stats(&c).since(&before).calls("set") >= 5
+    })
+    .await;
+    holder.release().await.expect("release");
+    let subscribed: Vec<i64> = (0..5).map(|i| numsub(&c, i, &channel)).collect();
+    assert!(
+        subscribed.iter().all(|&n| n == 0),
+        "the release did not land before the subscription ({subscribed:?} subscribers): the \
+         test shows nothing; raise the latency"
+    );
+    let got = waiter.await.expect("waiter task");
+    let guard = got.expect("the waiter finds the key free on its re-check");
+    guard.release().await.expect("release");
+}
+
+/// Replacing a dead subscription connection resubscribes every channel and wakes every waiter
+/// of the process to re-check, not only one: four waiters on four keys, all asleep with
+/// nothing announced, each take their key once the connections they rely on die; a fifth,
+/// whose key stays held, is resubscribed and hears the release that comes later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_subscription_connection_wakes_every_waiter() {
+    let c = cluster(3);
+    let holder = long_lease(&c).await;
+    // No poll and no safety poll within the test: only a wake can end the waits.
+    let waiter = builder(&c)
+        .ttl(HANG_GUARD * 2)
+        .retry(Retry::exponential(HANG_GUARD, HANG_GUARD))
+        .safety_poll(HANG_GUARD)
+        .build()
+        .await
+        .expect("build");
+    let keys: Vec<String> = (0..4).map(|k| format!("many-{k}")).collect();
+    let mut held = Vec::new();
+    let mut tasks = Vec::new();
+    for key in &keys {
+        held.push(holder.try_acquire(key).await.expect("ok").expect("free"));
+        let (waiter, key) = (waiter.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            waiter.acquire(&ctx(60_000), &key).await
+        }));
+    }
+    for key in &keys {
+        let channel = format!("{}:released", holder.redis_key(key).expect("key"));
+        assert!(
+            until_numsub(&c, &channel, 1).await,
+            "{key}: never subscribed"
+        );
+    }
+    let still = holder
+        .try_acquire("still")
+        .await
+        .expect("ok")
+        .expect("free");
+    let still_task = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.acquire(&ctx(60_000), "still").await })
+    };
+    let still_channel = format!("{}:released", holder.redis_key("still").expect("key"));
+    assert!(
+        until_numsub(&c, &still_channel, 1).await,
+        "never subscribed"
+    );
+    // The keys go without a word (nothing publishes): the waiters sleep on.
+    for key in &keys {
+        let redis_key = holder.redis_key(key).expect("key");
+        for i in 0..3 {
+            raw(&c, i, &["DEL", &redis_key]);
+        }
+    }
+    for i in 0..3 {
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut conn(&c, i))
+            .expect("CLIENT KILL");
+        assert!(killed >= 1, "node {i}: no subscription connection to kill");
+    }
+    for (key, task) in keys.iter().zip(tasks) {
+        let got = task.await.expect("no panic");
+        let guard = got.unwrap_or_else(|e| panic!("{key}: not woken by the reconnect: {e}"));
+        guard.release().await.expect("release");
+    }
+    drop(held);
+    // A fifth waiter, whose key stays held through the reconnect, is resubscribed on every
+    // node and hears the release that follows.
+    assert!(
+        until_numsub(&c, &still_channel, 1).await,
+        "the still-held key's channel was not resubscribed"
+    );
+    still.release().await.expect("release");
+    let got = still_task.await.expect("no panic");
+    got.unwrap_or_else(|e| panic!("not woken by the release after resubscribing: {e}"))
+        .release()
+        .await
+        .expect("release");
+}
+
+/// The waiter's subscription connections, made live by one wait on `key` that `holder` ends.
+async fn warm_subscriptions(c: &LocalCluster, holder: &RedLock, waiter: &RedLock, key: &str) {
+    let held = holder.acquire(&patient(), key).await.expect("acquire");
+    let task = {
+        let (waiter, key) = (waiter.clone(), key.to_owned());
+        tokio::spawn(async move { waiter.acquire(&patient(), &key).await })
+    };
+    let channel = format!("{}:released", holder.redis_key(key).expect("key"));
+    assert!(until_numsub(c, &channel, 1).await, "never subscribed");
+    held.release().await.expect("release");
+    task.await
+        .expect("task")
+        .expect("warm-up acquire")
+        .release()
+        .await
+        .expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_right_after_a_notification_skips_the_pttl_hint() {
+    let c = cluster(5);
+    let holder = long_lease(&c).await;
+    let waiter = builder(&c)
+        .ttl(HANG_GUARD * 2)
+        .retry(Retry::exponential(HANG_GUARD, HANG_GUARD))
+        .safety_poll(HANG_GUARD)
+        .build()
+        .await
+        .expect("build");
+    warm_subscriptions(&c, &holder, &waiter, "warm").await;
+    let held = holder.acquire(&patient(), "hint").await.expect("acquire");
+    let before = command_stats(&c);
+    let task = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.acquire(&patient(), "hint").await })
+    };
+    // Attempt 1 has no hint; attempt 2 (the re-check after subscribing) reads the PTTL.
+    eventually("the re-check's PTTL hint on every node", || {
+        command_stats(&c).since(&before).calls("pttl") >= 5
+    })
+    .await;
+    held.release().await.expect("release");
+    let got = task.await.expect("task").expect("woken by the release");
+    let key = waiter.redis_key("hint").expect("key");
+    eventually("every node to have answered attempt 3", || {
+        (0..5).all(|i| get(&c, i, &key).as_deref() == Some(got.value()))
+    })
+    .await;
+    let used = command_stats(&c).since(&before);
+    // Attempt 3, right after the notification, sent no PTTL.
+    assert_eq!(used.calls("set"), 15, "three attempts of one SET per node");
+    assert_eq!(used.calls("pttl"), 5, "only the re-check read the PTTL");
+    got.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attempt_uses_a_fresh_value() {
+    // Split votes: each attempt's value stays on nodes 3 and 4 until the slow refusals come
+    // back and it is undone (tens of ms), long enough to be read there.
+    let c = three_slow_of_five();
+    let locks = builder(&c)
+        .ttl(HANG_GUARD * 2)
+        .owner("fresh")
+        .build()
+        .await
+        .expect("build");
+    let key = locks.redis_key("fresh").expect("key");
+    held_by_three_of_five(&c, &key);
+    // Ten seconds of attempts (a few a second even on a loaded machine) bound the search.
+    let task = {
+        let locks = locks.clone();
+        tokio::spawn(async move { locks.acquire(&ctx(10_000), "fresh").await })
+    };
+    let mut seen = std::collections::HashSet::new();
+    eventually("three attempts' values seen on node 3", || {
+        if let Some(v) = get(&c, 3, &key) {
+            assert!(v.ends_with(":fresh"), "value {v:?} lacks the owner label");
+            seen.insert(v);
+        }
+        seen.len() >= 3 || task.is_finished()
+    })
+    .await;
+    assert!(seen.len() >= 3, "{seen:?}");
+    task.abort();
+}
