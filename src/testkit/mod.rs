@@ -281,6 +281,7 @@ impl LocalClusterBuilder {
                     child: Some(child),
                     paused: false,
                 }),
+                conn: CachedConn::default(),
             });
             if self.proxied {
                 cluster.proxies.push(FaultProxy::start(port)?);
@@ -313,6 +314,18 @@ struct Node {
     port: u16,
     dir: PathBuf,
     state: Mutex<NodeState>,
+    /// A connection to the node itself, kept for the testkit's own readings (command stats).
+    conn: CachedConn,
+}
+
+/// A lazily opened connection, replaced when it fails (e.g. after the node's restart).
+#[derive(Default)]
+struct CachedConn(Mutex<Option<redis::Connection>>);
+
+impl std::fmt::Debug for CachedConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CachedConn")
+    }
 }
 
 #[derive(Debug)]
@@ -493,6 +506,37 @@ impl LocalCluster {
         fs::read(&path)
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
             .map_err(|e| io_error(format!("reading {}", path.display()), e))
+    }
+
+    /// Runs `f` on the kept connection to node `index` itself (opened on first use). If it
+    /// fails, the connection is replaced by a fresh one and `f` runs once more (a node's
+    /// restart breaks the kept connection), so `f` should be safe to repeat.
+    fn with_direct_conn<T>(
+        &self,
+        index: usize,
+        f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, TestkitError> {
+        let node = self.node(index)?;
+        let url = self.direct_url(index)?;
+        let io = |e: redis::RedisError| {
+            io_error(
+                format!("talking to node {index}"),
+                io::Error::other(e.to_string()),
+            )
+        };
+        let mut kept = node.conn.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(conn) = kept.as_mut() {
+            match f(conn) {
+                Ok(value) => return Ok(value),
+                Err(_) => *kept = None,
+            }
+        }
+        let mut conn = redis::Client::open(url)
+            .and_then(|c| c.get_connection())
+            .map_err(io)?;
+        let value = f(&mut conn).map_err(io)?;
+        *kept = Some(conn);
+        Ok(value)
     }
 
     fn node(&self, index: usize) -> Result<&Node, TestkitError> {
@@ -693,11 +737,69 @@ fn create_root_dir(base: PathBuf) -> Result<PathBuf, TestkitError> {
     }
 }
 
+/// Lowest port handed out to test nodes (well above the well-known and registered services
+/// most machines run).
+const TEST_PORT_FLOOR: u16 = 20_000;
+/// Fewest ports a range below the ephemeral one must offer to be used at all.
+const TEST_PORT_MIN_SPAN: u16 = 1_000;
+
+/// A free port on 127.0.0.1 for a node, chosen *outside* the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`) when there is room below it.
+///
+/// A node keeps its port for the cluster's life and `restart` binds it again. A port from the
+/// ephemeral range (what binding port 0 gives) can be taken, while the node is down, by any
+/// outgoing connection or by another test's port-0 bind, and the restart then fails. Ports
+/// below the ephemeral range are never handed out by the kernel; among test processes, each
+/// starts at a random place in the range and walks through it (so parallel test binaries
+/// rarely meet, and a process never reuses a port it gave out until it has gone round the
+/// whole range), and a port is only given out after binding it succeeded.
 fn free_port() -> Result<u16, TestkitError> {
+    if let Some((low, high)) = test_port_range(ephemeral_range()) {
+        static NEXT: AtomicUsize = AtomicUsize::new(usize::MAX);
+        let span = usize::from(high - low) + 1;
+        // First use: a per-process random start. Racing first uses both store a random start,
+        // which is fine.
+        if NEXT.load(Ordering::Relaxed) == usize::MAX {
+            let _ = NEXT.compare_exchange(
+                usize::MAX,
+                fastrand::usize(..span),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        for _ in 0..span {
+            let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+            let Ok(port) = u16::try_from(usize::from(low) + offset) else {
+                continue;
+            };
+            if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
+    // No room below the ephemeral range (or all of it taken): let the kernel choose.
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .map_err(|e| io_error("finding a free port on 127.0.0.1", e))
+}
+
+/// The kernel's ephemeral port range, if it can be read (Linux).
+fn ephemeral_range() -> Option<(u16, u16)> {
+    let text = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut parts = text.split_whitespace().map(str::parse::<u16>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(low)), Some(Ok(high))) => Some((low, high)),
+        _ => None,
+    }
+}
+
+/// Ports for test nodes: from [`TEST_PORT_FLOOR`] up to just below the ephemeral range. Without
+/// a readable ephemeral range, the usual Linux default (32768–60999) is assumed.
+fn test_port_range(ephemeral: Option<(u16, u16)>) -> Option<(u16, u16)> {
+    let (ephemeral_low, _) = ephemeral.unwrap_or((32_768, 60_999));
+    let high = ephemeral_low.checked_sub(1)?;
+    (high >= TEST_PORT_FLOOR + TEST_PORT_MIN_SPAN).then_some((TEST_PORT_FLOOR, high))
 }
 
 /// `PING` answers `+PONG` and the server on `port` is our process `pid` (not
@@ -931,6 +1033,33 @@ mod tests {
             get, "$2",
             "value should survive a crash with appendfsync always"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn node_ports_lie_below_the_ephemeral_range() -> Result<(), TestkitError> {
+        assert_eq!(
+            test_port_range(Some((32_768, 60_999))),
+            Some((TEST_PORT_FLOOR, 32_767))
+        );
+        assert_eq!(test_port_range(Some((20_500, 60_999))), None, "no room");
+        assert_eq!(test_port_range(Some((1_024, 65_535))), None);
+        let Some((low, high)) = test_port_range(ephemeral_range()) else {
+            return Ok(()); // this machine leaves no room: ports come from the kernel
+        };
+        let cluster = LocalCluster::start(3)?;
+        for i in 0..cluster.len() {
+            let port = cluster.port(i)?;
+            assert!((low..=high).contains(&port), "node {i} on port {port}");
+        }
+        // A killed node's port is not given out again by this process, so its restart gets it.
+        let port = cluster.port(0)?;
+        cluster.kill(0)?;
+        for _ in 0..50 {
+            assert_ne!(free_port()?, port);
+        }
+        cluster.restart(0)?;
+        assert!(pings(port));
         Ok(())
     }
 

@@ -78,26 +78,17 @@ impl LocalCluster {
     pub fn command_stats(&self) -> Result<CommandStats, TestkitError> {
         let mut stats = CommandStats::default();
         for i in (0..self.len()).filter(|&i| self.is_running(i)) {
-            let io = |e: redis::RedisError| TestkitError::Io {
-                context: format!("reading INFO of node {i}"),
-                source: std::io::Error::other(e.to_string()),
-            };
-            let mut conn = redis::Client::open(self.direct_url(i)?)
-                .and_then(|c| c.get_connection())
-                .map_err(io)?;
-            let info: String = redis::cmd("INFO")
-                .arg("stats")
-                .query(&mut conn)
-                .map_err(io)?;
+            // One connection per node, kept between readings (tests poll these counters).
+            let (info, cmds) = self.with_direct_conn(i, |conn| {
+                let info: String = redis::cmd("INFO").arg("stats").query(conn)?;
+                let cmds: String = redis::cmd("INFO").arg("commandstats").query(conn)?;
+                Ok((info, cmds))
+            })?;
             stats.total += info
                 .lines()
                 .find_map(|l| l.strip_prefix("total_commands_processed:"))
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .unwrap_or(0);
-            let cmds: String = redis::cmd("INFO")
-                .arg("commandstats")
-                .query(&mut conn)
-                .map_err(io)?;
             for (name, calls) in cmds.lines().filter_map(parse_cmdstat) {
                 *stats.calls.entry(name.to_owned()).or_default() += calls;
             }

@@ -1,6 +1,8 @@
 //! Shared set-up for the integration tests: real redis-server processes via the testkit.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use redquorum::testkit::LocalCluster;
@@ -82,10 +84,11 @@ pub fn raw(cluster: &LocalCluster, i: usize, args: &[&str]) -> redis::Value {
     for a in &args[1..] {
         cmd.arg(*a);
     }
-    cmd.query(&mut conn(cluster, i)).expect("raw command")
+    query(cluster, i, &cmd, "raw command")
 }
 
-/// A plain synchronous connection to node `i`, to look at what the lock left there.
+/// A plain synchronous connection to node `i`, to look at what the lock left there: a new one
+/// each call (for a one-off look; the helpers below keep one per node instead).
 pub fn conn(cluster: &LocalCluster, i: usize) -> redis::Connection {
     let url = cluster.direct_url(i).expect("node index");
     redis::Client::open(url)
@@ -93,20 +96,59 @@ pub fn conn(cluster: &LocalCluster, i: usize) -> redis::Connection {
         .expect("connect to node")
 }
 
+/// At most this many kept connections (clusters of finished tests leave theirs behind; past
+/// this the cache is emptied, and connections in use live on until their query ends).
+const KEPT_CONNECTIONS: usize = 64;
+
+type Kept = Arc<Mutex<Option<redis::Connection>>>;
+
+/// The connection kept for `url` (one per node: node ports are not reused within a process).
+fn kept(url: &str) -> Kept {
+    static KEPT: OnceLock<Mutex<HashMap<String, Kept>>> = OnceLock::new();
+    let mut map = KEPT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if map.len() >= KEPT_CONNECTIONS && !map.contains_key(url) {
+        map.clear();
+    }
+    map.entry(url.to_owned()).or_default().clone()
+}
+
+/// Runs `cmd` on node `i` over the connection kept for it, so polling helpers do not open a
+/// TCP connection per poll. A failed kept connection (the node restarted) is replaced and the
+/// command sent once more on the new one; `what` names the command if that fails too.
+fn query<T: redis::FromRedisValue>(
+    cluster: &LocalCluster,
+    i: usize,
+    cmd: &redis::Cmd,
+    what: &str,
+) -> T {
+    let url = cluster.direct_url(i).expect("node index");
+    let kept = kept(&url);
+    let mut slot = kept.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(c) = slot.as_mut() {
+        match cmd.query(c) {
+            Ok(value) => return value,
+            Err(_) => *slot = None,
+        }
+    }
+    let mut c = conn(cluster, i);
+    let value = cmd
+        .query(&mut c)
+        .unwrap_or_else(|e| panic!("{what} on node {i}: {e}"));
+    *slot = Some(c);
+    value
+}
+
 /// The value of `key` on node `i`.
 pub fn get(cluster: &LocalCluster, i: usize, key: &str) -> Option<String> {
-    redis::cmd("GET")
-        .arg(key)
-        .query(&mut conn(cluster, i))
-        .expect("GET")
+    query(cluster, i, redis::cmd("GET").arg(key), "GET")
 }
 
 /// Remaining TTL of `key` on node `i` in ms (-2 absent, -1 no expiry).
 pub fn pttl(cluster: &LocalCluster, i: usize, key: &str) -> i64 {
-    redis::cmd("PTTL")
-        .arg(key)
-        .query(&mut conn(cluster, i))
-        .expect("PTTL")
+    query(cluster, i, redis::cmd("PTTL").arg(key), "PTTL")
 }
 
 /// Every key on every running node.
@@ -116,10 +158,7 @@ pub fn all_keys(cluster: &LocalCluster) -> Vec<(usize, String)> {
         if !cluster.is_running(i) {
             continue;
         }
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("*")
-            .query(&mut conn(cluster, i))
-            .expect("KEYS");
+        let keys: Vec<String> = query(cluster, i, redis::cmd("KEYS").arg("*"), "KEYS");
         out.extend(keys.into_iter().map(|k| (i, k)));
     }
     out
@@ -151,19 +190,22 @@ pub fn command_stats(cluster: &LocalCluster) -> redquorum::testkit::CommandStats
 }
 
 pub fn numsub(c: &LocalCluster, i: usize, channel: &str) -> i64 {
-    let (_, n): (String, i64) = redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg(channel)
-        .query(&mut conn(c, i))
-        .expect("PUBSUB NUMSUB");
+    let (_, n): (String, i64) = query(
+        c,
+        i,
+        redis::cmd("PUBSUB").arg("NUMSUB").arg(channel),
+        "PUBSUB NUMSUB",
+    );
     n
 }
 
 pub fn channels(c: &LocalCluster, i: usize) -> Vec<String> {
-    redis::cmd("PUBSUB")
-        .arg("CHANNELS")
-        .query(&mut conn(c, i))
-        .expect("PUBSUB CHANNELS")
+    query(
+        c,
+        i,
+        redis::cmd("PUBSUB").arg("CHANNELS"),
+        "PUBSUB CHANNELS",
+    )
 }
 
 /// Waits until every node reports `want` subscribers on `channel` (subscription changes are
