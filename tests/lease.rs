@@ -347,7 +347,7 @@ mod many {
             (0..3).any(|i| get(&c, i, &key).is_some())
         };
         while (stray("x") || stray("z")) && Instant::now() < deadline {
-            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(
             !stray("x") && !stray("z"),
@@ -361,9 +361,10 @@ mod many {
         };
         // Release only once the waiter has tried at least once (its requests reached the
         // nodes), so the waiting path really runs.
-        while command_stats(&c).since(&before).calls("evalsha") < 2 {
-            tokio::task::yield_now().await;
-        }
+        eventually("the waiter's first attempt to reach the nodes", || {
+            command_stats(&c).since(&before).calls("evalsha") >= 2
+        })
+        .await;
         held.release().await.expect("release");
         let set = waiter.await.expect("no panic").expect("acquired");
         assert!(set.is_held().await.expect("query"));

@@ -157,10 +157,10 @@ async fn namespace_prefixes_every_key() {
     let locks = builder(&c).namespace("app1").build().await.expect("build");
     let g = locks.try_acquire("k").await.expect("ok").expect("free");
     // The grant is decided by 2 of 3; wait until the third node's reply is recorded too.
-    let until = std::time::Instant::now() + HANG_GUARD;
-    while g.granted_nodes() < 3 && std::time::Instant::now() < until {
-        tokio::task::yield_now().await;
-    }
+    eventually("every node's grant to be recorded", || {
+        g.granted_nodes() == 3
+    })
+    .await;
     let keys = all_keys(&c);
     assert_eq!(keys.len(), 3);
     assert!(keys.iter().all(|(_, k)| k == "app1:default:k"), "{keys:?}");
@@ -198,10 +198,7 @@ async fn an_undetermined_majority_is_no_quorum_not_free() {
     let g = locks.try_acquire("k").await.expect("ok").expect("free");
     let key = locks.redis_key("k").expect("key");
     // Let node 2's (possibly straggling) grant land first, then wipe it by a restart.
-    let settle = tokio::time::Instant::now() + HANG_GUARD;
-    while get(&c, 2, &key).is_none() && tokio::time::Instant::now() < settle {
-        tokio::task::yield_now().await;
-    }
+    eventually("node 2's grant to land", || get(&c, 2, &key).is_some()).await;
     c.restart(2).expect("restart");
     assert_eq!(get(&c, 2, &key), None);
     // Make sure the observer's connection to node 2 is back before freezing node 0: its
