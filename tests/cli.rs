@@ -715,6 +715,55 @@ fn a_sigkilled_redquorum_takes_its_job_with_it() {
     );
 }
 
+/// The `redis-server` children of process `parent` (from `/proc/*/stat`).
+fn redis_children(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may contain ')', so split at the last one.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if head.contains("(redis-server") && ppid == Some(parent) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// `redquorum demo` SIGKILLed (no unwinding, no `Drop`): the redis-servers it started die
+/// with it (parent-death signal) instead of running on as orphans.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_sigkilled_demo_takes_its_redis_servers_with_it() {
+    let s = Scratch::new();
+    let mut demo = start(&s, ["demo", "--workers", "16", "--rounds", "20"], &[]);
+    assert!(
+        wait_for_file(&demo.out, "local redis-server masters", LIMIT),
+        "the demo never started its masters"
+    );
+    let servers = redis_children(demo.child.id());
+    let _cleanup = KillOnDrop(servers.clone());
+    assert_eq!(servers.len(), 5, "the demo's 5 masters: {servers:?}");
+    assert!(servers.iter().all(|&p| alive(p)), "{servers:?}");
+    demo.child.kill().expect("SIGKILL the demo");
+    let _ = demo.child.wait();
+    let deadline = Instant::now() + LIMIT;
+    while servers.iter().any(|&p| alive(p)) {
+        assert!(
+            Instant::now() < deadline,
+            "redis-servers outlived the killed demo: {servers:?}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn the_lock_is_kept_until_the_whole_job_has_exited() {

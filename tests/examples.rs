@@ -6,9 +6,11 @@
 //! this test run holds): `cargo test --all-features` has already built every example into
 //! `target/<profile>/examples/`, next to this test's own `deps/` directory, and this test runs
 //! those binaries one after another (at once, they slow each other down past the examples'
-//! node timeouts of 20 ms), each bounded by [`TIMEOUT`]. A binary that is missing (built
-//! without the `testkit` feature) or older than its sources (`cargo test --test examples` does
-//! not rebuild examples) is reported and not run.
+//! node timeouts of 20 ms), each bounded by [`TIMEOUT`]. A binary that is missing or older than
+//! its sources (`cargo test --test examples` does not build examples) fails the test, saying
+//! how to build it: a test that cannot find what it tests must not pass. Without the `testkit`
+//! feature the examples are not built at all, and this file compiles to nothing.
+#![cfg(feature = "testkit")]
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -134,11 +136,25 @@ fn every_example_says_how_to_run_it() {
     }
 }
 
-/// `target/<profile>/examples/<name>`, from this test binary's `target/<profile>/deps/`.
-fn binary(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("examples").join(name);
-    path.is_file().then_some(path)
+/// `target/<profile>/examples/<name>`, from this test binary's `target/<profile>/deps/`;
+/// fails the test if it is missing or older than its sources.
+fn binary(name: &str) -> PathBuf {
+    let path = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("examples").join(name)))
+        .filter(|path| path.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "examples/{name} is not built: run `cargo test --all-features` (or \
+                 `cargo build --all-features --examples` before `cargo test --test examples`)"
+            )
+        });
+    assert!(
+        modified(&path) >= newest_source(name),
+        "examples/{name}: binary older than its sources: run `cargo test --all-features` (or \
+         `cargo build --all-features --examples` before `cargo test --test examples`)"
+    );
+    path
 }
 
 fn modified(path: &Path) -> SystemTime {
@@ -190,16 +206,7 @@ fn examples_run_against_local_masters() {
         let Some(expect) = expect else {
             continue;
         };
-        let Some(bin) = binary(name) else {
-            eprintln!("examples/{name}: not built (needs --features testkit); not run");
-            continue;
-        };
-        if modified(&bin) < newest_source(name) {
-            eprintln!(
-                "examples/{name}: binary older than its sources (run plain `cargo test --all-features`); not run"
-            );
-            continue;
-        }
+        let bin = binary(name);
         let output = dir.join(format!("{name}.out"));
         let file = fs::File::create(&output).expect("output file");
         let mut child = Command::new(&bin)
@@ -228,10 +235,7 @@ fn examples_run_against_local_masters() {
 /// redis-server), briefly: the checks must come out clean.
 #[test]
 fn soak_across_processes_is_clean() {
-    let Some(bin) = binary("soak") else {
-        eprintln!("examples/soak: not built (needs --features testkit); not run");
-        return;
-    };
+    let bin = binary("soak");
     let out = Command::new(&bin)
         .args(["6", "7", "3", "3", "2"])
         .env_remove("RUST_LOG")

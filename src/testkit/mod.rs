@@ -593,7 +593,7 @@ impl LocalCluster {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
-        let mut child = match cmd.spawn() {
+        let mut child = match spawn_tied(cmd) {
             Ok(child) => child,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(TestkitError::RedisServerMissing)
@@ -658,6 +658,67 @@ fn lock(state: &Mutex<NodeState>) -> MutexGuard<'_, NodeState> {
 
 fn node_url(port: u16) -> String {
     format!("redis://127.0.0.1:{port}")
+}
+
+/// Spawns a node's `redis-server` so that it does not outlive this process.
+///
+/// On Linux the child asks for SIGKILL when its parent dies (`PR_SET_PDEATHSIG`): a test,
+/// example or CLI run that is killed outright (no unwinding, no `Drop`) takes its servers with
+/// it instead of leaving them running. The kernel ties that signal to the *thread* that forked
+/// the child, not the process, so every spawn goes through one thread that lives as long as
+/// the process (a test's thread, or a blocking-pool thread that restarts a node, ends long
+/// before the servers it started should).
+#[cfg(target_os = "linux")]
+fn spawn_tied(mut cmd: Command) -> io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    use std::sync::mpsc;
+    use std::sync::OnceLock;
+
+    type Request = (Command, mpsc::Sender<io::Result<Child>>);
+    static SPAWNER: OnceLock<Option<mpsc::Sender<Request>>> = OnceLock::new();
+
+    let parent = std::process::id();
+    // SAFETY: between fork and exec the closure makes only async-signal-safe calls (prctl,
+    // getppid) and builds errors without allocating.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent died before the prctl: nobody would send the signal any more.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        thread::Builder::new()
+            .name("testkit-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    let Some(spawner) = spawner else {
+        return cmd.spawn(); // no spawner thread: spawn here, tied to this thread
+    };
+    let (reply, answer) = mpsc::channel();
+    spawner
+        .send((cmd, reply))
+        .map_err(|_| io::Error::other("the testkit's spawner thread is gone"))?;
+    answer
+        .recv()
+        .map_err(|_| io::Error::other("the testkit's spawner thread is gone"))?
+}
+
+#[cfg(not(target_os = "linux"))]
+fn spawn_tied(mut cmd: Command) -> io::Result<Child> {
+    cmd.spawn()
 }
 
 fn kill_and_reap(child: &mut Child) {
