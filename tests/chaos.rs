@@ -33,6 +33,8 @@ fn lock_keys_left(c: &LocalCluster) -> Vec<(usize, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_grants_under_minority_faults_without_a_violation() {
+    // Heavy: runs alone in this binary (see common::heavy).
+    let _heavy = common::heavy().await;
     let c = chaos_cluster(true);
     let tasks_before = tokio::runtime::Handle::current()
         .metrics()
@@ -75,6 +77,7 @@ async fn five_thousand_grants_under_minority_faults_without_a_violation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_majority_every_client_fails_before_its_deadline() {
+    let _light = common::light().await;
     let c = chaos_cluster(false);
     let mut clients = Vec::new();
     for _ in 0..4 {
@@ -117,6 +120,7 @@ async fn without_a_majority_every_client_fails_before_its_deadline() {
 /// soak reports the real figures).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_master_costs_little_latency() {
+    let _light = common::light().await;
     let c = chaos_cluster(false);
     let locks = builder(&c)
         .node_timeout(Duration::from_secs(2))
@@ -223,6 +227,7 @@ async fn kleppmann(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_restarted_without_persistence_lets_a_second_holder_in_and_the_checker_sees_it() {
+    let _light = common::light().await;
     let (violations, _) = kleppmann(false, Duration::ZERO).await;
     assert_eq!(
         violations.len(),
@@ -233,6 +238,7 @@ async fn a_master_restarted_without_persistence_lets_a_second_holder_in_and_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_schedule_with_aof_is_clean() {
+    let _light = common::light().await;
     let (violations, b) = kleppmann(true, Duration::ZERO).await;
     assert!(violations.is_empty(), "{violations:?}");
     // Clean because B waited for A's lease, not because B never got in.
@@ -242,6 +248,7 @@ async fn the_same_schedule_with_aof_is_clean() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_schedule_with_a_restart_delay_of_one_ttl_is_clean() {
+    let _light = common::light().await;
     let (violations, b) = kleppmann(false, Duration::from_secs(2)).await;
     assert!(violations.is_empty(), "{violations:?}");
     let after = b.expect("B acquires once A's lease is over");
@@ -253,6 +260,7 @@ async fn the_same_schedule_with_a_restart_delay_of_one_ttl_is_clean() {
 /// the report must show a stall of about that length (and still no violation).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_majority_shows_in_max_stall() {
+    let _light = common::light().await;
     let c = chaos_cluster(false);
     let mut w = Workload::new(Duration::from_secs(6), 7);
     w.nemesis = false;

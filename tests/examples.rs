@@ -12,6 +12,8 @@
 //! feature the examples are not built at all, and this file compiles to nothing.
 #![cfg(feature = "testkit")]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -199,6 +201,7 @@ fn wait(child: &mut Child, timeout: Duration) -> Result<ExitStatus, String> {
 
 #[test]
 fn examples_run_against_local_masters() {
+    let _light = common::light_blocking();
     let dir = std::env::temp_dir().join(format!("redquorum-examples-{}", std::process::id()));
     fs::create_dir_all(&dir).expect("temp dir");
     let mut failures = Vec::new();
@@ -235,6 +238,8 @@ fn examples_run_against_local_masters() {
 /// redis-server), briefly: the checks must come out clean.
 #[test]
 fn soak_across_processes_is_clean() {
+    // Heavy: runs alone in this binary (see common::heavy).
+    let _heavy = common::heavy_blocking();
     let bin = binary("soak");
     let out = Command::new(&bin)
         .args(["6", "7", "3", "3", "2"])

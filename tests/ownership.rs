@@ -77,15 +77,6 @@ async fn groups_are_isolated_and_share_connections() {
     );
 }
 
-/// Clients connected to node `i`, less the one asking.
-fn clients(c: &redquorum::testkit::LocalCluster, i: usize) -> usize {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query(&mut conn(c, i))
-        .expect("CLIENT LIST");
-    list.lines().count() - 1
-}
-
 /// Calls of `command` node `i` ran since it started.
 fn calls(c: &redquorum::testkit::LocalCluster, i: usize, command: &str) -> u64 {
     let stats: String = redis::cmd("INFO")

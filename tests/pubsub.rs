@@ -63,6 +63,7 @@ async fn woken_after_release(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_wakes_the_waiter_at_once() {
+    let _light = common::light().await;
     let c = cluster(5);
     // A lease longer than the test: the waiter can only be woken by the release.
     let holder = long_lease(&c).await;
@@ -115,6 +116,7 @@ fn set_waiter_user(c: &LocalCluster, rules: &[&str]) {
 /// ones are, by design, not retried.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_notification_is_covered_by_polling() {
+    let _light = common::light().await;
     let c = cluster(3);
     set_waiter_user(&c, &["on", ">pw", "~*", "allchannels", "+@all"]);
     let urls: Vec<String> = (0..3)
@@ -172,6 +174,7 @@ async fn a_lost_notification_is_covered_by_polling() {
 /// the new subscriptions; its next poll is minutes away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_waiter_is_resubscribed_and_woken_after_its_subscriptions_drop() {
+    let _light = common::light().await;
     let c = cluster(3);
     let holder = long_lease(&c).await;
     let waiter = slow_poller(&c).await;
@@ -237,6 +240,7 @@ async fn an_existing_waiter_is_resubscribed_and_woken_after_its_subscriptions_dr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_holder_is_succeeded_when_its_lease_ends_not_a_poll_later() {
+    let _light = common::light().await;
     let c = cluster(3);
     let crashed = builder(&c)
         .ttl(Duration::from_millis(800))
@@ -263,6 +267,7 @@ async fn a_crashed_holder_is_succeeded_when_its_lease_ends_not_a_poll_later() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_hundred_local_waiters_acquire_once_each_in_order() {
+    let _light = common::light().await;
     let c = cluster(3);
     let locks = long_lease(&c).await;
     let other = long_lease(&c).await;
@@ -298,15 +303,13 @@ async fn a_hundred_local_waiters_acquire_once_each_in_order() {
 }
 
 fn connected_clients(c: &LocalCluster, i: usize) -> usize {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query(&mut conn(c, i))
-        .expect("CLIENT LIST");
-    list.lines().count() - 1 // minus this query's own connection
+    clients(c, i) // the test's own helper connections left out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_waiters_on_a_thousand_keys_use_constant_connections() {
+    // Heavy: runs alone in this binary (see common::heavy).
+    let _heavy = common::heavy().await;
     let c = cluster(3);
     // Leases far longer than the test (every wait below is bounded by HANG_GUARD), so every
     // waiter really waits until cancelled.
@@ -361,6 +364,7 @@ async fn ten_thousand_waiters_on_a_thousand_keys_use_constant_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_while_waiting_unsubscribes_and_leaves_nothing() {
+    let _light = common::light().await;
     let c = cluster(3);
     let holder = long_lease(&c).await;
     let waiter = slow_poller(&c).await;
@@ -378,6 +382,7 @@ async fn deadline_while_waiting_unsubscribes_and_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poll_strategy_never_subscribes() {
+    let _light = common::light().await;
     let c = cluster(3);
     let holder = locks(&c).await;
     let waiter = builder(&c)
@@ -414,6 +419,7 @@ async fn poll_strategy_never_subscribes() {
 /// away) or its safety poll (30 s), though its retry policy's backoff is 10 to 200 ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_covered_waiter_sends_nothing_while_it_waits() {
+    let _light = common::light().await;
     let c = cluster(5);
     let holder = long_lease(&c).await;
     let waiter = builder(&c)
@@ -450,6 +456,7 @@ async fn a_covered_waiter_sends_nothing_while_it_waits() {
 /// and the reconnect wakes the waiter, whose next poll is minutes away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_lost_on_hung_subscriptions_still_wakes_the_waiter() {
+    let _light = common::light().await;
     let c = proxied(3);
     let direct: Vec<String> = (0..3).map(|i| c.direct_url(i).expect("node")).collect();
     let holder = builder(&c)
@@ -481,6 +488,7 @@ async fn a_release_lost_on_hung_subscriptions_still_wakes_the_waiter() {
 /// after the release.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_whose_subscriptions_are_refused_polls() {
+    let _light = common::light().await;
     let c = cluster(3);
     for i in 0..3 {
         raw(
@@ -540,6 +548,7 @@ async fn a_waiter_whose_subscriptions_are_refused_polls() {
 /// whose next poll is minutes away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_lost_on_killed_subscriptions_still_wakes_the_waiter() {
+    let _light = common::light().await;
     let c = cluster(3);
     let holder = long_lease(&c).await;
     let waiter = slow_poller(&c).await;
@@ -565,6 +574,7 @@ async fn a_release_lost_on_killed_subscriptions_still_wakes_the_waiter() {
 /// poll, not minutes later by the retry policy, nor at the end of the holder's lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_deleted_without_a_word_is_found_by_the_safety_poll() {
+    let _light = common::light().await;
     let c = cluster(3);
     let holder = long_lease(&c).await;
     let waiter = builder(&c)
@@ -620,6 +630,7 @@ fn held_by_three_of_five(c: &LocalCluster, key: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_undo_of_an_attempt_that_is_not_retried_is_announced() {
+    let _light = common::light().await;
     let c = three_slow_of_five();
     let locks = long_lease(&c).await;
     let key = locks.redis_key("split").expect("key");
@@ -640,6 +651,7 @@ async fn the_undo_of_an_attempt_that_is_not_retried_is_announced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_votes_loser_undoes_quietly_and_announces_the_key_when_it_leaves() {
+    let _light = common::light().await;
     let c = three_slow_of_five();
     let locks = long_lease(&c).await;
     let key = locks.redis_key("split").expect("key");
@@ -674,6 +686,7 @@ async fn a_split_votes_loser_undoes_quietly_and_announces_the_key_when_it_leaves
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_between_the_first_attempt_and_the_subscription_is_not_missed() {
+    let _light = common::light().await;
     // The waiter reaches the nodes through proxies that add 150 ms each way; the holder goes
     // straight to them. So the holder's release can land after the waiter's first attempt was
     // refused and before its subscription exists (which takes a new connection and several
@@ -756,6 +769,7 @@ async fn a_release_between_the_first_attempt_and_the_subscription_is_not_missed(
 /// whose key stays held, is resubscribed and hears the release that comes later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_subscription_connection_wakes_every_waiter() {
+    let _light = common::light().await;
     let c = cluster(3);
     let holder = long_lease(&c).await;
     // No poll and no safety poll within the test: only a wake can end the waits.
@@ -853,6 +867,7 @@ async fn warm_subscriptions(c: &LocalCluster, holder: &RedLock, waiter: &RedLock
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_right_after_a_notification_skips_the_pttl_hint() {
+    let _light = common::light().await;
     let c = cluster(5);
     let holder = long_lease(&c).await;
     let waiter = builder(&c)
@@ -890,6 +905,7 @@ async fn an_attempt_right_after_a_notification_skips_the_pttl_hint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_attempt_uses_a_fresh_value() {
+    let _light = common::light().await;
     // Split votes: each attempt's value stays on nodes 3 and 4 until the slow refusals come
     // back and it is undone (tens of ms), long enough to be read there.
     let c = three_slow_of_five();

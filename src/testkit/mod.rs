@@ -534,6 +534,12 @@ impl LocalCluster {
         let mut conn = redis::Client::open(url)
             .and_then(|c| c.get_connection())
             .map_err(io)?;
+        // Named, so that tests counting a node's clients can leave it out.
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg("redquorum-testkit")
+            .query::<()>(&mut conn)
+            .map_err(io)?;
         let value = f(&mut conn).map_err(io)?;
         *kept = Some(conn);
         Ok(value)

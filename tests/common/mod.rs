@@ -15,6 +15,36 @@ use redquorum::{Context, RedLock, RedLockBuilder, Retry};
 /// on the condition itself and go on the moment it holds; nothing ever sleeps this long.
 pub const HANG_GUARD: Duration = Duration::from_secs(300);
 
+/// Heavy tests (10 000 waiters, the chaos soak, the soak across processes) load both cores for
+/// a long time; tests with a tight bound beside them would fail on load, not on behaviour.
+/// `scripts/test` runs test binaries one after another, so only tests in the *same* binary can
+/// meet: in a binary with a heavy test, the heavy test holds this lock for writing and every
+/// other test for reading. Light tests still run in parallel with each other; a heavy test runs
+/// alone (the lock is fair: once a heavy test waits, no new light test starts before it). One
+/// lock per test binary (each compiles its own `common`). A tokio lock, so that holding it
+/// across `.await` is fine and a failing test (panic) does not poison it.
+static HEAVY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Taken by a heavy test for its whole run: see [`HEAVY`].
+pub async fn heavy() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    HEAVY.write().await
+}
+
+/// Taken by every other test in a binary that has a heavy test: see [`HEAVY`].
+pub async fn light() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    HEAVY.read().await
+}
+
+/// [`heavy`] for a synchronous `#[test]`.
+pub fn heavy_blocking() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    HEAVY.blocking_write()
+}
+
+/// [`light`] for a synchronous `#[test]`.
+pub fn light_blocking() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    HEAVY.blocking_read()
+}
+
 /// A context for an acquire that is expected to succeed: its deadline is only a hang guard.
 /// Tests whose deadline is the behaviour (a timeout) use [`ctx`] with their figure.
 pub fn patient() -> Context {
@@ -96,6 +126,21 @@ pub fn conn(cluster: &LocalCluster, i: usize) -> redis::Connection {
         .expect("connect to node")
 }
 
+/// The client name of the connections kept by these helpers.
+const HELPER_NAME: &str = "redquorum-test-helper";
+
+/// Clients connected to node `i` other than the test's own helpers (the connections kept here
+/// and the testkit's, which reads command stats).
+pub fn clients(cluster: &LocalCluster, i: usize) -> usize {
+    let list: String = query(cluster, i, redis::cmd("CLIENT").arg("LIST"), "CLIENT LIST");
+    list.lines()
+        .filter(|l| {
+            !l.split(' ')
+                .any(|f| f == format!("name={HELPER_NAME}") || f == "name=redquorum-testkit")
+        })
+        .count()
+}
+
 /// At most this many kept connections (clusters of finished tests leave theirs behind; past
 /// this the cache is emptied, and connections in use live on until their query ends).
 const KEPT_CONNECTIONS: usize = 64;
@@ -134,6 +179,12 @@ fn query<T: redis::FromRedisValue>(
         }
     }
     let mut c = conn(cluster, i);
+    // Named, so that counts of a node's clients can leave it out (see `clients`).
+    redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(HELPER_NAME)
+        .query::<()>(&mut c)
+        .unwrap_or_else(|e| panic!("naming the helper connection to node {i}: {e}"));
     let value = cmd
         .query(&mut c)
         .unwrap_or_else(|e| panic!("{what} on node {i}: {e}"));
