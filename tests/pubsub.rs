@@ -891,9 +891,11 @@ async fn an_attempt_right_after_a_notification_skips_the_pttl_hint() {
     .await;
     held.release().await.expect("release");
     let got = task.await.expect("task").expect("woken by the release");
-    let key = waiter.redis_key("hint").expect("key");
+    // Every node processed attempt 3's SET (granted or not: on a loaded machine the wake-up
+    // from one node's release can send attempt 3 to a node whose release has not landed yet,
+    // which refuses it, so waiting for the key on all five nodes could wait for ever).
     eventually("every node to have answered attempt 3", || {
-        (0..5).all(|i| get(&c, i, &key).as_deref() == Some(got.value()))
+        command_stats(&c).since(&before).calls("set") >= 15
     })
     .await;
     let used = command_stats(&c).since(&before);
