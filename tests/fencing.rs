@@ -190,28 +190,30 @@ async fn tokens_strictly_increase_through_crashes_and_contention() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_never_collide_with_lock_keys() {
     let c = cluster(3);
-    let locks = fenced(&c).await;
+    // A lease longer than the wait below: a lock key gone was released, never expired.
+    let locks = builder(&c)
+        .fencing(true)
+        .ttl(HANG_GUARD * 2)
+        .build()
+        .await
+        .expect("build");
     for key in ["job", "job:fence", "fence:job"] {
         let g = locks.try_acquire(key).await.expect("ok").expect("free");
         assert_eq!(g.fencing_token(), Some(1), "{key}");
         g.release().await.expect("release");
     }
-    // release() returns once a majority answered: wait for the last node's delete too (the
-    // default 5 s lease is far longer than that delete takes; a lock key that stays is a bug).
-    let counters_only = || {
+    // release() returns once a majority answered: wait for the last node's delete too. Only
+    // the counters stay; a lock key that stays is a bug (the hang guard then fails the test).
+    eventually("every lock key deleted, the counters left", || {
         all_keys(&c)
             .iter()
             .all(|(_, k)| k.starts_with("redquorum::fence:default:"))
-    };
-    let settled = tokio::time::Instant::now() + Duration::from_secs(3);
-    while !counters_only() && tokio::time::Instant::now() < settled {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let keys: Vec<String> = all_keys(&c).into_iter().map(|(_, k)| k).collect();
-    assert!(
-        keys.iter()
-            .all(|k| k.starts_with("redquorum::fence:default:")),
-        "{keys:?}"
+    })
+    .await;
+    assert_eq!(
+        all_keys(&c).len(),
+        9,
+        "three counters on each of three nodes"
     );
 }
 
