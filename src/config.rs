@@ -1,13 +1,13 @@
-//! The builder, its defaults and the rules it checks before any I/O.
+//! The builder, its defaults and the rules it checks before any I/O: the top of the crate
+//! (it builds a [`RedLock`]; nothing below imports it).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
 use crate::lock::RedLock;
 use crate::node::{redact, NodeSpec};
-use crate::quorum;
 use crate::retry::Retry;
+use crate::settings::{check_ttl, Config};
 use crate::wait::WaitStrategy;
 
 /// Default lease per acquisition.
@@ -18,8 +18,7 @@ pub const DEFAULT_DRIFT_FACTOR: f64 = 0.01;
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// Default key prefix.
 pub const DEFAULT_NAMESPACE: &str = "redquorum";
-/// The group of a [`RedLock`] that was not made with [`RedLock::group`].
-pub const DEFAULT_GROUP: &str = "default";
+pub use crate::settings::DEFAULT_GROUP;
 /// Default time `build()` waits for a majority of nodes to answer a first PING.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default longest time a waiter relying on release notifications goes without checking
@@ -147,21 +146,16 @@ impl std::fmt::Debug for RedLockBuilder {
     }
 }
 
-/// The validated settings shared by a [`RedLock`] and its clones.
-#[derive(Debug)]
-pub(crate) struct Config {
-    pub(crate) ttl: Duration,
-    pub(crate) drift_factor: f64,
-    pub(crate) retry: Retry,
-    pub(crate) owner: Arc<str>,
-    pub(crate) namespace: Arc<str>,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) node_timeout: Duration,
-    pub(crate) max_in_flight: usize,
-    pub(crate) wait_strategy: WaitStrategy,
-    pub(crate) safety_poll: Duration,
-    pub(crate) fencing: bool,
-    pub(crate) fencing_unconfirmed: bool,
+impl RedLock {
+    /// Starts configuring a `RedLock`; see [`RedLockBuilder`] for every option and default.
+    ///
+    /// ```
+    /// let builder = redquorum::RedLock::builder().nodes(["redis://127.0.0.1:6379"]);
+    /// # drop(builder);
+    /// ```
+    pub fn builder() -> RedLockBuilder {
+        RedLockBuilder::default()
+    }
 }
 
 impl RedLockBuilder {
@@ -470,23 +464,6 @@ impl RedLockBuilder {
         };
         Ok((config, specs))
     }
-}
-
-/// Checks that a lease of `ttl` can have positive validity after the drift allowance and one
-/// node timeout.
-pub(crate) fn check_ttl(
-    ttl: Duration,
-    drift_factor: f64,
-    node_timeout: Duration,
-) -> Result<(), Error> {
-    if quorum::validity(ttl, node_timeout, drift_factor).is_none() {
-        return Err(Error::config(format!(
-            "ttl {ttl:?} leaves no validity after the drift allowance ({:?}) and one node timeout \
-             ({node_timeout:?}); use a longer ttl or a shorter node_timeout",
-            quorum::drift(ttl, drift_factor)
-        )));
-    }
-    Ok(())
 }
 
 fn default_owner() -> String {

@@ -9,11 +9,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::check_ttl;
-use crate::error::Error;
-use crate::lock::{millis, Shared};
-use crate::node::{Keys, Op, Script};
-use crate::quorum;
+use crate::cluster::Cluster;
+use crate::error::{Error, Operation};
+use crate::keys::Keys;
+use crate::quorum::{self, millis};
+use crate::round::owned;
+use crate::settings::check_ttl;
 
 /// A handle on a held lock's lease, cheap to clone and `Send + Sync`: what work running under
 /// the lock needs to know (how long it may still act, whether the lock was lost, its fencing
@@ -52,19 +53,19 @@ use crate::quorum;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct Lease(pub(crate) Arc<State>);
+pub struct Lease(Arc<State>);
 
-pub(crate) struct State {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) key: Box<str>,
-    pub(crate) keys: Keys,
-    pub(crate) value: Arc<str>,
-    pub(crate) fence: Option<u64>,
+struct State {
+    cluster: Arc<Cluster>,
+    key: Box<str>,
+    keys: Keys,
+    value: Arc<str>,
+    fence: Option<u64>,
     /// When the validity runs out, and the lease (TTL) of the round that set it.
     expiry: Mutex<(Instant, Duration)>,
     lost: CancellationToken,
     /// Fired when the guard is released or dropped: ends the background task.
-    pub(crate) done: CancellationToken,
+    done: CancellationToken,
     renew: AtomicBool,
     /// Wakes the background task when the schedule changed.
     changed: Notify,
@@ -89,22 +90,23 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
+    /// The lease of a grant of `keys` (named `key`) under `value`, valid until
+    /// `schedule.0`, set on the nodes for `schedule.1`.
     pub(crate) fn new(
-        shared: Arc<Shared>,
+        cluster: Arc<Cluster>,
         key: Box<str>,
         keys: Keys,
         value: Arc<str>,
         fence: Option<u64>,
-        expires_at: Instant,
-        ttl: Duration,
+        schedule: (Instant, Duration),
     ) -> Self {
         Lease(Arc::new(State {
-            shared,
+            cluster,
             key,
             keys,
             value,
             fence,
-            expiry: Mutex::new((expires_at, ttl)),
+            expiry: Mutex::new(schedule),
             lost: CancellationToken::new(),
             done: CancellationToken::new(),
             renew: AtomicBool::new(false),
@@ -118,6 +120,37 @@ impl Lease {
     /// The key as passed to `acquire`.
     pub fn key(&self) -> &str {
         &self.0.key
+    }
+
+    /// The masters the lock is held on.
+    pub(crate) fn cluster(&self) -> &Arc<Cluster> {
+        &self.0.cluster
+    }
+
+    /// The Redis keys of the lock.
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.0.keys
+    }
+
+    /// The value stored under the keys.
+    pub(crate) fn value(&self) -> &Arc<str> {
+        &self.0.value
+    }
+
+    /// Stops the background task (the guard is letting go; [`end`](Self::end) follows once
+    /// any hand-off decision, which reads the schedule and the lost signal, is made).
+    pub(crate) fn stop(&self) {
+        self.0.done.cancel();
+    }
+
+    /// Ends the lease as its guard lets go; see [`State::end`].
+    pub(crate) fn end(&self) {
+        self.0.end();
+    }
+
+    /// The lock can no longer be trusted; see [`State::lose`].
+    pub(crate) fn lose(&self, why: &str) {
+        self.0.lose(why);
     }
 
     /// How long the lock is still safe to act under: `ttl − elapsed − drift` since the round
@@ -213,10 +246,10 @@ impl Lease {
     /// See [`LockGuard::extend`](crate::LockGuard::extend).
     pub(crate) async fn extend(&self, ttl: Duration) -> Result<(), Error> {
         let state = &self.0;
-        let shared = &state.shared;
-        let config = &shared.config;
+        let cluster = &state.cluster;
+        let config = &cluster.config;
         check_ttl(ttl, config.drift_factor, config.node_timeout)?;
-        let op = Script::Extend.name();
+        let op = Operation::Extend;
         let lost = |state: &State| {
             state.lose("an extension found the lease gone or held by another owner");
         };
@@ -246,12 +279,9 @@ impl Lease {
         if shortened {
             state.changed.notify_one();
         }
-        let request = Op::new(Script::Extend, &state.keys)
-            .text(&state.value)
-            .number(millis(lease));
-        let round = shared.owned_round(request, None, None).await;
+        let round = owned::extend(cluster, &state.keys, &state.value, millis(lease)).await;
         let decided = Instant::now();
-        if let Err(e) = round.outcome(Script::Extend, &state.key) {
+        if let Err(e) = round.outcome(op, &state.key) {
             if e.is_lost() {
                 lost(state);
             }
@@ -289,7 +319,7 @@ impl State {
     /// Ends the lease as its guard lets go (after any hand-off decision, which reads the
     /// schedule and the lost signal): stops the background task, caps the validity at now and
     /// fires `lost` without the warning a loss logs.
-    pub(crate) fn end(&self) {
+    fn end(&self) {
         self.done.cancel();
         let now = Instant::now();
         let mut expiry = self.expiry();
@@ -300,7 +330,7 @@ impl State {
 
     /// The lock can no longer be trusted: the validity ends now (a loss that an extension or
     /// a query confirmed must not leave work the rest of its old validity) and `lost` fires.
-    pub(crate) fn lose(&self, why: &str) {
+    fn lose(&self, why: &str) {
         if !self.lost.is_cancelled() && !self.done.is_cancelled() {
             tracing::warn!(key = &*self.key, why, "lock lost");
             let now = Instant::now();
@@ -327,7 +357,7 @@ async fn watch(state: Arc<State>) {
     loop {
         let (expires_at, ttl) = *state.expiry();
         let renew = state.renew.load(Ordering::SeqCst);
-        let node_timeout = state.shared.nodes.timeout();
+        let node_timeout = state.cluster.nodes.timeout();
         let wake = match (renew, retry_at) {
             (true, Some(at)) => at.min(expires_at),
             (true, None) => renew_at(expires_at, ttl, node_timeout),

@@ -2,26 +2,36 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// The module map, top to bottom (docs/architecture.md): every `use crate::` points down
+// this list (tests/architecture.rs checks it).
+mod acquisition;
+mod cleanup;
+mod cluster;
 pub mod config;
 mod context;
 mod error;
 mod guard;
+mod keys;
 mod lease;
 mod lock;
 mod node;
+mod node_states;
 mod queue;
 pub mod quorum;
 mod retry;
+mod round;
+mod settings;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod wait;
 mod wake;
 
+pub use acquisition::UNREACHABLE_ATTEMPTS;
 pub use config::RedLockBuilder;
 pub use context::Context;
-pub use error::{Error, NodeCause, NodeFailure};
+pub use error::{Error, NodeCause, NodeFailure, Operation};
 pub use guard::LockGuard;
 pub use lease::Lease;
-pub use lock::{RedLock, UNREACHABLE_ATTEMPTS};
+pub use lock::RedLock;
 pub use retry::{Delays, Retry};
 pub use wait::WaitStrategy;

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::{Error, NodeCause, NodeFailure};
+use crate::keys::Keys;
 use crate::quorum::{Decision, Tally, Vote};
 
 /// The Lua scripts' sources and their hashes (EVALSHA; all four loaded on NOSCRIPT).
@@ -60,16 +61,6 @@ pub(crate) enum Script {
 }
 
 impl Script {
-    /// The operation's name in errors.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Script::Acquire => "acquire",
-            Script::Release => "release",
-            Script::Extend => "extend",
-            Script::Fence => "fence",
-        }
-    }
-
     fn sha(self) -> &'static str {
         SCRIPTS[self as usize].get_hash()
     }
@@ -131,6 +122,19 @@ impl Op {
 
     /// Raising the fencing counter `counter` of the single-key lock `keys` to `token` under
     /// `value`.
+    /// A compare-and-delete of `value`, announced on each deleted key's channel unless
+    /// `publish` is off.
+    pub(crate) fn release(keys: &Keys, value: &Arc<str>, publish: bool) -> Self {
+        Op::new(Script::Release, keys)
+            .text(value)
+            .number(u64::from(publish))
+    }
+
+    /// A compare-and-extend of `value` to `lease_ms`.
+    pub(crate) fn extend(keys: &Keys, value: &Arc<str>, lease_ms: u64) -> Self {
+        Op::new(Script::Extend, keys).text(value).number(lease_ms)
+    }
+
     pub(crate) fn fence(keys: &Keys, counter: &Arc<str>, value: &Arc<str>, token: u64) -> Self {
         let mut op = Op::new(Script::Fence, keys);
         op.counter = Some(counter.clone());
@@ -798,9 +802,10 @@ impl Nodes {
         }
         if tally.decision() != Decision::Reached {
             return Err(Error::NoQuorum {
-                op: "connect",
+                op: crate::error::Operation::Connect,
                 key: String::new(),
-                ok: tally.yes,
+                answered: tally.yes,
+                confirmed: tally.yes,
                 required: tally.required(),
                 nodes: n,
                 causes,
@@ -957,89 +962,6 @@ impl Nodes {
                 .map_err(|e| redis_cause(&e))
         })
         .await
-    }
-}
-
-/// The Redis keys one lock holds on every node: one, or several (sorted, distinct) for
-/// `acquire_many`. Cheap to clone.
-///
-/// Also the lock's identity in the local queue: two `Keys` are the same lock exactly when they
-/// hold the same list of keys. The identity is the list itself, not a string built from it, so
-/// no key name (key names may hold any character) can make a single key equal to a set.
-#[derive(Debug, Clone)]
-pub(crate) struct Keys {
-    keys: Arc<[Arc<str>]>,
-    /// The persistent fencing counter of a single-key lock.
-    fence: Option<Arc<str>>,
-}
-
-impl PartialEq for Keys {
-    fn eq(&self, other: &Self) -> bool {
-        // The fencing counter follows from the key and the settings, which every user of one
-        // local queue shares.
-        self.keys == other.keys
-    }
-}
-
-impl Eq for Keys {}
-
-impl std::hash::Hash for Keys {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // A slice hashes its length first: `[k]` and `[a, b]` never collide by construction.
-        self.keys.hash(state);
-    }
-}
-
-/// For logs: the key, or a set's keys separated by `, ` (ambiguous for odd names; never used
-/// as an identity).
-impl std::fmt::Display for Keys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, k) in self.keys.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            f.write_str(k)?;
-        }
-        Ok(())
-    }
-}
-
-impl Keys {
-    /// A single-key lock and, with fencing on, the key of its fencing counter.
-    pub(crate) fn one(key: Arc<str>, fence: Option<Arc<str>>) -> Self {
-        Keys {
-            keys: Arc::new([key]),
-            fence,
-        }
-    }
-
-    /// `keys` must be sorted and distinct.
-    pub(crate) fn many(keys: Vec<Arc<str>>) -> Self {
-        Keys {
-            keys: keys.into(),
-            fence: None,
-        }
-    }
-
-    /// The fencing counter's key (single-key locks).
-    pub(crate) fn fence(&self) -> Option<&Arc<str>> {
-        self.fence.as_ref()
-    }
-
-    /// The key whose release channel and fencing counter the lock uses (single-key locks).
-    pub(crate) fn single(&self) -> Option<&Arc<str>> {
-        match &*self.keys {
-            [one] => Some(one),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.keys.iter()
     }
 }
 

@@ -59,7 +59,7 @@ impl From<redquorum::Error> for Failure {
 pub fn connect_failure(e: redquorum::Error) -> Failure {
     match e {
         redquorum::Error::NoQuorum {
-            ok,
+            answered: ok,
             required,
             nodes,
             causes,
