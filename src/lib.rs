@@ -2,8 +2,9 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-// The module map, top to bottom (docs/architecture.md): every `use crate::` points down
-// this list (tests/architecture.rs checks it).
+// The module map, top to bottom, is in docs/architecture.md: every `crate::` path in a
+// module points down that list (tests/architecture.rs checks it, and that the list names
+// exactly the modules declared here).
 mod acquisition;
 mod cleanup;
 mod cluster;

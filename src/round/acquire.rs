@@ -115,6 +115,19 @@ impl Replies {
     }
 }
 
+/// One round in progress: what its decision and its clean-up need.
+struct Round<'a> {
+    cluster: &'a Arc<Cluster>,
+    key: &'a str,
+    keys: &'a Keys,
+    value: Arc<str>,
+    /// The lease the nodes get, in whole milliseconds; validity is computed from it.
+    lease: Duration,
+    /// When the requests went out.
+    start: Instant,
+    states: NodeStates,
+}
+
 /// One Redlock round for lock `keys` (named `key` in errors and logs). `hint`: a refusal also
 /// tells the holder's remaining lease. `retrying`: the caller tries again after a split vote
 /// (`acquire`), so the undo of its partial grant need not be announced (see [`Undo::settle`]).
@@ -130,16 +143,26 @@ pub(crate) async fn attempt(
     retrying: bool,
 ) -> Attempt {
     let config = &cluster.config;
-    let value: Arc<str> = format!("{}:{}", uuid::Uuid::new_v4().simple(), config.owner).into();
-    // The lease the nodes get, in whole milliseconds; validity is computed from it.
-    let lease = Duration::from_millis(millis(config.ttl));
+    let round = Round {
+        cluster,
+        key,
+        keys,
+        value: format!("{}:{}", uuid::Uuid::new_v4().simple(), config.owner).into(),
+        lease: Duration::from_millis(millis(config.ttl)),
+        start: Instant::now(),
+        states: NodeStates::new(cluster.len()),
+    };
     let fenced = config.fencing && keys.single().is_some();
-    let op = Arc::new(Op::acquire(keys, &value, millis(lease), fenced, hint));
-    let states = NodeStates::new(cluster.len());
+    let op = Arc::new(Op::acquire(
+        keys,
+        &round.value,
+        millis(round.lease),
+        fenced,
+        hint,
+    ));
     // Armed until the grant becomes a guard: a failed or dropped round is undone where a node
     // granted or did not answer (as `states` records them).
-    let undo = Undo::armed(cluster, keys, &value, &states);
-    let start = Instant::now();
+    let undo = Undo::armed(cluster, keys, &round.value, &round.states);
     let mut pending = cluster.fan_out(|nodes, i| {
         let op = op.clone();
         async move { nodes.acquire(i, &op).await }
@@ -151,12 +174,12 @@ pub(crate) async fn attempt(
         fences: Vec::new(),
     };
     quorum::until(&mut pending, |(i, reply)| {
-        replies.record(cluster, &states, i, reply);
+        replies.record(cluster, &round.states, i, reply);
         heard_enough(&replies.tally)
     })
     .await;
     let t = &replies.tally;
-    let elapsed = start.elapsed();
+    let elapsed = round.start.elapsed();
     tracing::debug!(
         granted = t.yes,
         taken = t.no,
@@ -164,35 +187,13 @@ pub(crate) async fn attempt(
         ?elapsed,
         "acquire round"
     );
-    let mut token = None;
-    let validity = match t.decision() {
-        Decision::Reached => {
-            let valid = quorum::validity(lease, elapsed, config.drift_factor);
-            match (valid, fenced.then(|| keys.fence()).flatten()) {
-                (Some(_), Some(counter)) => {
-                    let (t, valid) =
-                        confirm_token(cluster, keys, counter, &value, &replies, lease, start).await;
-                    token = Some(t);
-                    valid
-                }
-                (valid, _) => valid,
-            }
-        }
-        _ => None,
-    };
-    let failed = t.failed;
+    let (validity, token) = round.validity(&replies, fenced).await;
     match verdict(t, validity) {
         Verdict::Granted(validity) => {
             undo.disarm();
-            watch_stragglers(cluster, pending, &states, keys, &value);
+            watch_stragglers(cluster, pending, &round.states, keys, &round.value);
             tracing::debug!(key, granted = t.yes, ?elapsed, ?validity, "lock acquired");
-            Attempt::Granted(Won {
-                value,
-                token,
-                expires_at: start + lease.saturating_sub(quorum::drift(lease, config.drift_factor)),
-                lease,
-                states,
-            })
+            Attempt::Granted(round.won(token))
         }
         Verdict::TooLate => {
             tracing::warn!(key, ?elapsed, ttl = ?config.ttl, "grant came too late to leave any validity; undoing");
@@ -205,26 +206,7 @@ pub(crate) async fn attempt(
         }
         Verdict::Unreachable { split } => {
             undo.settle(pending, true);
-            let (answered, required) = (t.answered(), t.required());
-            tracing::warn!(key, answered, required, "no quorum: too few nodes answered");
-            let error = Error::NoQuorum {
-                op: Operation::Acquire,
-                key: key.into(),
-                answered,
-                confirmed: t.yes,
-                required,
-                nodes: t.nodes,
-                causes: replies.causes,
-            };
-            // Nodes that did not answer may free up without a word: the next wait polls.
-            Attempt::Unreachable(
-                error,
-                Busy {
-                    split,
-                    failed,
-                    holder_left: None,
-                },
-            )
+            round.unreachable(replies, split)
         }
         Verdict::Refused { split } => {
             // The partial grant is released where a node granted or did not answer:
@@ -233,9 +215,68 @@ pub(crate) async fn attempt(
             Attempt::Busy(Busy {
                 holder_left: wait::majority_free_in(cluster.len(), &mut replies.pttls),
                 split,
-                failed,
+                failed: t.failed,
             })
         }
+    }
+}
+
+impl Round<'_> {
+    /// The validity a grant would have now, and its fencing token (with fencing): `None`
+    /// without a majority of grants, or with no validity left.
+    async fn validity(&self, replies: &Replies, fenced: bool) -> (Option<Duration>, Option<u64>) {
+        if replies.tally.decision() != Decision::Reached {
+            return (None, None);
+        }
+        let drift_factor = self.cluster.config.drift_factor;
+        let valid = quorum::validity(self.lease, self.start.elapsed(), drift_factor);
+        match (valid, fenced.then(|| self.keys.fence()).flatten()) {
+            (Some(_), Some(counter)) => {
+                let (token, valid) = confirm_token(self, counter, replies).await;
+                (valid, Some(token))
+            }
+            (valid, _) => (valid, None),
+        }
+    }
+
+    /// The granted round's lock: valid until `ttl − drift` from when the requests went out.
+    fn won(self, token: Option<u64>) -> Won {
+        let drift = quorum::drift(self.lease, self.cluster.config.drift_factor);
+        Won {
+            value: self.value,
+            token,
+            expires_at: self.start + self.lease.saturating_sub(drift),
+            lease: self.lease,
+            states: self.states,
+        }
+    }
+
+    /// Too few nodes answered: [`Error::NoQuorum`] naming each failed node. Nodes that did not
+    /// answer may free up without a word: the next wait polls.
+    fn unreachable(&self, replies: Replies, split: bool) -> Attempt {
+        let t = replies.tally;
+        let (answered, required) = (t.answered(), t.required());
+        tracing::warn!(
+            key = self.key,
+            answered,
+            required,
+            "no quorum: too few nodes answered"
+        );
+        let error = Error::NoQuorum {
+            op: Operation::Acquire,
+            key: self.key.into(),
+            answered,
+            confirmed: t.yes,
+            required,
+            nodes: t.nodes,
+            causes: replies.causes,
+        };
+        let busy = Busy {
+            split,
+            failed: t.failed,
+            holder_left: None,
+        };
+        Attempt::Unreachable(error, busy)
     }
 }
 
@@ -248,14 +289,11 @@ pub(crate) async fn attempt(
 /// counter reached `t` before our key there could expire or be released; a later grant on
 /// that node increments past `t`.
 async fn confirm_token(
-    cluster: &Cluster,
-    keys: &Keys,
+    round: &Round<'_>,
     counter: &Arc<str>,
-    value: &Arc<str>,
     replies: &Replies,
-    lease: Duration,
-    start: Instant,
 ) -> (u64, Option<Duration>) {
+    let cluster = round.cluster;
     let fences = &replies.fences;
     let t = fences.iter().map(|(_, f)| *f).max().unwrap_or(0);
     let mut confirmed = fences.len();
@@ -267,7 +305,7 @@ async fn confirm_token(
             .collect();
         confirmed -= lagging.len();
         if !lagging.is_empty() {
-            let op = &Arc::new(Op::fence(keys, counter, value, t));
+            let op = &Arc::new(Op::fence(round.keys, counter, &round.value, t));
             let nodes = &cluster.nodes;
             let raised =
                 futures::future::join_all(lagging.iter().map(|&i| nodes.owned(i, op))).await;
@@ -278,8 +316,12 @@ async fn confirm_token(
         }
     }
     let required = replies.tally.required();
-    let valid = quorum::validity(lease, start.elapsed(), cluster.config.drift_factor)
-        .filter(|_| confirmed >= required);
+    let valid = quorum::validity(
+        round.lease,
+        round.start.elapsed(),
+        cluster.config.drift_factor,
+    )
+    .filter(|_| confirmed >= required);
     if valid.is_none() {
         tracing::debug!(
             t,
