@@ -10,9 +10,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::error::{Error, NodeCause};
+use crate::keys::Keys;
 use crate::lease::Lease;
 use crate::lock::{spawn_release, Shared};
-use crate::node::{Grant, Keys, Script};
+use crate::node::{Grant, Script};
 use crate::queue::Ticket;
 use crate::quorum::Vote;
 

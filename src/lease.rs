@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::check_ttl;
 use crate::error::Error;
+use crate::keys::Keys;
 use crate::lock::{millis, Shared};
-use crate::node::{Keys, Op, Script};
+use crate::node::{Op, Script};
 use crate::quorum;
 
 /// A handle on a held lock's lease, cheap to clone and `Send + Sync`: what work running under
@@ -246,9 +247,7 @@ impl Lease {
         if shortened {
             state.changed.notify_one();
         }
-        let request = Op::new(Script::Extend, &state.keys)
-            .text(&state.value)
-            .number(millis(lease));
+        let request = Op::extend(&state.keys, &state.value, millis(lease));
         let round = shared.owned_round(request, None, None).await;
         let decided = Instant::now();
         if let Err(e) = round.outcome(Script::Extend, &state.key) {

@@ -6,6 +6,7 @@ pub mod config;
 mod context;
 mod error;
 mod guard;
+mod keys;
 mod lease;
 mod lock;
 mod node;

@@ -11,8 +11,9 @@ use crate::config::{Config, RedLockBuilder, DEFAULT_GROUP};
 use crate::context::Context;
 use crate::error::{Error, NodeCause, NodeFailure};
 use crate::guard::{LockGuard, NodeStates};
+use crate::keys::Keys;
 use crate::lease::Lease;
-use crate::node::{Grant, Keys, NodeSpec, Nodes, Op, Owned, Script};
+use crate::node::{Grant, NodeSpec, Nodes, Op, Owned, Script};
 use crate::queue::{Queues, Ticket};
 use crate::quorum::{self, Decision, Tally, Vote};
 use crate::wait::{self, Busy, WaitEnd, WaitStrategy, Waiter};
@@ -666,7 +667,7 @@ impl RedLock {
                     let (shared, states, keys, value) =
                         (shared.clone(), states.clone(), keys.clone(), value.clone());
                     tokio::spawn(async move {
-                        let op = Arc::new(release_op(&keys, &value, true));
+                        let op = Arc::new(Op::release(&keys, &value, true));
                         quorum::until(&mut pending, |(i, reply)| {
                             states.record(i, &reply);
                             if states.acquired_late(i, &reply) {
@@ -897,7 +898,7 @@ impl Shared {
         // is released once more.
         let again = key_value
             .as_ref()
-            .map(|(keys, value)| Arc::new(release_op(keys, value, true)));
+            .map(|(keys, value)| Arc::new(Op::release(keys, value, true)));
         let retry = op.clone();
         let settle = move |shared: &Arc<Self>, i: usize, reply: &Result<Owned, NodeCause>| {
             let Some(again) = &again else {
@@ -966,7 +967,7 @@ impl Shared {
         states: Option<&NodeStates>,
         announce: bool,
     ) {
-        let op = Arc::new(release_op(keys, value, announce));
+        let op = Arc::new(Op::release(keys, value, announce));
         for i in 0..self.nodes.len() {
             if !states.is_some_and(|s| s.refused_on(i)) {
                 self.clean(i, &op, 0);
@@ -1070,7 +1071,7 @@ impl Shared {
         states.mark_released();
         let round = self
             .owned_round(
-                release_op(keys, value, announce),
+                Op::release(keys, value, announce),
                 Some(states.clone()),
                 Some((keys.clone(), value.clone())),
             )
@@ -1255,7 +1256,7 @@ impl Undo {
         let Some(shared) = self.shared.take() else {
             return;
         };
-        let op = Arc::new(release_op(&self.keys, &self.value, announce));
+        let op = Arc::new(Op::release(&self.keys, &self.value, announce));
         for i in 0..shared.nodes.len() {
             if self.states.answered(i) && !self.states.refused_on(i) {
                 shared.clean(i, &op, 0);
@@ -1376,16 +1377,6 @@ impl CleanupNode {
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// A compare-and-delete of `value`, announced on each deleted key's channel (`<key>:released`,
-/// see [`crate::wake::channel`]; the script builds the names) unless `publish` is off (a
-/// release handed to a local waiter, a split vote's quiet undo). A set's release is announced
-/// too: its waiters poll, but a single-key waiter of one of its keys listens.
-fn release_op(keys: &Keys, value: &Arc<str>, publish: bool) -> Op {
-    Op::new(Script::Release, keys)
-        .text(value)
-        .number(u64::from(publish))
 }
 
 /// Whole milliseconds of `d`, at least 1.

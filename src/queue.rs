@@ -19,8 +19,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::guard::Baton;
+use crate::keys::Keys;
 use crate::lease::Lease;
-use crate::node::Keys;
 use crate::wake::Subscription;
 
 /// How many times in a row a release goes straight to the next local waiter without a
