@@ -1,4 +1,4 @@
-//! [`Keys`]: the Redis keys one lock holds, and the lock's identity in the local queue.
+//! A lock's identity: the Redis keys it holds on every node.
 
 use std::sync::Arc;
 

@@ -14,7 +14,6 @@ use crate::keys::Keys;
 use crate::node::{Grant, Op, Owned};
 use crate::node_states::NodeStates;
 use crate::quorum::{self, millis, Decision, Tally};
-use crate::round::owned::release_op;
 use crate::round::undo::Undo;
 use crate::wait::{self, Busy};
 
@@ -347,7 +346,7 @@ fn watch_stragglers<F>(
         return;
     }
     let (cluster, states) = (cluster.clone(), states.clone());
-    let op = Arc::new(release_op(keys, value, true));
+    let op = Arc::new(Op::release(keys, value, true));
     tokio::spawn(async move {
         quorum::until(&mut pending, |(i, reply)| {
             states.record(i, &reply);

@@ -73,14 +73,6 @@ impl OwnedRound {
     }
 }
 
-/// A compare-and-delete of `value`, announced on each deleted key's channel (`<key>:released`,
-/// see [`crate::wake::channel`]; the script builds the names) unless `publish` is off (a
-/// release handed to a local waiter, a split vote's quiet undo). A set's release is announced
-/// too: its waiters poll, but a single-key waiter of one of its keys listens.
-pub(crate) fn release_op(keys: &Keys, value: &Arc<str>, publish: bool) -> Op {
-    Op::release(keys, value, publish)
-}
-
 /// A guard's release: a compare-and-delete round (announced if `announce`), which also
 /// catches straggling acquires that landed after it (see [`NodeStates`]), and retries in the
 /// background every node whose final answer was a failure.
@@ -92,8 +84,8 @@ pub(crate) async fn release(
     announce: bool,
 ) -> OwnedRound {
     states.mark_released();
-    let again = Some((Arc::new(release_op(keys, value, true)), states.clone()));
-    round(cluster, release_op(keys, value, announce), again).await
+    let again = Some((Arc::new(Op::release(keys, value, true)), states.clone()));
+    round(cluster, Op::release(keys, value, announce), again).await
 }
 
 /// An extension of `value` under `keys` to `lease_ms` on every node holding it.

@@ -9,10 +9,9 @@ use futures::stream::FuturesUnordered;
 use crate::cluster::Cluster;
 use crate::error::NodeCause;
 use crate::keys::Keys;
-use crate::node::Grant;
+use crate::node::{Grant, Op};
 use crate::node_states::NodeStates;
 use crate::quorum::{self, Vote};
-use crate::round::owned::release_op;
 
 /// Releases a round's value where a node granted or did not answer when dropped (announced),
 /// unless disarmed (the round became a guard) or settled (the round was decided without a
@@ -63,7 +62,7 @@ impl Undo {
         let Some(cluster) = self.cluster.take() else {
             return;
         };
-        let op = Arc::new(release_op(&self.keys, &self.value, announce));
+        let op = Arc::new(Op::release(&self.keys, &self.value, announce));
         for i in 0..cluster.len() {
             if self.states.answered(i) && !self.states.refused_on(i) {
                 cluster.clean(i, &op, 0);
@@ -93,7 +92,7 @@ impl Drop for Undo {
     /// out may land after the undo on its node; it expires by TTL there, on a minority).
     fn drop(&mut self) {
         if let Some(cluster) = self.cluster.take() {
-            let op = Arc::new(release_op(&self.keys, &self.value, true));
+            let op = Arc::new(Op::release(&self.keys, &self.value, true));
             for i in 0..cluster.len() {
                 if !self.states.refused_on(i) {
                     cluster.clean(i, &op, 0);
