@@ -73,6 +73,10 @@ impl Acquisition<'_> {
     }
 
     /// Acquire rounds until one grants, waiting between them as the [`Waiter`] decides.
+    ///
+    /// Longer than most (about 80 lines): one loop whose state (attempts, the unreachable
+    /// streak, the last error, the waiter, the leave announcement) spans both halves of each
+    /// turn, the round and the wait.
     async fn contend(
         &self,
         ctx: &Context,

@@ -12,7 +12,7 @@ use crate::wait::WaitStrategy;
 
 /// Default lease per acquisition.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
-/// Default clock-drift factor (plus [`quorum::DRIFT_FLOOR`]).
+/// Default clock-drift factor (plus [`quorum::DRIFT_FLOOR`](crate::quorum::DRIFT_FLOOR)).
 pub const DEFAULT_DRIFT_FACTOR: f64 = 0.01;
 /// Default bound on concurrent node requests across one [`RedLock`] and its clones.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
@@ -362,7 +362,8 @@ impl RedLockBuilder {
         RedLock::connect(config, specs).await
     }
 
-    /// All rules, as a pure function of the builder.
+    /// All rules, as a pure function of the builder: one after another, each a few lines
+    /// (long on purpose: the rules read in order, and the tests check each message).
     pub(crate) fn validate(&self) -> Result<(Config, Vec<NodeSpec>), Error> {
         if self.nodes.is_empty() {
             return Err(Error::config(

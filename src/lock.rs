@@ -409,7 +409,7 @@ impl RedLock {
     }
 
     /// The owner label of the current holder of `key` (what the holder's builder passed to
-    /// [`owner`](RedLockBuilder::owner)), or `None` if no value is on a majority of nodes.
+    /// [`owner`](crate::RedLockBuilder::owner)), or `None` if no value is on a majority of nodes.
     ///
     /// # Errors
     /// As for [`is_locked`](Self::is_locked).

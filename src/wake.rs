@@ -63,6 +63,24 @@ struct Channel {
     confirmed: Box<[u64]>,
 }
 
+/// The wake-up registry: channels with local waiters, and each node's connection epoch.
+///
+/// # Invariants
+/// 1. A channel is in `channels` exactly while at least one [`Subscription`] for it lives
+///    (`waiters` counts them); the first subscriber sends `Subscribe` to every node task and
+///    the last one's drop removes the entry and sends `Unsubscribe`, both under the lock, so
+///    every node task sees a channel's commands in the order they were made.
+/// 2. `confirmed[i] == e` only if node `i`'s task saw the server confirm the subscription on
+///    the connection of epoch `e`; `live[i]` is that connection's epoch while it is up, 0
+///    otherwise. A channel is covered on node `i` only when both agree (see
+///    [`Subscription::covered`]).
+/// 3. Every change of a node's epoch (a connection lost, or made and resubscribed) bumps every
+///    channel's `rechecks`, so no waiter keeps trusting a coverage that ended.
+///
+/// # Deadlock safety
+/// `channels`' mutex is a leaf: under it only unbounded channel sends and `watch` updates
+/// happen (neither blocks nor takes a lock of ours), and nothing is awaited. The local queue
+/// drops subscriptions outside its own lock (see `queue.rs`), so the two are never nested.
 struct Registry {
     channels: Mutex<HashMap<Arc<str>, Channel>>,
     /// One command queue per node task, started on first use.
@@ -339,6 +357,10 @@ async fn apply(
 /// connection's health, and after a disconnect (or an unanswered health check) reconnects,
 /// resubscribes every registered channel in a new epoch and wakes all waiters. Ends when the
 /// `RedLock` is dropped.
+///
+/// Long (about 120 lines) on purpose: it is one connection's state machine (connect,
+/// resubscribe, serve, lose), and its pieces share the connection, the epoch and the command
+/// queue at every step; split, they would pass all three around.
 async fn node_task(
     i: usize,
     client: Client,

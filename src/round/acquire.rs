@@ -3,9 +3,11 @@
 //! (and, with fencing, a token confirmed by a majority); anything else is undone where a node
 //! granted or did not answer.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
 use crate::cluster::Cluster;
@@ -187,40 +189,65 @@ pub(crate) async fn attempt(
         "acquire round"
     );
     let (validity, token) = round.validity(&replies, fenced).await;
-    match verdict(t, validity) {
-        Verdict::Granted(validity) => {
-            undo.disarm();
-            watch_stragglers(cluster, pending, &round.states, keys, &round.value);
-            tracing::debug!(key, granted = t.yes, ?elapsed, ?validity, "lock acquired");
-            Attempt::Granted(round.won(token))
-        }
-        Verdict::TooLate => {
-            tracing::warn!(key, ?elapsed, ttl = ?config.ttl, "grant came too late to leave any validity; undoing");
-            undo.settle(pending, true);
-            // Our own grant stood in the way; its undo is announced. Not a refusal to trust.
-            Attempt::Busy(Busy {
-                split: true,
-                ..Busy::default()
-            })
-        }
-        Verdict::Unreachable { split } => {
-            undo.settle(pending, true);
-            round.unreachable(replies, split)
-        }
-        Verdict::Refused { split } => {
-            // The partial grant is released where a node granted or did not answer:
-            // announced, or quietly after a split vote that the caller will retry.
-            undo.settle(pending, !(split && retrying));
-            Attempt::Busy(Busy {
-                holder_left: wait::majority_free_in(cluster.len(), &mut replies.pttls),
-                split,
-                failed: t.failed,
-            })
-        }
-    }
+    let verdict = verdict(t, validity);
+    round.conclude(verdict, replies, token, pending, undo, retrying)
 }
 
 impl Round<'_> {
+    /// Acts on the round's verdict: a grant becomes [`Won`] (its stragglers watched); anything
+    /// else is undone where a node granted or did not answer.
+    fn conclude<F>(
+        self,
+        verdict: Verdict,
+        mut replies: Replies,
+        token: Option<u64>,
+        pending: FuturesUnordered<F>,
+        undo: Undo,
+        retrying: bool,
+    ) -> Attempt
+    where
+        F: Future<Output = (usize, Result<Grant, NodeCause>)> + Send + 'static,
+    {
+        let key = self.key;
+        let failed = replies.tally.failed;
+        match verdict {
+            Verdict::Granted(validity) => {
+                undo.disarm();
+                watch_stragglers(self.cluster, pending, &self.states, self.keys, &self.value);
+                tracing::debug!(key, granted = replies.tally.yes, ?validity, "lock acquired");
+                Attempt::Granted(self.won(token))
+            }
+            Verdict::TooLate => {
+                let ttl = self.cluster.config.ttl;
+                tracing::warn!(
+                    key,
+                    ?ttl,
+                    "grant came too late to leave any validity; undoing"
+                );
+                undo.settle(pending, true);
+                // Our own grant stood in the way; its undo is announced. Not a refusal to trust.
+                Attempt::Busy(Busy {
+                    split: true,
+                    ..Busy::default()
+                })
+            }
+            Verdict::Unreachable { split } => {
+                undo.settle(pending, true);
+                self.unreachable(replies, split)
+            }
+            Verdict::Refused { split } => {
+                // The partial grant is released where a node granted or did not answer:
+                // announced, or quietly after a split vote that the caller will retry.
+                undo.settle(pending, !(split && retrying));
+                Attempt::Busy(Busy {
+                    holder_left: wait::majority_free_in(self.cluster.len(), &mut replies.pttls),
+                    split,
+                    failed,
+                })
+            }
+        }
+    }
+
     /// The validity a grant would have now, and its fencing token (with fencing): `None`
     /// without a majority of grants, or with no validity left.
     async fn validity(&self, replies: &Replies, fenced: bool) -> (Option<Duration>, Option<u64>) {
@@ -335,12 +362,12 @@ async fn confirm_token(
 /// may have granted after the guard was let go is released again (see [`NodeStates`]).
 fn watch_stragglers<F>(
     cluster: &Arc<Cluster>,
-    mut pending: futures::stream::FuturesUnordered<F>,
+    mut pending: FuturesUnordered<F>,
     states: &NodeStates,
     keys: &Keys,
     value: &Arc<str>,
 ) where
-    F: std::future::Future<Output = (usize, Result<Grant, NodeCause>)> + Send + 'static,
+    F: Future<Output = (usize, Result<Grant, NodeCause>)> + Send + 'static,
 {
     if pending.is_empty() {
         return;
