@@ -33,7 +33,10 @@ impl Cluster {
     /// Sets up the connections (made on first use), the notification hub (connected when the
     /// first waiter subscribes) and the clean-up (run when a release is queued).
     pub(crate) fn new(config: Config, specs: Vec<NodeSpec>) -> Arc<Self> {
-        let clients = specs.iter().map(|s| s.client.clone()).collect();
+        let clients = specs
+            .iter()
+            .map(|s| (s.client.clone(), s.addr.clone()))
+            .collect();
         let nodes = Arc::new(Nodes::new(specs, config.node_timeout, config.max_in_flight));
         let wakeups = Wakeups::new(clients, config.node_timeout);
         let cleanup = Cleanup::new(nodes.clone(), config.ttl);

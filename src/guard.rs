@@ -17,6 +17,7 @@ use crate::queue::{Holder, Queues, Ticket};
 use crate::round::acquire::Won;
 use crate::round::owned;
 use crate::round::query::{self, query};
+use crate::telemetry;
 
 /// A lock held on a majority of nodes.
 ///
@@ -256,6 +257,7 @@ impl LockGuard {
         lease.stop();
         let passed = self.pass_baton();
         lease.end();
+        telemetry::release(passed);
         if passed {
             self.released = true;
             return Ok(());
@@ -392,6 +394,9 @@ impl Drop for LockGuard {
         self.lease.stop();
         let passed = !self.released && self.pass_baton();
         self.lease.end();
+        if !self.released {
+            telemetry::release(passed);
+        }
         if !self.released && !passed {
             spawn_release(
                 self.lease.cluster().clone(),

@@ -15,6 +15,7 @@ use crate::keys::Keys;
 use crate::quorum::{self, millis};
 use crate::round::owned;
 use crate::settings::check_ttl;
+use crate::telemetry;
 
 /// A handle on a held lock's lease, cheap to clone and `Send + Sync`: what work running under
 /// the lock needs to know (how long it may still act, whether the lock was lost, its fencing
@@ -333,6 +334,7 @@ impl State {
     fn lose(&self, why: &str) {
         if !self.lost.is_cancelled() && !self.done.is_cancelled() {
             tracing::warn!(key = &*self.key, why, "lock lost");
+            telemetry::lease_lost();
             let now = Instant::now();
             let mut expiry = self.expiry();
             expiry.0 = expiry.0.min(now);

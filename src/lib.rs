@@ -22,6 +22,7 @@ pub mod quorum;
 mod retry;
 mod round;
 mod settings;
+mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod wait;

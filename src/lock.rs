@@ -16,6 +16,7 @@ use crate::node::NodeSpec;
 use crate::quorum;
 use crate::round::query::{self, query};
 use crate::settings::{Config, DEFAULT_GROUP};
+use crate::telemetry;
 
 /// A distributed lock manager over N independent Redis masters (the Redlock algorithm).
 ///
@@ -82,6 +83,7 @@ impl RedLock {
     /// Connects to `specs` (see [`RedLockBuilder::build`](crate::RedLockBuilder::build)): a
     /// majority must answer a first PING; the others keep connecting in the background.
     pub(crate) async fn connect(config: Config, specs: Vec<NodeSpec>) -> Result<Self, Error> {
+        telemetry::describe();
         let cluster = Cluster::new(config, specs);
         let prefix = format!("{}:{DEFAULT_GROUP}:", cluster.config.namespace).into();
         let fence_prefix = format!("{}::fence:{DEFAULT_GROUP}:", cluster.config.namespace).into();
@@ -287,7 +289,10 @@ impl RedLock {
 
     #[tracing::instrument(name = "acquire", level = "debug", skip_all, fields(key = %key, attempts = tracing::field::Empty))]
     async fn acquire_keys(&self, ctx: &Context, key: &str, keys: Keys) -> Result<LockGuard, Error> {
-        self.acquisition(key, keys).wait(ctx).await
+        let started = tokio::time::Instant::now();
+        let result = self.acquisition(key, keys).wait(ctx).await;
+        measured(result.as_ref().map(Some), started);
+        result
     }
 
     fn acquisition<'a>(&'a self, key: &'a str, keys: Keys) -> Acquisition<'a> {
@@ -384,7 +389,10 @@ impl RedLock {
 
     #[tracing::instrument(name = "try_acquire", level = "debug", skip_all, fields(key = %key))]
     async fn try_acquire_keys(&self, key: &str, keys: Keys) -> Result<Option<LockGuard>, Error> {
-        self.acquisition(key, keys).try_once().await
+        let started = tokio::time::Instant::now();
+        let result = self.acquisition(key, keys).try_once().await;
+        measured(result.as_ref().map(Option::as_ref), started);
+        result
     }
 
     /// Whether lock `key` is held: the same owner's value is on a majority of nodes.
@@ -439,6 +447,14 @@ impl RedLock {
             // The nodes that did not answer could have given some value a majority.
             None => Err(q.no_quorum(key)),
         }
+    }
+}
+
+/// Records an acquisition's outcome, wait and granted validity (see `telemetry`).
+fn measured(result: Result<Option<&LockGuard>, &Error>, started: tokio::time::Instant) {
+    telemetry::acquisition(telemetry::outcome(result), started.elapsed());
+    if let Ok(Some(guard)) = result {
+        telemetry::granted(guard.validity());
     }
 }
 

@@ -86,6 +86,8 @@ struct Registry {
     /// One command queue per node task, started on first use.
     nodes: OnceLock<Vec<mpsc::UnboundedSender<Command>>>,
     clients: Vec<Client>,
+    /// The nodes' addresses, without credentials (metrics labels).
+    addrs: Vec<Arc<str>>,
     /// Per node, the epoch of its live subscription connection, 0 while it has none (down,
     /// reconnecting, refused). Only the node's task writes it.
     ///
@@ -105,13 +107,16 @@ struct Registry {
 pub(crate) struct Wakeups(Arc<Registry>);
 
 impl Wakeups {
-    /// No connection is made until the first waiter subscribes.
-    pub(crate) fn new(clients: Vec<Client>, timeout: Duration) -> Self {
-        let live = clients.iter().map(|_| AtomicU64::new(0)).collect();
+    /// No connection is made until the first waiter subscribes. `nodes`: each node's client
+    /// and its address without credentials.
+    pub(crate) fn new(nodes: Vec<(Client, Arc<str>)>, timeout: Duration) -> Self {
+        let live = nodes.iter().map(|_| AtomicU64::new(0)).collect();
+        let (clients, addrs) = nodes.into_iter().unzip();
         Wakeups(Arc::new(Registry {
             channels: Mutex::new(HashMap::new()),
             nodes: OnceLock::new(),
             clients,
+            addrs,
             live,
             timeout,
         }))
@@ -481,6 +486,9 @@ async fn node_task(
         tracing::debug!(node = i, "pubsub connection lost; reconnecting");
         set_live(&registry, i, 0);
         if let Some(reg) = registry.upgrade() {
+            if let Some(addr) = reg.addrs.get(i) {
+                crate::telemetry::pubsub_reconnect(addr);
+            }
             bump(&reg, None);
         }
     }

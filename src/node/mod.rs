@@ -186,7 +186,10 @@ impl Nodes {
 
     /// Queues `op` for node `i`'s next batch and waits for its reply, within the node timeout.
     async fn call(&self, i: usize, op: &Arc<Op>) -> Result<Value, NodeCause> {
-        self.bounded(self.timeout, self.queue(i, op)).await
+        let started = Instant::now();
+        let reply = self.bounded(self.timeout, self.queue(i, op)).await;
+        crate::telemetry::node_request(self.addr(i), started.elapsed(), reply.as_ref().err());
+        reply
     }
 
     /// Queues `op` for node `i`'s next batch and waits for its reply (no permit, no timeout:
