@@ -80,8 +80,11 @@ pub use stats::{CommandStats, SCRIPT_COMMANDS};
 /// # Errors
 /// As for [`LocalCluster::start`].
 ///
-/// ```no_run
-/// let (urls, _local) = redquorum::testkit::env_or_local(3)?;
+/// ```
+/// let (urls, local) = redquorum::testkit::env_or_local(3)?;
+/// // Your masters when REDQUORUM_NODES is set, else 3 local ones (kept alive by `local`).
+/// assert_eq!(local.is_some(), std::env::var("REDQUORUM_NODES").map_or(true, |l| l.trim().is_empty()));
+/// assert!(!urls.is_empty());
 /// # Ok::<(), redquorum::testkit::TestkitError>(())
 /// ```
 pub fn env_or_local(n: usize) -> Result<(Vec<String>, Option<LocalCluster>), TestkitError> {
@@ -299,7 +302,7 @@ impl LocalClusterBuilder {
     /// cluster hands out then carries it (`redis://:password@127.0.0.1:<port>`); `Debug`
     /// output of the builder and the cluster does not show it.
     ///
-    /// ```no_run
+    /// ```
     /// use redquorum::testkit::LocalCluster;
     /// let cluster = LocalCluster::builder().nodes(1).requirepass("s3cret").start()?;
     /// assert!(cluster.urls()[0].starts_with("redis://:s3cret@127.0.0.1:"));
