@@ -298,11 +298,30 @@ impl FaultProxy {
     /// let holder = RedLock::builder().nodes(cluster.urls()).build().await?;
     /// let waiter = RedLock::builder().nodes(cluster.urls()).build().await?;
     /// let held = holder.try_acquire("k").await?.expect("free");
-    /// let ctx = Context::with_timeout(Duration::from_millis(300));
-    /// assert!(waiter.acquire(&ctx, "k").await.is_err()); // it waited, subscribed
+    /// let waiting = tokio::spawn(async move {
+    ///     waiter.acquire(&Context::with_timeout(Duration::from_secs(60)), "k").await
+    /// });
+    /// // Wait until the waiter has subscribed on every node (the release channel has a subscriber).
+    /// let subscribed = |i: usize| -> redis::RedisResult<bool> {
+    ///     let mut con = redis::Client::open(cluster.direct_url(i).expect("node"))?.get_connection()?;
+    ///     let (_, n): (String, i64) = redis::cmd("PUBSUB")
+    ///         .arg("NUMSUB")
+    ///         .arg("redquorum:default:k:released")
+    ///         .query(&mut con)?;
+    ///     Ok(n == 1)
+    /// };
+    /// let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    /// while !(subscribed(0)? && subscribed(1)? && subscribed(2)?) {
+    ///     assert!(tokio::time::Instant::now() < give_up, "the waiter never subscribed");
+    ///     tokio::time::sleep(Duration::from_millis(10)).await;
+    /// }
     /// let hung: usize = (0..3).map(|i| cluster.proxy(i).map_or(0, |p| p.hang_subscribers())).sum();
     /// assert_eq!(hung, 3); // the waiter's subscription connection to each node, now silent
+    /// // The release is announced on hung connections only: the waiter's health check finds them
+    /// // dead within about two seconds, and it gets the lock all the same.
     /// held.release().await?;
+    /// let guard = waiting.await??;
+    /// guard.release().await?;
     /// # Ok(()) }
     /// ```
     pub fn hang_subscribers(&self) -> usize {
