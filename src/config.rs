@@ -351,6 +351,7 @@ impl RedLockBuilder {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .owner("billing-worker-3")
     /// #     .build()
     /// #     .await?;
@@ -381,6 +382,7 @@ impl RedLockBuilder {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .namespace("myapp")
     /// #     .build()
     /// #     .await?;
@@ -502,6 +504,7 @@ impl RedLockBuilder {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .fencing(true)
     /// #     .build()
     /// #     .await?;

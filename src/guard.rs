@@ -95,6 +95,7 @@ impl LockGuard {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .build()
     /// #     .await?;
     /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
@@ -118,6 +119,7 @@ impl LockGuard {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .owner("billing-3")
     /// #     .build()
     /// #     .await?;
@@ -149,6 +151,7 @@ impl LockGuard {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .build()
     /// #     .await?;
     /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
@@ -174,6 +177,7 @@ impl LockGuard {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .build()
     /// #     .await?;
     /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
@@ -199,6 +203,7 @@ impl LockGuard {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .fencing(true)
     /// #     .build()
     /// #     .await?;
@@ -228,6 +233,7 @@ impl LockGuard {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .build()
     /// #     .await?;
     /// let guard = locks.try_acquire("report").await?.expect("the lock is free");
@@ -254,6 +260,7 @@ impl LockGuard {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .build()
     /// #     .await?;
     /// let guard = locks.try_acquire("report").await?.expect("the lock is free");
@@ -284,6 +291,7 @@ impl LockGuard {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .ttl(Duration::from_secs(1))
     /// #     .build()
     /// #     .await?;
@@ -313,6 +321,7 @@ impl LockGuard {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .build()
     /// #     .await?;
     /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
@@ -345,6 +354,7 @@ impl LockGuard {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .build()
     /// #     .await?;
     /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
@@ -427,6 +437,7 @@ impl LockGuard {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .build()
     /// #     .await?;
     /// let mut guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
@@ -471,6 +482,7 @@ impl LockGuard {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .build()
     /// #     .await?;
     /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");

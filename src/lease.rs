@@ -126,6 +126,7 @@ impl Lease {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .build()
     /// #     .await?;
     /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
@@ -156,6 +157,7 @@ impl Lease {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .build()
     /// #     .await?;
     /// use redquorum::Lease;
@@ -188,6 +190,7 @@ impl Lease {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .build()
     /// #     .await?;
     /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
@@ -212,6 +215,7 @@ impl Lease {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .build()
     /// #     .await?;
     /// let guard = locks.try_acquire("job").await?.expect("free");
@@ -245,6 +249,7 @@ impl Lease {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .fencing(true)
     /// #     .build()
     /// #     .await?;
@@ -276,6 +281,7 @@ impl Lease {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .build()
     /// #     .await?;
     /// use redquorum::Context;
@@ -311,6 +317,7 @@ impl Lease {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .build()
     /// #     .await?;
     /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
@@ -343,6 +350,7 @@ impl Lease {
     /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
     /// # let locks = redquorum::RedLock::builder()
     /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
     /// #     .ttl(Duration::from_secs(1))
     /// #     .build()
     /// #     .await?;

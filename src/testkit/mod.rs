@@ -242,7 +242,11 @@ impl LocalClusterBuilder {
     ///
     /// // Nodes that keep their data across a restart, as Redlock's safety needs.
     /// let cluster = LocalCluster::builder().nodes(3).appendonly(true).start()?;
-    /// let locks = RedLock::builder().nodes(cluster.urls()).build().await?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
     /// let guard = locks.try_acquire("k").await?.expect("free");
     /// cluster.restart(0)?; // the key is back from the AOF
     /// assert!(guard.is_held().await?);
@@ -287,7 +291,11 @@ impl LocalClusterBuilder {
     /// use redquorum::RedLock;
     ///
     /// let cluster = LocalCluster::builder().nodes(3).proxied(true).start()?;
-    /// let locks = RedLock::builder().nodes(cluster.urls()).build().await?; // through the proxies
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls()) // through the proxies
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
     /// cluster.proxy(0)?.blackhole(); // node 0 keeps running, but nothing reaches it
     /// let guard = locks.try_acquire("k").await?.expect("a majority is still reachable");
     /// assert_eq!(guard.granted_nodes(), 2);
@@ -464,7 +472,11 @@ impl LocalCluster {
     /// use redquorum::RedLock;
     ///
     /// let cluster = LocalCluster::start(3)?;
-    /// let locks = RedLock::builder().nodes(cluster.urls()).build().await?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
     /// assert_eq!(locks.nodes(), 3);
     /// # Ok(()) }
     /// ```
@@ -605,7 +617,11 @@ impl LocalCluster {
     /// use redquorum::RedLock;
     ///
     /// let cluster = LocalCluster::start(3)?;
-    /// let locks = RedLock::builder().nodes(cluster.urls()).build().await?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
     /// cluster.kill(0)?; // SIGKILL: a crashed master
     /// assert!(!cluster.is_running(0));
     /// assert!(locks.try_acquire("k").await?.is_some()); // 2 of 3 still grant
@@ -672,7 +688,11 @@ impl LocalCluster {
     /// use redquorum::{Context, RedLock};
     ///
     /// let cluster = LocalCluster::start(3)?;
-    /// let locks = RedLock::builder().nodes(cluster.urls()).build().await?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
     /// cluster.pause(2)?; // SIGSTOP: connections hang, like a GC pause or a partition
     /// let ctx = Context::with_timeout(Duration::from_secs(5));
     /// let guard = locks.acquire(&ctx, "k").await?; // decided by the other two, without waiting

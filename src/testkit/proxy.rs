@@ -178,7 +178,11 @@ impl FaultProxy {
     /// use redquorum::RedLock;
     ///
     /// let cluster = LocalCluster::builder().nodes(3).proxied(true).start()?;
-    /// let locks = RedLock::builder().nodes(cluster.urls()).build().await?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
     /// cluster.proxy(0)?.set_latency(Duration::from_secs(1)); // far beyond the 50 ms node timeout
     /// let guard = locks.try_acquire("k").await?.expect("the other two grant");
     /// assert_eq!(guard.granted_nodes(), 2);
@@ -203,7 +207,11 @@ impl FaultProxy {
     /// use redquorum::RedLock;
     ///
     /// let cluster = LocalCluster::builder().nodes(3).proxied(true).start()?;
-    /// let locks = RedLock::builder().nodes(cluster.urls()).build().await?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
     /// cluster.proxy(1)?.blackhole(); // a silent partition: requests time out
     /// let guard = locks.try_acquire("k").await?.expect("a majority is reachable");
     /// assert_eq!(guard.granted_nodes(), 2);
@@ -226,7 +234,11 @@ impl FaultProxy {
     /// use redquorum::RedLock;
     ///
     /// let cluster = LocalCluster::builder().nodes(3).proxied(true).start()?;
-    /// let locks = RedLock::builder().nodes(cluster.urls()).build().await?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
     /// cluster.proxy(0)?.cut(); // connections closed, new ones refused at once
     /// let guard = locks.try_acquire("k").await?.expect("a majority is reachable");
     /// assert_eq!(guard.granted_nodes(), 2);
@@ -249,7 +261,11 @@ impl FaultProxy {
     /// use redquorum::RedLock;
     ///
     /// let cluster = LocalCluster::builder().nodes(3).proxied(true).start()?;
-    /// let locks = RedLock::builder().nodes(cluster.urls()).build().await?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
     /// cluster.proxy(0)?.reset(); // every connection closed once: the client reconnects
     /// locks.try_acquire("k").await?.expect("free").release().await?;
     /// # Ok(()) }
@@ -295,8 +311,16 @@ impl FaultProxy {
     /// use redquorum::{Context, RedLock};
     ///
     /// let cluster = LocalCluster::builder().nodes(3).proxied(true).start()?;
-    /// let holder = RedLock::builder().nodes(cluster.urls()).build().await?;
-    /// let waiter = RedLock::builder().nodes(cluster.urls()).build().await?;
+    /// let holder = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// let waiter = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
     /// let held = holder.try_acquire("k").await?.expect("free");
     /// let waiting = tokio::spawn(async move {
     ///     waiter.acquire(&Context::with_timeout(Duration::from_secs(60)), "k").await
@@ -315,8 +339,11 @@ impl FaultProxy {
     ///     assert!(tokio::time::Instant::now() < give_up, "the waiter never subscribed");
     ///     tokio::time::sleep(Duration::from_millis(10)).await;
     /// }
-    /// let hung: usize = (0..3).map(|i| cluster.proxy(i).map_or(0, |p| p.hang_subscribers())).sum();
-    /// assert_eq!(hung, 3); // the waiter's subscription connection to each node, now silent
+    /// for i in 0..3 {
+    ///     // The waiter's subscription connection to node i, now silent (on a loaded machine
+    ///     // a health check may have replaced one meanwhile: then both).
+    ///     assert!(cluster.proxy(i)?.hang_subscribers() >= 1);
+    /// }
     /// // The release is announced on hung connections only: the waiter's health check finds them
     /// // dead within about two seconds, and it gets the lock all the same.
     /// held.release().await?;
@@ -348,7 +375,11 @@ impl FaultProxy {
     /// use redquorum::RedLock;
     ///
     /// let cluster = LocalCluster::builder().nodes(3).proxied(true).start()?;
-    /// let locks = RedLock::builder().nodes(cluster.urls()).build().await?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
     /// assert!(cluster.proxy(0)?.connections() >= 1); // the client's connection to node 0
     /// # drop(locks);
     /// # Ok(()) }

@@ -43,7 +43,11 @@ impl CommandStats {
     /// use redquorum::RedLock;
     ///
     /// let cluster = LocalCluster::start(3)?;
-    /// let locks = RedLock::builder().nodes(cluster.urls()).build().await?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
     /// let before = cluster.command_stats()?;
     /// locks.try_acquire("k").await?.expect("free").release().await?;
     /// let used = cluster.command_stats()?.since(&before);
@@ -65,7 +69,11 @@ impl CommandStats {
     /// use redquorum::RedLock;
     ///
     /// let cluster = LocalCluster::start(3)?;
-    /// let locks = RedLock::builder().nodes(cluster.urls()).build().await?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
     /// let before = cluster.command_stats()?;
     /// let _held = locks.try_acquire("k").await?.expect("free");
     /// assert_eq!(cluster.command_stats()?.since(&before).calls("set"), 3); // one SET per node
@@ -88,7 +96,11 @@ impl CommandStats {
     /// use redquorum::testkit::SCRIPT_COMMANDS;
     ///
     /// let cluster = LocalCluster::start(3)?;
-    /// let locks = RedLock::builder().nodes(cluster.urls()).build().await?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
     /// let before = cluster.command_stats()?;
     /// locks.try_acquire("k").await?.expect("free").release().await?;
     /// let used = cluster.command_stats()?.since(&before);
