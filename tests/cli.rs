@@ -458,6 +458,20 @@ fn status_tells_an_authentication_failure_from_an_unreachable_node() {
 }
 
 #[test]
+fn masters_that_time_out_point_at_the_node_timeout_flag() {
+    let c = cluster(3);
+    let s = Scratch::new();
+    c.pause(0).expect("pause");
+    c.pause(1).expect("pause");
+    let out = run_bin(&s, run_args(&c, "slow", &["--", "true"]));
+    c.resume(0).expect("resume");
+    c.resume(1).expect("resume");
+    assert_eq!(out.code(), Some(69), "{out:?}");
+    assert!(out.stderr.contains("timed out"), "{out:?}");
+    assert!(out.stderr.contains("--node-timeout"), "{out:?}");
+}
+
+#[test]
 fn the_commands_exit_status_is_passed_through() {
     let c = cluster(5);
     let s = Scratch::new();
