@@ -164,6 +164,24 @@ impl RedLockBuilder {
     /// `redis = { version = "1", features = ["tokio-rustls-comp"] }` to your Cargo.toml; cargo
     /// unifies the feature into this crate's redis dependency). Use independent masters (no replication between them); 3 or 5 is typical.
     /// Replaces any nodes given before.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::RedLock;
+    ///
+    /// let builder = RedLock::builder().nodes([
+    ///     "redis://10.0.0.1:6379",
+    ///     "redis://app:s3cret@10.0.0.2:6379/0", // user and password, database 0
+    ///     "redis+unix:///run/redis/redis.sock",
+    /// ]);
+    /// // No URL shows its credentials, in Debug output as in errors.
+    /// assert!(!format!("{builder:?}").contains("s3cret"));
+    /// // Comma-separated, from the environment (as the CLI and the examples read them):
+    /// let list = std::env::var("REDQUORUM_NODES").unwrap_or_default();
+    /// let from_env = RedLock::builder().nodes(list.split(',').map(str::trim));
+    /// # drop(from_env);
+    /// ```
     pub fn nodes<I, S>(mut self, urls: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -177,6 +195,27 @@ impl RedLockBuilder {
     ///
     /// # Default
     /// 10 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redquorum::{Error, RedLock};
+    ///
+    /// let builder = RedLock::builder().nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"]).ttl(Duration::from_secs(30));
+    /// # drop(builder);
+    /// // Checked before any connection: a lease too short to leave time to act is refused.
+    /// let err = RedLock::builder()
+    ///     .nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
+    ///     .ttl(Duration::from_millis(20))
+    ///     .build()
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(matches!(err, Error::Config { .. }) && err.to_string().contains("leaves no validity"));
+    /// # Ok(()) }
+    /// ```
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -187,6 +226,23 @@ impl RedLockBuilder {
     ///
     /// # Default
     /// 0.01.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redquorum::RedLock;
+    ///
+    /// // Masters whose clocks may run up to 2 % fast: 30 s leases lose 602 ms of validity.
+    /// let builder = RedLock::builder().nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"]).drift_factor(0.02);
+    /// # drop(builder);
+    /// assert_eq!(redquorum::quorum::drift(Duration::from_secs(30), 0.02), Duration::from_millis(602));
+    /// let err = RedLock::builder().nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"]).drift_factor(0.5).build().await.unwrap_err();
+    /// assert!(err.to_string().contains("drift_factor"));
+    /// # Ok(()) }
+    /// ```
     pub fn drift_factor(mut self, factor: f64) -> Self {
         self.drift_factor = factor;
         self
@@ -197,6 +253,29 @@ impl RedLockBuilder {
     ///
     /// # Default
     /// [`default_node_timeout`]`(ttl)`: 50 ms for a 10 s TTL.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redquorum::RedLock;
+    ///
+    /// // Masters in another data centre: a round trip of 30 ms, so more than the default 50 ms.
+    /// let builder = RedLock::builder().nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"]).node_timeout(Duration::from_millis(150));
+    /// # drop(builder);
+    /// // One node timeout must leave validity within the lease.
+    /// let err = RedLock::builder()
+    ///     .nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
+    ///     .ttl(Duration::from_millis(100))
+    ///     .node_timeout(Duration::from_millis(200))
+    ///     .build()
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("node_timeout"));
+    /// # Ok(()) }
+    /// ```
     pub fn node_timeout(mut self, timeout: Duration) -> Self {
         self.node_timeout = Some(timeout);
         self
@@ -209,6 +288,21 @@ impl RedLockBuilder {
     ///
     /// # Default
     /// 1024.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redquorum::RedLock;
+    ///
+    /// let builder = RedLock::builder().nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"]).max_in_flight(256);
+    /// # drop(builder);
+    /// // At least one request per node, or an acquisition could not reach every node at once.
+    /// let err = RedLock::builder().nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"]).max_in_flight(2).build().await.unwrap_err();
+    /// assert!(err.to_string().contains("max_in_flight"));
+    /// # Ok(()) }
+    /// ```
     pub fn max_in_flight(mut self, permits: usize) -> Self {
         self.max_in_flight = permits;
         self
@@ -218,6 +312,20 @@ impl RedLockBuilder {
     ///
     /// # Default
     /// [`Retry::default`]: 10 ms doubling to 200 ms with full jitter, no attempt limit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redquorum::{RedLock, Retry};
+    ///
+    /// // Wait 20 ms doubling to 1 s between attempts, and give up after 10 attempts
+    /// // (Error::RetriesExhausted) if the context's deadline has not ended the wait before.
+    /// let builder = RedLock::builder()
+    ///     .nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
+    ///     .retry(Retry::exponential(Duration::from_millis(20), Duration::from_secs(1)).max_attempts(10));
+    /// # drop(builder);
+    /// ```
     pub fn retry(mut self, retry: Retry) -> Self {
         self.retry = retry;
         self
@@ -227,6 +335,28 @@ impl RedLockBuilder {
     ///
     /// # Default
     /// `<hostname>:<pid>`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .owner("billing-worker-3")
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("invoice-7").await?.expect("the lock is free");
+    /// // Anyone can ask who holds a lock.
+    /// assert_eq!(locks.owner("invoice-7").await?.as_deref(), Some("billing-worker-3"));
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn owner(mut self, label: impl Into<String>) -> Self {
         self.owner = Some(label.into());
         self
@@ -236,6 +366,26 @@ impl RedLockBuilder {
     ///
     /// # Default
     /// `redquorum`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .namespace("myapp")
+    /// #     .build()
+    /// #     .await?;
+    /// assert_eq!(locks.redis_key("invoice-7")?, "myapp:default:invoice-7");
+    /// assert_eq!(locks.group("billing")?.redis_key("invoice-7")?, "myapp:billing:invoice-7");
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = namespace.into();
         self
@@ -245,6 +395,26 @@ impl RedLockBuilder {
     ///
     /// # Default
     /// 2 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redquorum::{Error, RedLock};
+    ///
+    /// // Nothing listens on these ports: build() gives up without a majority.
+    /// let err = RedLock::builder()
+    ///     .nodes(["redis://127.0.0.1:1", "redis://127.0.0.1:2", "redis://127.0.0.1:3"])
+    ///     .connect_timeout(Duration::from_millis(500))
+    ///     .build()
+    ///     .await
+    ///     .unwrap_err();
+    /// assert!(matches!(err, Error::NoQuorum { .. }));
+    /// assert!(err.to_string().contains("connection refused")); // one line per node, what to check
+    /// # Ok(()) }
+    /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -255,6 +425,18 @@ impl RedLockBuilder {
     /// # Default
     /// [`WaitStrategy::PubSub`]: woken by release notifications; polling only where they
     /// cannot be relied on (see [`safety_poll`](Self::safety_poll)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::{RedLock, WaitStrategy};
+    ///
+    /// // Masters whose ACL forbids SUBSCRIBE: poll with the retry policy instead.
+    /// let builder = RedLock::builder()
+    ///     .nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
+    ///     .wait_strategy(WaitStrategy::Poll);
+    /// # drop(builder);
+    /// ```
     pub fn wait_strategy(mut self, strategy: WaitStrategy) -> Self {
         self.wait_strategy = strategy;
         self
@@ -306,6 +488,28 @@ impl RedLockBuilder {
     ///
     /// # Default
     /// Off (the counters would grow without bound for high-cardinality keys).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .fencing(true)
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("ledger").await?.expect("the lock is free");
+    /// let token = guard.fencing_token().expect("fencing is on");
+    /// // Hand `token` to the resource with every write; it rejects lower tokens.
+    /// assert!(token >= 1);
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn fencing(mut self, on: bool) -> Self {
         self.fencing = on;
         self
@@ -353,6 +557,24 @@ impl RedLockBuilder {
     /// assert!(matches!(err, Error::Config { .. }));
     /// assert!(err.to_string().contains("same Redis server"));
     /// # }
+    /// ```
+    ///
+    /// With masters that run (here local ones, from the testkit):
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// use redquorum::RedLock;
+    ///
+    /// let locks = RedLock::builder().nodes(cluster.urls()).build().await?;
+    /// assert_eq!((locks.nodes(), locks.quorum()), (3, 2));
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
     /// ```
     ///
     /// # Cancel safety

@@ -116,11 +116,51 @@ impl LockGuard {
     }
 
     /// The key as passed to `acquire`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// assert_eq!(guard.key(), "orders:42");
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn key(&self) -> &str {
         self.lease.key()
     }
 
     /// The unique value this acquisition stored on the nodes (`<uuid>:<owner>`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .owner("billing-3")
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// // `<uuid>:<owner>`: what a majority of the nodes holds under the key.
+    /// assert!(guard.value().ends_with(":billing-3"));
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn value(&self) -> &str {
         self.lease.value()
     }
@@ -131,38 +171,198 @@ impl LockGuard {
     /// This is a local, monotonic-clock estimate. It assumes that the nodes' clocks do not run
     /// faster than `drift_factor` allows and that this process is not paused between reading
     /// it and acting on it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// // Act only while the lease comfortably covers what you are about to do.
+    /// assert!(guard.validity() > Duration::from_secs(1));
+    /// assert!(guard.validity() < locks.ttl()); // less the round trip and the drift allowance
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn validity(&self) -> Duration {
         self.lease.validity()
     }
 
     /// The instant the validity runs out.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// // Give the work no more time than the lock is safe for.
+    /// let work = async { /* the critical section */ };
+    /// tokio::time::timeout_at(guard.expires_at(), work).await?;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn expires_at(&self) -> Instant {
         self.lease.expires_at()
     }
 
     /// The fencing token of this acquisition, when fencing is on (see [`Lease::fencing_token`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .fencing(true)
+    /// #     .build()
+    /// #     .await?;
+    /// let first = locks.try_acquire("ledger").await?.expect("the lock is free");
+    /// let token = first.fencing_token().expect("fencing is on");
+    /// first.release().await?;
+    /// let second = locks.try_acquire("ledger").await?.expect("the lock is free");
+    /// // The resource rejects writes that carry a token below the highest it has seen.
+    /// assert!(second.fencing_token().expect("fencing is on") > token);
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn fencing_token(&self) -> Option<u64> {
         self.lease.fencing_token()
     }
 
     /// A cheap handle on this lock's lease (validity, lost signal, fencing token) to hand to
     /// the work done under it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("report").await?.expect("the lock is free");
+    /// let lease = guard.lease(); // Clone + Send: hand it to the work done under the lock
+    /// let work = tokio::spawn(async move { !lease.validity().is_zero() });
+    /// assert!(work.await?);
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn lease(&self) -> Lease {
         self.lease.clone()
     }
 
     /// A token cancelled when the lock can no longer be trusted; see [`Lease::lost`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("report").await?.expect("the lock is free");
+    /// let lost = guard.lost();
+    /// tokio::select! {
+    ///     () = lost.cancelled() => { /* stop: acting now could overlap with another holder */ }
+    ///     () = async { /* the work */ } => {}
+    /// }
+    /// guard.release().await?;
+    /// assert!(lost.is_cancelled()); // it also fires when the guard lets go
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn lost(&self) -> CancellationToken {
         self.lease.lost()
     }
 
     /// Renews the lease in the background until release or drop; see [`Lease::keep_alive`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .ttl(Duration::from_secs(1))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("long-job").await?.expect("the lock is free");
+    /// guard.keep_alive();
+    /// // Work that outlasts the 1 s TTL: the lease is renewed while it runs.
+    /// tokio::time::sleep(Duration::from_millis(1500)).await;
+    /// assert!(guard.is_held().await?);
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn keep_alive(&self) {
         self.lease.keep_alive();
     }
 
     /// Nodes known to have granted this lock: the majority that decided, plus any straggler that
     /// granted after the decision.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// // A majority at least; fewer than all when some node is down or slow.
+    /// assert!(guard.granted_nodes() >= locks.quorum());
+    /// assert!(guard.granted_nodes() <= locks.nodes());
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn granted_nodes(&self) -> usize {
         self.states.granted()
     }
@@ -175,6 +375,25 @@ impl LockGuard {
     ///
     /// # Cancel safety
     /// Read only: dropping it changes nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// assert!(guard.is_held().await?); // asks the nodes: our value on a majority
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub async fn is_held(&self) -> Result<bool, Error> {
         let lease = &self.lease;
         if self.validity().is_zero() {
@@ -224,6 +443,29 @@ impl LockGuard {
     /// # Cancel safety
     /// If dropped, some nodes may have been extended; the guard keeps its old validity, or the
     /// shorter one a shorter `ttl` gives.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let mut guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// // The work needs longer than the 10 s TTL it was taken with.
+    /// guard.extend(Duration::from_secs(60)).await?;
+    /// assert!(guard.validity() > Duration::from_secs(50));
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     #[tracing::instrument(name = "extend", level = "debug", skip_all, fields(key = %self.key(), ?ttl))]
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), Error> {
         self.lease.extend(ttl).await
@@ -247,6 +489,26 @@ impl LockGuard {
     ///
     /// # Cancel safety
     /// If the future is dropped before it completes, the guard's drop spawns the release again.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// guard.release().await?; // confirmed by a majority
+    /// assert!(locks.try_acquire("orders:42").await?.is_some()); // free again
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub async fn release(mut self) -> Result<(), Error> {
         let span = tracing::debug_span!("release", key = %self.key());
         self.release_round().instrument(span).await

@@ -119,6 +119,26 @@ impl Lease {
     }
 
     /// The key as passed to `acquire`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// let lease = guard.lease();
+    /// assert_eq!(lease.key(), "orders:42");
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn key(&self) -> &str {
         &self.0.key
     }
@@ -160,6 +180,32 @@ impl Lease {
     ///
     /// A local, monotonic-clock estimate: it assumes the nodes' clocks do not run faster than
     /// `drift_factor` allows and that this process is not paused between reading it and acting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// use redquorum::Lease;
+    ///
+    /// // Work done under the lock gets the lease, not the guard.
+    /// fn safe_to_write(lease: &Lease) -> bool {
+    ///     lease.validity() > Duration::from_millis(500)
+    /// }
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// assert!(safe_to_write(&guard.lease()));
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn validity(&self) -> Duration {
         if self.has_ended() {
             return Duration::ZERO;
@@ -168,6 +214,27 @@ impl Lease {
     }
 
     /// The instant the validity runs out (for an ended lease, no later than when it ended).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// let lease = guard.lease();
+    /// assert_eq!(lease.expires_at(), guard.expires_at());
+    /// tokio::time::timeout_at(lease.expires_at(), async { /* the work */ }).await?;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn expires_at(&self) -> Instant {
         self.0.expiry().0
     }
@@ -175,13 +242,23 @@ impl Lease {
     /// Whether this lease has ended because its guard let go (released, dropped, or handed the
     /// lock to another local task); see [When the guard lets go](Self#when-the-guard-lets-go).
     ///
-    /// ```no_run
-    /// # async fn f(locks: redquorum::RedLock) -> Result<(), redquorum::Error> {
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
     /// let guard = locks.try_acquire("job").await?.expect("free");
     /// let lease = guard.lease();
     /// guard.release().await?;
     /// assert!(lease.has_ended() && lease.validity().is_zero() && lease.is_lost());
     /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
     /// ```
     pub fn has_ended(&self) -> bool {
         self.0.done.is_cancelled()
@@ -196,6 +273,29 @@ impl Lease {
     /// [`RedLockBuilder::fencing`](crate::RedLockBuilder::fencing)): strictly greater than the
     /// token of every earlier holder of the key, as long as every node keeps its counters
     /// (AOF with fsync always).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .fencing(true)
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("ledger").await?.expect("the lock is free");
+    /// let lease = guard.lease();
+    /// // Send it with every write; the store refuses tokens lower than the highest it has seen.
+    /// let token = lease.fencing_token().expect("fencing is on");
+    /// assert_eq!(Some(token), guard.fencing_token());
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn fencing_token(&self) -> Option<u64> {
         self.0.fence
     }
@@ -204,12 +304,65 @@ impl Lease {
     /// including when the guard lets go (see [`has_ended`](Self::has_ended), which tells the
     /// two apart). Watching it starts a small background task (one per guard) that also fires
     /// it when the validity runs out.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// use redquorum::Context;
+    ///
+    /// let ctx = Context::with_timeout(Duration::from_secs(5));
+    /// let copied = locks
+    ///     .with_lock(&ctx, "nightly-backup", |lease| async move {
+    ///         let lost = lease.lost();
+    ///         tokio::select! {
+    ///             () = lost.cancelled() => None, // stop before acting without the lock
+    ///             n = async { 42 } => Some(n),  // the work
+    ///         }
+    ///     })
+    ///     .await?;
+    /// assert_eq!(copied, Some(42));
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn lost(&self) -> CancellationToken {
         self.ensure_task();
         self.0.lost.clone()
     }
 
     /// Whether the lost signal has fired: the lock was lost, or the lease has ended.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// let lease = guard.lease();
+    /// assert!(!lease.is_lost());
+    /// guard.release().await?;
+    /// assert!(lease.is_lost() && lease.has_ended()); // ended with its guard, not lost to another
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn is_lost(&self) -> bool {
         self.0.lost.is_cancelled()
     }
@@ -220,6 +373,33 @@ impl Lease {
     /// every node timeout until the validity runs out, when [`lost`](Self::lost) fires. An
     /// extension that finds the key gone or with another owner fires it at once. A failed
     /// extension never releases anything.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .ttl(Duration::from_secs(1))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("long-job").await?.expect("the lock is free");
+    /// let lease = guard.lease();
+    /// tokio::spawn(async move {
+    ///     lease.keep_alive(); // the same as guard.keep_alive(), from the work's side
+    /// })
+    /// .await?;
+    /// tokio::time::sleep(Duration::from_millis(1500)).await; // longer than the 1 s TTL
+    /// assert!(guard.is_held().await?);
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn keep_alive(&self) {
         self.0.renew.store(true, Ordering::SeqCst);
         self.ensure_task();

@@ -1,3 +1,9 @@
+// The README's links to docs/*.md are reference links whose definitions come at its end (for
+// GitHub); these come first and win (the first definition of a label counts), pointing rustdoc
+// at the same pages rendered in `guide`.
+#![doc = "[docs/benchmarks.md]: crate::guide::benchmarks"]
+#![doc = "[docs/cli.md]: crate::guide::cli"]
+#![doc = "[docs/docker.md]: crate::guide::docker"]
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -12,6 +18,7 @@ pub mod config;
 mod context;
 mod error;
 mod guard;
+pub mod guide;
 mod keys;
 mod lease;
 mod lock;
@@ -37,3 +44,18 @@ pub use lease::Lease;
 pub use lock::RedLock;
 pub use retry::{Delays, Retry};
 pub use wait::WaitStrategy;
+
+/// The cancellation token of [`Context::with_cancel`], [`LockGuard::lost`] and [`Lease::lost`]:
+/// `tokio_util::sync::CancellationToken`, re-exported so that you need not depend on
+/// `tokio-util` yourself.
+///
+/// ```
+/// use std::time::Duration;
+/// use redquorum::{CancellationToken, Context};
+///
+/// let shutdown = CancellationToken::new();
+/// let ctx = Context::with_timeout(Duration::from_secs(5)).with_cancel(shutdown.clone());
+/// shutdown.cancel(); // every wait under `ctx` ends with `Error::Cancelled`
+/// # drop(ctx);
+/// ```
+pub use tokio_util::sync::CancellationToken;

@@ -80,8 +80,11 @@ pub use stats::{CommandStats, SCRIPT_COMMANDS};
 /// # Errors
 /// As for [`LocalCluster::start`].
 ///
-/// ```no_run
-/// let (urls, _local) = redquorum::testkit::env_or_local(3)?;
+/// ```
+/// let (urls, local) = redquorum::testkit::env_or_local(3)?;
+/// // Your masters when REDQUORUM_NODES is set, else 3 local ones (kept alive by `local`).
+/// assert_eq!(local.is_some(), std::env::var("REDQUORUM_NODES").map_or(true, |l| l.trim().is_empty()));
+/// assert!(!urls.is_empty());
 /// # Ok::<(), redquorum::testkit::TestkitError>(())
 /// ```
 pub fn env_or_local(n: usize) -> Result<(Vec<String>, Option<LocalCluster>), TestkitError> {
@@ -211,6 +214,16 @@ impl Default for LocalClusterBuilder {
 
 impl LocalClusterBuilder {
     /// Number of independent `redis-server` processes (default 5).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::builder().nodes(3).start()?;
+    /// assert_eq!(cluster.len(), 3);
+    /// # Ok(()) }
+    /// ```
     pub fn nodes(mut self, n: usize) -> Self {
         self.nodes = n;
         self
@@ -218,6 +231,27 @@ impl LocalClusterBuilder {
 
     /// Persist with `--appendonly yes --appendfsync always` (default `false`:
     /// no persistence at all, so a restarted node comes back empty).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redquorum::RedLock;
+    ///
+    /// // Nodes that keep their data across a restart, as Redlock's safety needs.
+    /// let cluster = LocalCluster::builder().nodes(3).appendonly(true).start()?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// let guard = locks.try_acquire("k").await?.expect("free");
+    /// cluster.restart(0)?; // the key is back from the AOF
+    /// assert!(guard.is_held().await?);
+    /// # Ok(()) }
+    /// ```
     pub fn appendonly(mut self, enabled: bool) -> Self {
         self.appendonly = enabled;
         self
@@ -226,6 +260,18 @@ impl LocalClusterBuilder {
     /// Where the cluster's temp directory is created (default: `std::env::temp_dir()`). A
     /// tmpfs such as `/dev/shm` makes `appendfsync always` cheap while data still survives a
     /// node's restart.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // On tmpfs where there is one: `appendfsync always` costs little there.
+    /// let dir = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm".into() } else { std::env::temp_dir() };
+    /// let cluster = LocalCluster::builder().nodes(1).appendonly(true).base_dir(dir).start()?;
+    /// assert!(cluster.is_running(0));
+    /// # Ok(()) }
+    /// ```
     pub fn base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.base_dir = Some(dir.into());
         self
@@ -234,6 +280,27 @@ impl LocalClusterBuilder {
     /// Puts a [`FaultProxy`] in front of every node: [`urls`](LocalCluster::urls) then point
     /// at the proxies (so clients can be slowed down or partitioned from a node that keeps
     /// running), and [`proxy`](LocalCluster::proxy) gives access to them. Default: off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use redquorum::RedLock;
+    ///
+    /// let cluster = LocalCluster::builder().nodes(3).proxied(true).start()?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls()) // through the proxies
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// cluster.proxy(0)?.blackhole(); // node 0 keeps running, but nothing reaches it
+    /// let guard = locks.try_acquire("k").await?.expect("a majority is still reachable");
+    /// assert_eq!(guard.granted_nodes(), 2);
+    /// # Ok(()) }
+    /// ```
     pub fn proxied(mut self, on: bool) -> Self {
         self.proxied = on;
         self
@@ -243,7 +310,7 @@ impl LocalClusterBuilder {
     /// cluster hands out then carries it (`redis://:password@127.0.0.1:<port>`); `Debug`
     /// output of the builder and the cluster does not show it.
     ///
-    /// ```no_run
+    /// ```
     /// use redquorum::testkit::LocalCluster;
     /// let cluster = LocalCluster::builder().nodes(1).requirepass("s3cret").start()?;
     /// assert!(cluster.urls()[0].starts_with("redis://:s3cret@127.0.0.1:"));
@@ -258,6 +325,16 @@ impl LocalClusterBuilder {
     /// Starts every node and waits until each answers `PING`.
     ///
     /// On error, the nodes started so far are killed and the temp dir removed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::builder().nodes(3).start()?; // every node answers PING now
+    /// assert!((0..3).all(|i| cluster.is_running(i)));
+    /// # Ok(()) }
+    /// ```
     pub fn start(self) -> Result<LocalCluster, TestkitError> {
         let binary = resolve_binary(std::env::var_os(BINARY_ENV), std::env::var_os("PATH"))?;
         let root = create_root_dir(self.base_dir.unwrap_or_else(std::env::temp_dir))?;
@@ -353,6 +430,16 @@ impl NodeState {
 
 impl LocalCluster {
     /// Returns a builder (5 nodes, no persistence by default).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::builder().nodes(3).appendonly(true).start()?;
+    /// # drop(cluster);
+    /// # Ok(()) }
+    /// ```
     #[must_use = "the builder does nothing until `.start()` is called"]
     pub fn builder() -> LocalClusterBuilder {
         LocalClusterBuilder::default()
@@ -360,11 +447,39 @@ impl LocalCluster {
 
     /// Starts `n` nodes with default settings; shortcut for
     /// `LocalCluster::builder().nodes(n).start()`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::start(3)?; // no persistence, no proxies
+    /// assert_eq!(cluster.urls().len(), 3);
+    /// # Ok(()) }
+    /// ```
     pub fn start(n: usize) -> Result<LocalCluster, TestkitError> {
         Self::builder().nodes(n).start()
     }
 
     /// `redis://127.0.0.1:<port>` for every node, in index order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redquorum::RedLock;
+    ///
+    /// let cluster = LocalCluster::start(3)?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// assert_eq!(locks.nodes(), 3);
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn urls(&self) -> Vec<String> {
         (0..self.nodes.len())
@@ -375,6 +490,18 @@ impl LocalCluster {
     /// `redis://127.0.0.1:<port>` of node `index`: its proxy's when the cluster is proxied
     /// (with the password, for a cluster started with
     /// [`requirepass`](LocalClusterBuilder::requirepass)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::start(3)?;
+    /// let url = cluster.url(0)?;
+    /// assert_eq!(url, format!("redis://127.0.0.1:{}", cluster.port(0)?));
+    /// assert!(cluster.url(3).is_err()); // no such node: an error, never a panic
+    /// # Ok(()) }
+    /// ```
     pub fn url(&self, index: usize) -> Result<String, TestkitError> {
         let node = self.node(index)?;
         Ok(match self.proxies.get(index) {
@@ -385,6 +512,18 @@ impl LocalCluster {
 
     /// `redis://127.0.0.1:<port>` of node `index` itself, never through a proxy (for looking
     /// at a node's data while it is partitioned from the clients).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::builder().nodes(3).proxied(true).start()?;
+    /// cluster.proxy(0)?.cut(); // clients cannot reach node 0 ...
+    /// let direct = cluster.direct_url(0)?; // ... but the test can still look at its data
+    /// assert_ne!(direct, cluster.url(0)?);
+    /// # Ok(()) }
+    /// ```
     pub fn direct_url(&self, index: usize) -> Result<String, TestkitError> {
         Ok(self.node_url(self.node(index)?.port))
     }
@@ -400,6 +539,19 @@ impl LocalCluster {
     ///
     /// # Errors
     /// [`TestkitError::NoSuchNode`] for an index out of range or a cluster without proxies.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    ///
+    /// let cluster = LocalCluster::builder().nodes(3).proxied(true).start()?;
+    /// cluster.proxy(2)?.set_latency(Duration::from_millis(20)); // a slow link to node 2
+    /// assert!(LocalCluster::start(1)?.proxy(0).is_err()); // not proxied
+    /// # Ok(()) }
+    /// ```
     pub fn proxy(&self, index: usize) -> Result<&FaultProxy, TestkitError> {
         self.proxies.get(index).ok_or(TestkitError::NoSuchNode {
             index,
@@ -408,17 +560,46 @@ impl LocalCluster {
     }
 
     /// Port of node `index` (unchanged across restarts).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::start(1)?;
+    /// let port = cluster.port(0)?;
+    /// assert!(cluster.url(0)?.ends_with(&format!(":{port}")));
+    /// # Ok(()) }
+    /// ```
     pub fn port(&self, index: usize) -> Result<u16, TestkitError> {
         Ok(self.node(index)?.port)
     }
 
     /// Number of nodes (running or not).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// assert_eq!(LocalCluster::start(3)?.len(), 3);
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
 
     /// Whether the cluster has no nodes at all.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// assert!(!LocalCluster::start(1)?.is_empty());
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
@@ -426,6 +607,26 @@ impl LocalCluster {
 
     /// Crashes node `index` with SIGKILL and reaps it. Data not persisted is
     /// lost. Killing a node that is not running is a no-op.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redquorum::RedLock;
+    ///
+    /// let cluster = LocalCluster::start(3)?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// cluster.kill(0)?; // SIGKILL: a crashed master
+    /// assert!(!cluster.is_running(0));
+    /// assert!(locks.try_acquire("k").await?.is_some()); // 2 of 3 still grant
+    /// # Ok(()) }
+    /// ```
     pub fn kill(&self, index: usize) -> Result<(), TestkitError> {
         let node = self.node(index)?;
         let mut state = lock(&node.state);
@@ -443,6 +644,18 @@ impl LocalCluster {
     /// Starts node `index` again on the same port and data directory and waits
     /// until it answers `PING`. A running (or paused) node is killed first.
     /// Retries for about two seconds if the port is briefly unavailable.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::start(3)?;
+    /// cluster.kill(1)?;
+    /// cluster.restart(1)?; // same port and data directory (empty without appendonly)
+    /// assert!(cluster.is_running(1));
+    /// # Ok(()) }
+    /// ```
     pub fn restart(&self, index: usize) -> Result<(), TestkitError> {
         self.kill(index)?;
         let node = self.node(index)?;
@@ -464,6 +677,29 @@ impl LocalCluster {
     /// Freezes node `index` with SIGSTOP: it keeps its port and connections
     /// are accepted by the kernel, but nothing is answered (a partition or a
     /// long GC pause, as seen by clients). Pausing a paused node is a no-op.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use redquorum::{Context, RedLock};
+    ///
+    /// let cluster = LocalCluster::start(3)?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// cluster.pause(2)?; // SIGSTOP: connections hang, like a GC pause or a partition
+    /// let ctx = Context::with_timeout(Duration::from_secs(5));
+    /// let guard = locks.acquire(&ctx, "k").await?; // decided by the other two, without waiting
+    /// guard.release().await?;
+    /// cluster.resume(2)?;
+    /// # Ok(()) }
+    /// ```
     pub fn pause(&self, index: usize) -> Result<(), TestkitError> {
         let node = self.node(index)?;
         let mut state = lock(&node.state);
@@ -478,6 +714,18 @@ impl LocalCluster {
 
     /// Continues node `index` with SIGCONT after [`pause`](Self::pause).
     /// Resuming a node that is not paused (or not running) is a no-op.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::start(1)?;
+    /// cluster.pause(0)?;
+    /// cluster.resume(0)?; // SIGCONT: it answers again
+    /// assert!(cluster.is_running(0));
+    /// # Ok(()) }
+    /// ```
     pub fn resume(&self, index: usize) -> Result<(), TestkitError> {
         let node = self.node(index)?;
         let mut state = lock(&node.state);
@@ -493,6 +741,18 @@ impl LocalCluster {
 
     /// Whether node `index`'s process is alive (paused nodes count as alive).
     /// `false` for an out-of-range index.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::start(2)?;
+    /// cluster.kill(1)?;
+    /// assert!(cluster.is_running(0) && !cluster.is_running(1));
+    /// assert!(!cluster.is_running(7)); // no such node
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn is_running(&self, index: usize) -> bool {
         self.node(index)
@@ -501,6 +761,17 @@ impl LocalCluster {
     }
 
     /// Contents of node `index`'s `redis.log` (all of its runs, appended).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::start(1)?;
+    /// let log = cluster.log(0)?; // the node's redis.log, e.g. to print when a test fails
+    /// assert!(log.contains("Ready to accept connections"));
+    /// # Ok(()) }
+    /// ```
     pub fn log(&self, index: usize) -> Result<String, TestkitError> {
         let path = self.node(index)?.dir.join(LOG_FILE);
         fs::read(&path)

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::check;
 use crate::exit;
 
 const ABOUT: &str = "A distributed flock(1): run a command under a Redlock lock held on N independent Redis masters";
@@ -33,8 +34,9 @@ EXIT STATUS
   run:
     N        COMMAND exited with status N
     128+N    COMMAND was killed by signal N (not sent by redquorum)
-    64       usage error: unknown option, bad duration, no nodes, no COMMAND,
-             an invalid node URL or TTL (EX_USAGE)
+    64       usage error: unknown option, bad duration, no nodes, an empty entry
+             in --nodes, fewer than 3 nodes without --allow-few-nodes, no COMMAND,
+             an invalid node URL, or a --ttl too short for --node-timeout (EX_USAGE)
     69       a majority of the Redis masters could not be reached (EX_UNAVAILABLE)
     70       internal error (EX_SOFTWARE)
     75       the lock stayed held by another owner until --wait ran out (EX_TEMPFAIL)
@@ -169,25 +171,25 @@ pub struct NodeArgs {
     #[arg(long, default_value = "default", value_name = "NAME")]
     pub group: String,
 
-    /// Per-master request timeout [default: TTL/200, within 20ms..250ms]
+    /// Per-master request timeout [default: TTL/200, within 50ms..250ms]
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub node_timeout: Option<Duration>,
+
+    /// Accept fewer than 3 nodes (1 or 2 masters: any one failure stops every lock)
+    #[arg(long)]
+    pub allow_few_nodes: bool,
 }
 
 impl NodeArgs {
-    /// The node URLs, or a usage error when none was given.
+    /// The node URLs, checked (no empty entry, at least 3 unless --allow-few-nodes), with
+    /// the other node options; a usage error otherwise. Warns on stderr for an even count.
     pub fn urls(&self) -> Result<Vec<String>, exit::Failure> {
-        let urls: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|u| u.trim().to_owned())
-            .filter(|u| !u.is_empty())
-            .collect();
-        if urls.is_empty() {
-            return Err(exit::Failure::new(
-                exit::USAGE,
-                "no Redis nodes: pass --nodes URL,URL,URL or set REDQUORUM_NODES",
-            ));
+        let (urls, warning) = check::node_list(&self.nodes, self.allow_few_nodes)?;
+        check::name("--namespace", &self.namespace)?;
+        check::name("--group", &self.group)?;
+        check::node_timeout(self.node_timeout)?;
+        if let Some(warning) = warning {
+            eprintln!("redquorum: {warning}");
         }
         Ok(urls)
     }
@@ -222,7 +224,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub fencing: bool,
 
-    /// Say on stderr when the lock is taken and released
+    /// Say on stderr when the lock is taken (naming each node that did not grant, and why) and released
     #[arg(long, short = 'v')]
     pub verbose: bool,
 

@@ -3,10 +3,12 @@
 //! Built with the `cli` feature: `cargo install redquorum --features cli`. See
 //! `redquorum --help` and docs/cli.md.
 
+mod check;
 mod cli;
 mod demo;
 mod exit;
 mod job;
+mod probe;
 mod run;
 mod signals;
 mod status;
