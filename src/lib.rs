@@ -14,6 +14,8 @@ pub mod quorum;
 mod retry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+#[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
+mod tls;
 mod wait;
 mod wake;
 
