@@ -135,8 +135,7 @@ impl std::fmt::Debug for RedLockBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let nodes: Vec<String> = self.nodes.iter().map(|u| redact(u)).collect();
         let mut f = f.debug_struct("RedLockBuilder");
-        f
-            .field("nodes", &nodes)
+        f.field("nodes", &nodes)
             .field("ttl", &self.ttl)
             .field("drift_factor", &self.drift_factor)
             .field("node_timeout", &self.node_timeout)
@@ -349,7 +348,10 @@ impl RedLockBuilder {
     /// # drop(locks); Ok(()) }
     /// ```
     #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
-    #[cfg_attr(docsrs, doc(cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))))]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "tls-rustls", feature = "tls-native-tls")))
+    )]
     pub fn tls_root_certs(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls.root_certs = Some(pem.into());
         self
@@ -377,7 +379,10 @@ impl RedLockBuilder {
     /// # drop(locks); Ok(()) }
     /// ```
     #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
-    #[cfg_attr(docsrs, doc(cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))))]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "tls-rustls", feature = "tls-native-tls")))
+    )]
     pub fn tls_client_cert(
         mut self,
         cert_pem: impl Into<Vec<u8>>,

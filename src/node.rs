@@ -350,14 +350,19 @@ pub(crate) struct NodeSpec {
 impl NodeSpec {
     pub(crate) fn parse(url: &str) -> Result<Self, String> {
         let shown = redact(url);
+        // Refused here rather than left to the redis crate, whose TLS support other crates in
+        // the build may turn on: this crate's TLS features also set up the TLS backend.
+        let tls = url
+            .get(..9)
+            .is_some_and(|s| s.eq_ignore_ascii_case("rediss://"));
+        if tls && !cfg!(any(feature = "tls-rustls", feature = "tls-native-tls")) {
+            return Err(format!(
+                "node URL {shown:?} asks for TLS, but redquorum was built without it; enable \
+                 its `tls-rustls` feature (or `tls-native-tls`) in your Cargo.toml, or \
+                 `--features tls-rustls` when installing the CLI"
+            ));
+        }
         let client = Client::open(url).map_err(|e| {
-            if url.starts_with("rediss://") && e.to_string().contains("TLS") {
-                return format!(
-                    "node URL {shown:?} asks for TLS, but redquorum was built without it; enable \
-                     its `tls-rustls` feature (or `tls-native-tls`) in your Cargo.toml, or \
-                     `--features tls-rustls` when installing the CLI"
-                );
-            }
             // redis' message names the part that is wrong, never the URL itself.
             let why = one_line(&e.to_string());
             format!(
@@ -1262,7 +1267,32 @@ fn redis_cause(e: &RedisError) -> NodeCause {
     } else if e.kind() == ErrorKind::Parse {
         NodeCause::NotRedis(one_line(&e.to_string()))
     } else {
-        NodeCause::Redis(one_line(&e.to_string()))
+        NodeCause::Redis(tls_hint(one_line(&e.to_string())))
+    }
+}
+
+/// A TLS handshake's failure (rustls' or OpenSSL's words), with what to check; other messages
+/// as they are.
+fn tls_hint(msg: Arc<str>) -> Arc<str> {
+    let lower = msg.to_lowercase();
+    if ["certificate", "ssl routines", "handshake", "alert"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        format!(
+            "TLS: {msg}; check that a CA this client trusts signed the node's certificate \
+             (RedLockBuilder::tls_root_certs, the CLI's --tls-ca), that the certificate names the \
+             host in the node URL, and give a client certificate (tls_client_cert) if the \
+             server requires one (tls-auth-clients yes)"
+        )
+        .into()
+    } else if lower.contains("connection reset") {
+        format!(
+            "{msg} (a server that listens with TLS only resets plain connections: use rediss://)"
+        )
+        .into()
+    } else {
+        msg
     }
 }
 
@@ -1315,6 +1345,18 @@ mod tests {
         assert!(
             err.contains("not a valid Redis URL") && !err.contains("pw"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn tls_failures_say_what_to_check() {
+        let shown = tls_hint("invalid peer certificate: UnknownIssuer".into());
+        assert!(shown.starts_with("TLS: invalid peer") && shown.contains("tls_root_certs"));
+        let shown = tls_hint("Connection reset by peer (os error 104)".into());
+        assert!(shown.contains("rediss://"), "{shown}");
+        assert_eq!(
+            &*tls_hint("ERR unknown command".into()),
+            "ERR unknown command"
         );
     }
 

@@ -115,13 +115,18 @@ mod tests {
             client: None,
         };
         let plain = NodeSpec::parse("redis://:pw@127.0.0.1:7001").expect("valid url");
-        let err = tls.apply(plain).expect_err("plain node with certificates").to_string();
+        let err = tls
+            .apply(plain)
+            .expect_err("plain node with certificates")
+            .to_string();
         assert!(err.contains("rediss://") && !err.contains("pw"), "{err}");
         let secure = || NodeSpec::parse("rediss://:pw@127.0.0.1:7001").expect("valid url");
         let err = tls.apply(secure()).expect_err("no PEM").to_string();
         assert!(err.contains("no PEM certificate"), "{err}");
         let tls = Tls {
-            root_certs: Some(b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n".to_vec()),
+            root_certs: Some(
+                b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n".to_vec(),
+            ),
             client: None,
         };
         let err = tls.apply(secure()).expect_err("bad PEM").to_string();
@@ -138,6 +143,9 @@ mod tests {
             client: Some((b"cert".to_vec(), b"SECRET-KEY".to_vec())),
         };
         let shown = format!("{tls:?}");
-        assert!(shown.contains("1 certificate(s)") && !shown.contains("SECRET"), "{shown}");
+        assert!(
+            shown.contains("1 certificate(s)") && !shown.contains("SECRET"),
+            "{shown}"
+        );
     }
 }

@@ -46,8 +46,9 @@ impl TlsFiles {
         let ca_key = KeyPair::generate().map_err(|e| cert_error("CA", e))?;
         let mut ca = CertificateParams::new(Vec::new()).map_err(|e| cert_error("CA", e))?;
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "redquorum testkit CA");
+        // A name of its own, so that another cluster's CA is another issuer, not a namesake.
+        let name = format!("redquorum testkit CA {}", dir.display());
+        ca.distinguished_name.push(DnType::CommonName, name);
         ca.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
