@@ -55,14 +55,6 @@ impl Tls {
         if !self.is_set() {
             return Ok(spec);
         }
-        if let Some(pem) = &self.root_certs {
-            if pem_count(pem) == 0 {
-                return Err(Error::config(
-                    "tls_root_certs holds no PEM certificate (no -----BEGIN CERTIFICATE----- \
-                     line); give it the contents of your CA's .pem or .crt file",
-                ));
-            }
-        }
         if !tls_node {
             return Err(Error::config(format!(
                 "node {} does not use TLS, but TLS certificates were given (tls_root_certs or \
@@ -70,6 +62,14 @@ impl Tls {
                  like the others",
                 spec.shown
             )));
+        }
+        if let Some(pem) = &self.root_certs {
+            if pem_count(pem) == 0 {
+                return Err(Error::config(
+                    "tls_root_certs holds no PEM certificate (no -----BEGIN CERTIFICATE----- \
+                     line); give it the contents of your CA's .pem or .crt file",
+                ));
+            }
         }
         let certs = TlsCertificates {
             client_tls: self.client.as_ref().map(|(cert, key)| ClientTlsConfig {
