@@ -263,3 +263,41 @@ async fn tls_goes_through_the_fault_proxies() {
     }
     g.release().await.expect("release");
 }
+
+/// The CLI over TLS: `status` with `--tls-ca` reaches TLS-only masters (exit 1: the lock is
+/// free); without it, every master is named with the certificate problem (exit 69).
+#[cfg(feature = "cli")]
+#[test]
+fn the_cli_takes_rediss_urls_and_a_ca_file() {
+    use std::process::Command;
+    let c = tls_cluster(LocalCluster::builder().nodes(3).tls(true));
+    let dir = std::env::temp_dir().join(format!("redquorum-tls-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let ca_file = dir.join("ca.crt");
+    std::fs::write(&ca_file, ca(&c)).expect("write the CA");
+    let status = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_redquorum"))
+            .args(["status", "--key", "k", "--node-timeout", "250ms", "--nodes"])
+            .arg(c.urls().join(","))
+            .args(extra)
+            .env_remove("REDQUORUM_NODES")
+            .output()
+            .expect("run redquorum");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let ca_arg = ca_file.to_str().expect("utf-8 path");
+    let (code, text) = status(&["--tls-ca", ca_arg]);
+    assert_eq!(code, Some(1), "a free lock: {text}");
+    let (code, text) = status(&[]);
+    assert_eq!(code, Some(69), "{text}");
+    assert!(
+        text.contains("TLS: ") && text.contains("--tls-ca"),
+        "{text}"
+    );
+    let (code, text) = status(&["--tls-ca", "/nonexistent/ca.crt"]);
+    assert_eq!(code, Some(64), "{text}");
+    assert!(text.contains("cannot read --tls-ca"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -56,6 +56,8 @@ ENVIRONMENT
   REDQUORUM_NODES          comma-separated node URLs, used when --nodes is not given;
                            unlike --nodes, not visible in ps(1); not passed on to COMMAND
   REDQUORUM_REDIS_SERVER   the redis-server binary `demo` starts (default: from PATH)
+  REDQUORUM_TLS_CA, REDQUORUM_TLS_CERT, REDQUORUM_TLS_KEY
+                           --tls-ca, --tls-cert, --tls-key (builds with TLS)
   Set for COMMAND by `run`:
   REDQUORUM_KEY            the lock key (as given with --key)
   REDQUORUM_FENCING_TOKEN  the fencing token of this acquisition (with --fencing only)";
@@ -172,6 +174,9 @@ pub struct NodeArgs {
     /// Per-master request timeout [default: TTL/200, within 20ms..250ms]
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub node_timeout: Option<Duration>,
+
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 impl NodeArgs {

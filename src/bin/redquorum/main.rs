@@ -10,6 +10,7 @@ mod job;
 mod run;
 mod signals;
 mod status;
+mod tls;
 mod watchdog;
 
 use std::io::Write;

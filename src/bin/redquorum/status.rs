@@ -29,6 +29,7 @@ pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
     if let Some(timeout) = args.nodes.node_timeout {
         builder = builder.node_timeout(timeout);
     }
+    builder = args.nodes.tls.apply(builder)?;
     let locks = builder
         .build()
         .await
