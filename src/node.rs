@@ -1288,7 +1288,9 @@ fn tls_hint(msg: Arc<str>) -> Arc<str> {
         .into()
     } else if lower.contains("connection reset") {
         format!(
-            "{msg} (a server that listens with TLS only resets plain connections: use rediss://)"
+            "{msg} (a server that listens with TLS only resets plain connections: use \
+             rediss://; one that requires a client certificate resets TLS connections without \
+             one: give tls_client_cert, the CLI's --tls-cert)"
         )
         .into()
     } else {
