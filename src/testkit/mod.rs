@@ -1338,6 +1338,32 @@ mod tests {
         Ok(())
     }
 
+    #[cfg(feature = "testkit-tls")]
+    #[test]
+    fn tls_nodes_take_no_plain_connections_and_restart() -> Result<(), TestkitError> {
+        let cluster = LocalCluster::builder()
+            .nodes(1)
+            .requirepass("pw")
+            .tls(true)
+            .start()?;
+        let port = cluster.port(0)?;
+        assert_eq!(cluster.url(0)?, format!("rediss://:pw@127.0.0.1:{port}"));
+        assert!(cluster
+            .tls_ca_pem()
+            .is_some_and(|pem| pem.starts_with("-----BEGIN CERTIFICATE-----")));
+        assert!(!format!("{cluster:?}").contains("PRIVATE KEY"));
+        // Plain RESP on the TLS port gets no answer: the node speaks TLS only.
+        assert!(!pings(port));
+        // The testkit's own connection (its Unix socket) reads the node's statistics, also
+        // after a restart on the same port.
+        cluster.command_stats()?;
+        cluster.restart(0)?;
+        assert_eq!(cluster.port(0)?, port);
+        assert!(!pings(port));
+        cluster.command_stats()?;
+        Ok(())
+    }
+
     #[test]
     fn binary_resolution() {
         let missing = resolve_binary(Some("/nonexistent/redis-server".into()), None);
