@@ -57,6 +57,7 @@ pub fn default_node_timeout(ttl: Duration) -> Duration {
 /// | [`wait_strategy`](Self::wait_strategy) | PubSub | how a waiter learns of a release |
 /// | [`safety_poll`](Self::safety_poll) | 30 s | longest a notified waiter goes without checking |
 /// | [`fencing`](Self::fencing) | off | fencing tokens, strictly increasing per key |
+/// | `tls_root_certs`, `tls_client_cert` | system trust store, no client certificate | TLS (`tls-rustls` / `tls-native-tls` features) |
 ///
 /// # Examples
 ///
@@ -102,6 +103,8 @@ pub struct RedLockBuilder {
     safety_poll: Duration,
     fencing: bool,
     fencing_unconfirmed: bool,
+    #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
+    tls: crate::tls::Tls,
 }
 
 impl Default for RedLockBuilder {
@@ -120,6 +123,8 @@ impl Default for RedLockBuilder {
             safety_poll: DEFAULT_SAFETY_POLL,
             fencing: false,
             fencing_unconfirmed: false,
+            #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
+            tls: crate::tls::Tls::default(),
         }
     }
 }
@@ -128,8 +133,8 @@ impl Default for RedLockBuilder {
 impl std::fmt::Debug for RedLockBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let nodes: Vec<String> = self.nodes.iter().map(|u| redact(u)).collect();
-        f.debug_struct("RedLockBuilder")
-            .field("nodes", &nodes)
+        let mut f = f.debug_struct("RedLockBuilder");
+        f.field("nodes", &nodes)
             .field("ttl", &self.ttl)
             .field("drift_factor", &self.drift_factor)
             .field("node_timeout", &self.node_timeout)
@@ -141,8 +146,10 @@ impl std::fmt::Debug for RedLockBuilder {
             .field("wait_strategy", &self.wait_strategy)
             .field("safety_poll", &self.safety_poll)
             .field("fencing", &self.fencing)
-            .field("fencing_unconfirmed", &self.fencing_unconfirmed)
-            .finish()
+            .field("fencing_unconfirmed", &self.fencing_unconfirmed);
+        #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
+        f.field("tls", &self.tls);
+        f.finish()
     }
 }
 
@@ -160,10 +167,10 @@ impl RedLock {
 
 impl RedLockBuilder {
     /// The Redis masters, as URLs the redis crate understands: `redis://host:port`,
-    /// `redis://user:password@host:port/db`, `rediss://` for TLS (add
-    /// `redis = { version = "1", features = ["tokio-rustls-comp"] }` to your Cargo.toml; cargo
-    /// unifies the feature into this crate's redis dependency). Use independent masters (no replication between them); 3 or 5 is typical.
-    /// Replaces any nodes given before.
+    /// `redis://user:password@host:port/db`, `rediss://` for TLS (with this crate's
+    /// `tls-rustls` or `tls-native-tls` feature; see [`tls_root_certs`](Self::tls_root_certs)
+    /// for a private CA). Use independent masters (no replication between them); 3 or 5 is
+    /// typical. Replaces any nodes given before.
     ///
     /// # Examples
     ///
@@ -515,6 +522,74 @@ impl RedLockBuilder {
         self
     }
 
+    /// Trusts the CA certificates in `pem` (one or more `-----BEGIN CERTIFICATE-----` blocks)
+    /// for the `rediss://` nodes, *instead of* the system's trust store: for servers whose
+    /// certificates an internal or self-signed CA issued. The servers' certificates must name
+    /// the host of their URL (a DNS name or IP address in their subjectAltName).
+    ///
+    /// Needs the `tls-rustls` or `tls-native-tls` feature.
+    ///
+    /// # Errors
+    /// `build()` returns [`Error::Config`] when `pem` holds no certificate or one that does not
+    /// parse, or when a node's URL is a plain `redis://` one. A server whose certificate this
+    /// CA did not sign fails to connect: [`Error::NoQuorum`] names the certificate problem for
+    /// each such node.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("/etc/redis/tls/ca.crt")?;
+    /// let locks = redquorum::RedLock::builder()
+    ///     .nodes(["rediss://:pw@redis-a:6380", "rediss://:pw@redis-b:6380", "rediss://:pw@redis-c:6380"])
+    ///     .tls_root_certs(ca)
+    ///     .build()
+    ///     .await?;
+    /// # drop(locks); Ok(()) }
+    /// ```
+    #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "tls-rustls", feature = "tls-native-tls")))
+    )]
+    pub fn tls_root_certs(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.root_certs = Some(pem.into());
+        self
+    }
+
+    /// Mutual TLS: presents this client certificate (a PEM chain, the client's own certificate
+    /// first) and its private key (PEM, PKCS#8: `-----BEGIN PRIVATE KEY-----`) to the
+    /// `rediss://` nodes, for servers run with `tls-auth-clients yes`. The key never appears in
+    /// `Debug` output or errors.
+    ///
+    /// Needs the `tls-rustls` or `tls-native-tls` feature.
+    ///
+    /// # Errors
+    /// `build()` returns [`Error::Config`] when the certificate or key does not parse, or when
+    /// a node's URL is a plain `redis://` one.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// let locks = redquorum::RedLock::builder()
+    ///     .nodes(["rediss://redis-a:6380", "rediss://redis-b:6380", "rediss://redis-c:6380"])
+    ///     .tls_root_certs(std::fs::read("ca.crt")?)
+    ///     .tls_client_cert(std::fs::read("client.crt")?, std::fs::read("client.key")?)
+    ///     .build()
+    ///     .await?;
+    /// # drop(locks); Ok(()) }
+    /// ```
+    #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "tls-rustls", feature = "tls-native-tls")))
+    )]
+    pub fn tls_client_cert(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
     /// **Unsafe, for demonstrations only**: fencing tokens as the plain maximum of the granting
     /// nodes' counters, without the confirming round. The test suite uses it to show that such
     /// tokens can go backwards when the nodes' counters disagree.
@@ -596,6 +671,8 @@ impl RedLockBuilder {
         let mut specs: Vec<NodeSpec> = Vec::with_capacity(self.nodes.len());
         for url in &self.nodes {
             let spec = NodeSpec::parse(url).map_err(Error::config)?;
+            #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
+            let spec = self.tls.apply(spec)?;
             // One host and port is one server, whatever the database (other names for the same
             // server are caught when the nodes connect: see `build`).
             if let Some(first) = specs.iter().find(|s| s.server == spec.server) {

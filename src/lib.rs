@@ -32,6 +32,8 @@ mod settings;
 mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+#[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
+mod tls;
 mod wait;
 mod wake;
 

@@ -59,6 +59,28 @@
 //! between clients and a node that keeps running. [`LocalCluster::direct_url`] still reaches
 //! the node itself.
 //!
+//! # TLS
+//!
+//! With the `testkit-tls` feature, `.tls(true)` starts TLS-only nodes (no plain TCP port) with
+//! certificates from a CA generated at start: [`LocalCluster::urls`] are `rediss://` URLs,
+//! and [`LocalCluster::tls_ca_pem`] is what a client must trust (a client also needs the
+//! `tls-rustls` or `tls-native-tls` feature). See `tests/tls.rs`.
+//!
+//! ```no_run
+//! # #[cfg(feature = "testkit-tls")]
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use redquorum::testkit::LocalCluster;
+//! let cluster = LocalCluster::builder().nodes(3).tls(true).start()?;
+//! assert!(cluster.urls()[0].starts_with("rediss://127.0.0.1:"));
+//! # #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
+//! let locks = redquorum::RedLock::builder()
+//!     .nodes(cluster.urls())
+//!     .tls_root_certs(cluster.tls_ca_pem().unwrap_or_default())
+//!     .build()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # A full safety check
 //!
 //! [`Workload`] runs contending clients against a seeded nemesis that kills, pauses, slows down
@@ -68,6 +90,8 @@
 mod chaos;
 mod proxy;
 mod stats;
+#[cfg(feature = "testkit-tls")]
+mod tls;
 
 pub use chaos::{check_holds, HoldRecord, Report, Workload};
 pub use proxy::FaultProxy;
@@ -188,6 +212,18 @@ pub struct LocalClusterBuilder {
     base_dir: Option<PathBuf>,
     proxied: bool,
     password: Option<Password>,
+    #[cfg(feature = "testkit-tls")]
+    tls: Option<ClientAuth>,
+}
+
+/// Whether a TLS node asks clients for a certificate (`tls-auth-clients`).
+#[cfg(feature = "testkit-tls")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientAuth {
+    /// `optional`: a client may present the cluster's client certificate, and it is checked.
+    Optional,
+    /// `yes`: every client must.
+    Required,
 }
 
 /// A `requirepass` password: never shown by `Debug`.
@@ -208,6 +244,8 @@ impl Default for LocalClusterBuilder {
             base_dir: None,
             proxied: false,
             password: None,
+            #[cfg(feature = "testkit-tls")]
+            tls: None,
         }
     }
 }
@@ -322,6 +360,53 @@ impl LocalClusterBuilder {
         self
     }
 
+    /// TLS-only nodes (feature `testkit-tls`): each `redis-server` listens on its port with TLS
+    /// only (`port 0`, `tls-port`), with a certificate for `127.0.0.1` and `localhost` signed by
+    /// a CA generated at start ([`tls_ca_pem`](LocalCluster::tls_ca_pem)). Clients need not
+    /// present a certificate, but one they present must be signed by that CA
+    /// (`tls-auth-clients optional`). [`urls`](LocalCluster::urls) are `rediss://` URLs; a
+    /// [`proxied`](Self::proxied) cluster works too (the proxies pass the TLS bytes on).
+    /// Default: off.
+    ///
+    /// The testkit's own readiness checks and command statistics use a Unix socket in each
+    /// node's directory.
+    ///
+    /// ```no_run
+    /// use redquorum::testkit::LocalCluster;
+    /// let cluster = LocalCluster::builder().nodes(1).tls(true).start()?;
+    /// assert!(cluster.url(0)?.starts_with("rediss://127.0.0.1:"));
+    /// assert!(cluster.tls_ca_pem().is_some_and(|pem| pem.contains("BEGIN CERTIFICATE")));
+    /// # Ok::<(), redquorum::testkit::TestkitError>(())
+    /// ```
+    #[cfg(feature = "testkit-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testkit-tls")))]
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on.then_some(ClientAuth::Optional);
+        self
+    }
+
+    /// Mutual TLS (feature `testkit-tls`): as [`tls`](Self::tls), but every client must present
+    /// a certificate signed by the cluster's CA (`tls-auth-clients yes`), such as
+    /// [`tls_client_cert_pem`](LocalCluster::tls_client_cert_pem) with
+    /// [`tls_client_key_pem`](LocalCluster::tls_client_key_pem).
+    ///
+    /// ```no_run
+    /// use redquorum::testkit::LocalCluster;
+    /// let cluster = LocalCluster::builder().nodes(1).tls_client_auth(true).start()?;
+    /// assert!(cluster.tls_client_key_pem().is_some());
+    /// # Ok::<(), redquorum::testkit::TestkitError>(())
+    /// ```
+    #[cfg(feature = "testkit-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testkit-tls")))]
+    pub fn tls_client_auth(mut self, required: bool) -> Self {
+        self.tls = Some(if required {
+            ClientAuth::Required
+        } else {
+            ClientAuth::Optional
+        });
+        self
+    }
+
     /// Starts every node and waits until each answers `PING`.
     ///
     /// On error, the nodes started so far are killed and the temp dir removed.
@@ -346,7 +431,13 @@ impl LocalClusterBuilder {
             root,
             nodes: Vec::with_capacity(self.nodes),
             proxies: Vec::new(),
+            #[cfg(feature = "testkit-tls")]
+            tls: None,
         };
+        #[cfg(feature = "testkit-tls")]
+        if let Some(auth) = self.tls {
+            cluster.tls = Some((tls::TlsFiles::generate(&cluster.root)?, auth));
+        }
         for index in 0..self.nodes {
             let dir = cluster.root.join(format!("node-{index}"));
             fs::create_dir(&dir).map_err(|e| io_error(format!("creating {}", dir.display()), e))?;
@@ -383,6 +474,9 @@ pub struct LocalCluster {
     nodes: Vec<Node>,
     /// One per node when built with `proxied(true)`.
     proxies: Vec<FaultProxy>,
+    /// The certificates of a TLS cluster.
+    #[cfg(feature = "testkit-tls")]
+    tls: Option<(tls::TlsFiles, ClientAuth)>,
 }
 
 #[derive(Debug)]
@@ -461,7 +555,8 @@ impl LocalCluster {
         Self::builder().nodes(n).start()
     }
 
-    /// `redis://127.0.0.1:<port>` for every node, in index order.
+    /// `redis://127.0.0.1:<port>` for every node, in index order (`rediss://` for a
+    /// [`tls`](LocalClusterBuilder::tls) cluster).
     ///
     /// # Examples
     ///
@@ -529,10 +624,77 @@ impl LocalCluster {
     }
 
     fn node_url(&self, port: u16) -> String {
+        let scheme = if self.is_tls() { "rediss" } else { "redis" };
         match &self.password {
-            Some(Password(pw)) => format!("redis://:{pw}@127.0.0.1:{port}"),
-            None => node_url(port),
+            Some(Password(pw)) => format!("{scheme}://:{pw}@127.0.0.1:{port}"),
+            None => format!("{scheme}://127.0.0.1:{port}"),
         }
+    }
+
+    /// Whether the nodes speak TLS only.
+    fn is_tls(&self) -> bool {
+        #[cfg(feature = "testkit-tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "testkit-tls"))]
+        false
+    }
+
+    /// The Unix socket of a TLS node, which the testkit's own connections use.
+    fn socket(dir: &Path) -> PathBuf {
+        dir.join("redis.sock")
+    }
+
+    /// The PEM certificate of the CA that signed a [`tls`](LocalClusterBuilder::tls) cluster's
+    /// server and client certificates: what a client must trust
+    /// ([`RedLockBuilder::tls_root_certs`](crate::RedLockBuilder)). `None` without TLS.
+    ///
+    /// ```no_run
+    /// use redquorum::testkit::LocalCluster;
+    /// let cluster = LocalCluster::builder().nodes(1).tls(true).start()?;
+    /// std::fs::write("ca.crt", cluster.tls_ca_pem().unwrap_or_default()).ok();
+    /// # Ok::<(), redquorum::testkit::TestkitError>(())
+    /// ```
+    #[cfg(feature = "testkit-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testkit-tls")))]
+    #[must_use]
+    pub fn tls_ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(|(files, _)| files.ca_pem.as_str())
+    }
+
+    /// A PEM client certificate signed by the cluster's CA, for mutual TLS
+    /// ([`tls_client_auth`](LocalClusterBuilder::tls_client_auth)). `None` without TLS.
+    ///
+    /// ```no_run
+    /// use redquorum::testkit::LocalCluster;
+    /// let cluster = LocalCluster::builder().nodes(1).tls_client_auth(true).start()?;
+    /// assert!(cluster.tls_client_cert_pem().is_some());
+    /// # Ok::<(), redquorum::testkit::TestkitError>(())
+    /// ```
+    #[cfg(feature = "testkit-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testkit-tls")))]
+    #[must_use]
+    pub fn tls_client_cert_pem(&self) -> Option<&str> {
+        self.tls
+            .as_ref()
+            .map(|(files, _)| files.client_cert_pem.as_str())
+    }
+
+    /// The PEM (PKCS#8) private key of [`tls_client_cert_pem`](Self::tls_client_cert_pem).
+    /// `None` without TLS.
+    ///
+    /// ```no_run
+    /// use redquorum::testkit::LocalCluster;
+    /// let cluster = LocalCluster::builder().nodes(1).tls_client_auth(true).start()?;
+    /// assert!(cluster.tls_client_key_pem().is_some_and(|k| k.contains("PRIVATE KEY")));
+    /// # Ok::<(), redquorum::testkit::TestkitError>(())
+    /// ```
+    #[cfg(feature = "testkit-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testkit-tls")))]
+    #[must_use]
+    pub fn tls_client_key_pem(&self) -> Option<&str> {
+        self.tls
+            .as_ref()
+            .map(|(files, _)| files.client_key_pem.as_str())
     }
 
     /// The fault proxy in front of node `index` (clusters built with `proxied(true)`).
@@ -788,7 +950,16 @@ impl LocalCluster {
         f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, TestkitError> {
         let node = self.node(index)?;
-        let url = self.direct_url(index)?;
+        let url = if self.is_tls() {
+            // The node's Unix socket: the testkit's connections need no TLS client.
+            let socket = Self::socket(&node.dir);
+            match &self.password {
+                Some(Password(pw)) => format!("redis+unix://{}?pass={pw}", socket.display()),
+                None => format!("redis+unix://{}", socket.display()),
+            }
+        } else {
+            self.direct_url(index)?
+        };
         let io = |e: redis::RedisError| {
             io_error(
                 format!("talking to node {index}"),
@@ -851,9 +1022,30 @@ impl LocalCluster {
             .try_clone()
             .map_err(|e| io_error(format!("opening {}", log_path.display()), e))?;
         let mut cmd = Command::new(&self.binary);
-        cmd.arg("--port")
-            .arg(port.to_string())
-            .args(["--bind", "127.0.0.1", "--save", ""])
+        #[cfg(feature = "testkit-tls")]
+        if let Some((files, auth)) = &self.tls {
+            // TLS only on TCP; a Unix socket (owner only) for the testkit's own probes.
+            cmd.args(["--port", "0", "--tls-port"])
+                .arg(port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&files.cert_file)
+                .arg("--tls-key-file")
+                .arg(&files.key_file)
+                .arg("--tls-ca-cert-file")
+                .arg(&files.ca_file)
+                .arg("--tls-auth-clients")
+                .arg(match auth {
+                    ClientAuth::Optional => "optional",
+                    ClientAuth::Required => "yes",
+                })
+                .arg("--unixsocket")
+                .arg(Self::socket(dir))
+                .args(["--unixsocketperm", "700"]);
+        }
+        if !self.is_tls() {
+            cmd.arg("--port").arg(port.to_string());
+        }
+        cmd.args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", if self.appendonly { "yes" } else { "no" }]);
         if self.appendonly {
             cmd.args(["--appendfsync", "always"]);
@@ -887,11 +1079,13 @@ impl LocalCluster {
                     return Err(io_error(format!("polling redis-server on port {port}"), e));
                 }
             }
-            if is_ready(
-                port,
-                child.id(),
-                self.password.as_ref().map(|p| p.0.as_str()),
-            ) {
+            let password = self.password.as_ref().map(|p| p.0.as_str());
+            let ready = if self.is_tls() {
+                is_ready_on(unix_connect(&Self::socket(dir)), child.id(), password)
+            } else {
+                is_ready(port, child.id(), password)
+            };
+            if ready {
                 return Ok(Launch::Ready(child));
             }
             if Instant::now() >= deadline {
@@ -931,10 +1125,6 @@ enum Launch {
 fn lock(state: &Mutex<NodeState>) -> MutexGuard<'_, NodeState> {
     // A panic while holding the lock cannot leave `NodeState` inconsistent.
     state.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn node_url(port: u16) -> String {
-    format!("redis://127.0.0.1:{port}")
 }
 
 /// Spawns a node's `redis-server` so that it does not outlive this process.
@@ -1143,9 +1333,27 @@ fn test_port_range(ephemeral: Option<(u16, u16)>) -> Option<(u16, u16)> {
 /// `PING` answers `+PONG` and the server on `port` is our process `pid` (not
 /// some other server that won a port race against it). With `password`, authenticates first.
 fn is_ready(port: u16, pid: u32, password: Option<&str>) -> bool {
+    is_ready_on(connect(port, Duration::from_millis(500)), pid, password)
+}
+
+/// A Unix socket connection with the probes' timeouts.
+#[cfg(unix)]
+fn unix_connect(path: &Path) -> io::Result<std::os::unix::net::UnixStream> {
+    let stream = std::os::unix::net::UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+    stream.set_write_timeout(Some(Duration::from_millis(500)))?;
+    Ok(stream)
+}
+
+#[cfg(not(unix))]
+fn unix_connect(_path: &Path) -> io::Result<TcpStream> {
+    Err(io::Error::other("TLS nodes need Unix sockets"))
+}
+
+/// [`is_ready`] on an open connection to the server (TCP or its Unix socket).
+fn is_ready_on(stream: io::Result<impl Read + Write>, pid: u32, password: Option<&str>) -> bool {
     let probe = || -> io::Result<bool> {
-        let stream = connect(port, Duration::from_millis(500))?;
-        let mut reader = BufReader::new(stream);
+        let mut reader = BufReader::new(stream?);
         let mut line = String::new();
         if let Some(pw) = password {
             // RESP, so that any byte of the password goes through.
@@ -1398,6 +1606,32 @@ mod tests {
         }
         cluster.restart(0)?;
         assert!(pings(port));
+        Ok(())
+    }
+
+    #[cfg(feature = "testkit-tls")]
+    #[test]
+    fn tls_nodes_take_no_plain_connections_and_restart() -> Result<(), TestkitError> {
+        let cluster = LocalCluster::builder()
+            .nodes(1)
+            .requirepass("pw")
+            .tls(true)
+            .start()?;
+        let port = cluster.port(0)?;
+        assert_eq!(cluster.url(0)?, format!("rediss://:pw@127.0.0.1:{port}"));
+        assert!(cluster
+            .tls_ca_pem()
+            .is_some_and(|pem| pem.starts_with("-----BEGIN CERTIFICATE-----")));
+        assert!(!format!("{cluster:?}").contains("PRIVATE KEY"));
+        // Plain RESP on the TLS port gets no answer: the node speaks TLS only.
+        assert!(!pings(port));
+        // The testkit's own connection (its Unix socket) reads the node's statistics, also
+        // after a restart on the same port.
+        cluster.command_stats()?;
+        cluster.restart(0)?;
+        assert_eq!(cluster.port(0)?, port);
+        assert!(!pings(port));
+        cluster.command_stats()?;
         Ok(())
     }
 

@@ -58,6 +58,8 @@ ENVIRONMENT
   REDQUORUM_NODES          comma-separated node URLs, used when --nodes is not given;
                            unlike --nodes, not visible in ps(1); not passed on to COMMAND
   REDQUORUM_REDIS_SERVER   the redis-server binary `demo` starts (default: from PATH)
+  REDQUORUM_TLS_CA, REDQUORUM_TLS_CERT, REDQUORUM_TLS_KEY
+                           --tls-ca, --tls-cert, --tls-key (builds with TLS)
   Set for COMMAND by `run`:
   REDQUORUM_KEY            the lock key (as given with --key)
   REDQUORUM_FENCING_TOKEN  the fencing token of this acquisition (with --fencing only)";
@@ -178,6 +180,8 @@ pub struct NodeArgs {
     /// Accept fewer than 3 nodes (1 or 2 masters: any one failure stops every lock)
     #[arg(long)]
     pub allow_few_nodes: bool,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 impl NodeArgs {

@@ -12,6 +12,7 @@ mod probe;
 mod run;
 mod signals;
 mod status;
+mod tls;
 mod watchdog;
 
 use std::io::Write;

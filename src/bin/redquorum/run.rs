@@ -71,6 +71,7 @@ async fn run_locked(
     if let Some(timeout) = args.nodes.node_timeout {
         builder = builder.node_timeout(timeout);
     }
+    builder = args.nodes.tls.apply(builder)?;
     if let Some(owner) = &args.owner {
         builder = builder.owner(owner.as_str());
     }

@@ -27,6 +27,7 @@ pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
             .node_timeout(timeout)
             .ttl(DEFAULT_TTL.max(timeout * 2 + Duration::from_secs(1)));
     }
+    builder = args.nodes.tls.apply(builder)?;
     let locks = builder
         .build()
         .await
