@@ -58,6 +58,7 @@ pub fn default_node_timeout(ttl: Duration) -> Duration {
 /// | [`wait_strategy`](Self::wait_strategy) | PubSub | how a waiter learns of a release |
 /// | [`safety_poll`](Self::safety_poll) | 30 s | longest a notified waiter goes without checking |
 /// | [`fencing`](Self::fencing) | off | fencing tokens, strictly increasing per key |
+/// | [`refuse_unsafe_masters`](Self::refuse_unsafe_masters) | off | `build()` fails on an unsafe master |
 ///
 /// # Examples
 ///
@@ -103,6 +104,7 @@ pub struct RedLockBuilder {
     safety_poll: Duration,
     fencing: bool,
     fencing_unconfirmed: bool,
+    refuse_unsafe: bool,
 }
 
 impl Default for RedLockBuilder {
@@ -121,6 +123,7 @@ impl Default for RedLockBuilder {
             safety_poll: DEFAULT_SAFETY_POLL,
             fencing: false,
             fencing_unconfirmed: false,
+            refuse_unsafe: false,
         }
     }
 }
@@ -143,6 +146,7 @@ impl std::fmt::Debug for RedLockBuilder {
             .field("safety_poll", &self.safety_poll)
             .field("fencing", &self.fencing)
             .field("fencing_unconfirmed", &self.fencing_unconfirmed)
+            .field("refuse_unsafe", &self.refuse_unsafe)
             .finish()
     }
 }
@@ -365,7 +369,66 @@ impl RedLockBuilder {
     /// Dropping the future leaves nothing behind: connections are closed with it.
     pub async fn build(self) -> Result<RedLock, Error> {
         let (config, specs) = self.validate()?;
-        RedLock::connect(config, specs).await
+        let preflight = crate::check::Preflight::start(&config, &specs, self.refuse_unsafe);
+        let lock = RedLock::connect(config, specs).await?;
+        preflight.finish().await?;
+        Ok(lock)
+    }
+
+    /// Makes [`build`](Self::build) fail with [`Error::Config`] when a master is run in a way
+    /// that can let a lock be granted twice or keep it from voting: `appendonly no`,
+    /// `appendfsync no`, an evicting `maxmemory-policy` with `maxmemory` set, a replica, two
+    /// nodes that are one server, a command the crate needs denied by an ACL (see
+    /// [`check`](crate::check)). The error names each node (without credentials), the setting
+    /// and what to change. Unreachable nodes are not refused here: `build()` needs a majority,
+    /// as always.
+    ///
+    /// Either way, `build()` checks the masters' settings while it connects (on a connection
+    /// of its own, in the background unless this is on) and logs a `tracing` warning for each
+    /// unsafe one.
+    ///
+    /// # Default
+    /// Off.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), redquorum::Error> {
+    /// let locks = redquorum::RedLock::builder()
+    ///     .nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
+    ///     .refuse_unsafe_masters(true)
+    ///     .build()
+    ///     .await?; // Error::Config: "... 10.0.0.2:6379/0: persistence: appendonly no ..."
+    /// # Ok(()) }
+    /// ```
+    pub fn refuse_unsafe_masters(mut self, refuse: bool) -> Self {
+        self.refuse_unsafe = refuse;
+        self
+    }
+
+    /// Checks how every master is run without building a [`RedLock`] (so it works where
+    /// `build()` would refuse: one server under two URLs, a majority down), judged against
+    /// this builder's TTL, node timeout and drift factor: see [`check`](crate::check) and
+    /// [`RedLock::check`]. Takes about a second (the clock sample).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for input that can never work (an unparsable URL, a bad TTL...), as
+    /// `build()` would; a node listed twice is not an error here but a finding.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), redquorum::Error> {
+    /// let report = redquorum::RedLock::builder()
+    ///     .nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
+    ///     .check()
+    ///     .await?;
+    /// print!("{report}");
+    /// # Ok(()) }
+    /// ```
+    pub async fn check(self) -> Result<crate::check::Report, Error> {
+        crate::check::check_builder(&self).await
+    }
+
+    /// The node URLs as given.
+    pub(crate) fn urls(&self) -> &[String] {
+        &self.nodes
     }
 
     /// All rules, as a pure function of the builder.

@@ -829,6 +829,15 @@ impl Nodes {
         self.timeout
     }
 
+    /// Each node's client and URL without credentials (for `RedLock::check`).
+    pub(crate) fn clients(&self) -> Vec<(Client, Arc<str>)> {
+        self.nodes
+            .iter()
+            .zip(self.ids.shown.iter())
+            .map(|(n, shown)| (n.link.client.clone(), shown.clone()))
+            .collect()
+    }
+
     /// Runs one request under a semaphore permit and the node timeout. The timeout counts from
     /// when the permit is granted: a client busy with its own burst is not a slow node (a
     /// permit is held for at most the request's timeout, so the wait for one is bounded too;

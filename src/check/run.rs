@@ -1,0 +1,261 @@
+//! Running the check: every node in parallel, the cross-node judgement (one server under two
+//! URLs), and the check `build()` runs at connect (warnings, and refusing unsafe masters).
+
+use std::time::Duration;
+
+use futures::future::join_all;
+
+use super::probe::{self, Plan, Target};
+use super::report::{Check, Finding, Level, Report};
+use crate::config::{Config, RedLockBuilder};
+use crate::error::Error;
+use crate::node::NodeSpec;
+use crate::wait::WaitStrategy;
+
+/// `PING`s per node for the round-trip check.
+const PINGS: usize = 5;
+
+/// How long the clock sample of [`RedLock::check`](crate::RedLock::check) and
+/// [`RedLockBuilder::check`] runs: long enough to tell a rate error of 0.1 % apart from a
+/// round trip of a millisecond.
+pub(crate) const CLOCK_SAMPLE: Duration = Duration::from_secs(1);
+
+impl Plan {
+    /// The full check, judged against `config`.
+    pub(crate) fn full(config: &Config) -> Plan {
+        Plan {
+            ttl: config.ttl,
+            node_timeout: config.node_timeout,
+            drift_factor: config.drift_factor,
+            timeout: config.connect_timeout,
+            namespace: config.namespace.clone(),
+            fencing: config.fencing,
+            pubsub: config.wait_strategy == WaitStrategy::PubSub,
+            pings: PINGS,
+            clock_sample: Some(CLOCK_SAMPLE),
+        }
+    }
+
+    /// The settings only (no round trips, no clock sample): what `build()` looks at.
+    fn settings(config: &Config) -> Plan {
+        Plan {
+            pings: 0,
+            clock_sample: None,
+            ..Plan::full(config)
+        }
+    }
+}
+
+/// Checks every node of `targets` in parallel and compares their `run_id`s.
+pub(crate) async fn run(plan: &Plan, targets: &[Target]) -> Report {
+    let mut nodes = join_all(targets.iter().map(|t| probe::node(plan, t))).await;
+    // One server under two URLs: each node is compared with every other.
+    let ids: Vec<Option<String>> = nodes.iter().map(|n| n.run_id.clone()).collect();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let Some(slot) = node
+            .findings
+            .iter_mut()
+            .find(|f| f.check == Check::Independence)
+        else {
+            continue;
+        };
+        *slot = match &ids[i] {
+            None => Finding::new(Check::Independence, Level::Unknown, "run_id not read")
+                .fix("grant the user +info: redquorum needs it to tell the servers apart"),
+            Some(id) => {
+                let same: Vec<&str> = ids
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, other)| *j != i && other.as_deref() == Some(id))
+                    .map(|(j, _)| &*targets[j].shown)
+                    .collect();
+                if same.is_empty() {
+                    Finding::new(
+                        Check::Independence,
+                        Level::Ok,
+                        format!("run_id {}: no other node is this server", short(id)),
+                    )
+                } else {
+                    Finding::new(
+                        Check::Independence,
+                        Level::Unsafe,
+                        format!("same server as {} (run_id {})", same.join(", "), short(id)),
+                    )
+                    .fix(
+                        "one server listed under two URLs counts as two votes: list every \
+                         master once (redquorum gives the second URL no vote, so a majority \
+                         is harder to reach)",
+                    )
+                }
+            }
+        };
+    }
+    Report {
+        nodes,
+        ttl: plan.ttl,
+        node_timeout: plan.node_timeout,
+        drift_factor: plan.drift_factor,
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+fn targets(specs: &[NodeSpec]) -> Vec<Target> {
+    specs
+        .iter()
+        .map(|s| Target {
+            client: s.client.clone(),
+            shown: s.shown.clone(),
+        })
+        .collect()
+}
+
+/// [`RedLock::check`](crate::RedLock::check): the full check of a built lock's nodes.
+pub(crate) async fn check_nodes(
+    config: &Config,
+    nodes: Vec<(redis::Client, std::sync::Arc<str>)>,
+) -> Report {
+    let targets: Vec<Target> = nodes
+        .into_iter()
+        .map(|(client, shown)| Target { client, shown })
+        .collect();
+    run(&Plan::full(config), &targets).await
+}
+
+/// [`RedLockBuilder::check`]: every URL is checked, even when `build()` would refuse them
+/// (one host and port listed twice, a majority down); the other settings must be valid.
+pub(crate) async fn check_builder(builder: &RedLockBuilder) -> Result<Report, Error> {
+    let specs = builder
+        .urls()
+        .iter()
+        .map(|u| NodeSpec::parse(u).map_err(Error::config))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The settings are validated as if each server were listed once: the report shows the
+    // duplicates (their run_ids are equal).
+    let mut once: Vec<&str> = Vec::new();
+    let mut servers = Vec::new();
+    for (url, spec) in builder.urls().iter().zip(&specs) {
+        if !servers.contains(&spec.server) {
+            servers.push(spec.server.clone());
+            once.push(url);
+        }
+    }
+    let (config, _) = builder.clone().nodes(once).validate()?;
+    Ok(run(&Plan::full(&config), &targets(&specs)).await)
+}
+
+/// The settings check `build()` runs while it connects: it logs a warning for every unsafe
+/// setting and, with [`RedLockBuilder::refuse_unsafe_masters`], makes `build()` fail.
+pub(crate) struct Preflight {
+    task: Option<tokio::task::JoinHandle<Report>>,
+    refuse: bool,
+}
+
+impl Preflight {
+    /// Starts checking `specs`' settings in the background.
+    pub(crate) fn start(config: &Config, specs: &[NodeSpec], refuse: bool) -> Preflight {
+        let plan = Plan::settings(config);
+        let targets = targets(specs);
+        let task = tokio::spawn(async move {
+            let report = run(&plan, &targets).await;
+            log(&report);
+            report
+        });
+        Preflight {
+            task: Some(task),
+            refuse,
+        }
+    }
+
+    /// Once the lock has connected: without refusing, the check goes on in the background (it
+    /// only logs); refusing, waits for it and fails on any unsafe setting.
+    pub(crate) async fn finish(mut self) -> Result<(), Error> {
+        let Some(task) = self.task.take() else {
+            return Ok(());
+        };
+        if !self.refuse {
+            drop(task); // detached: it ends on its own, bounded by the connect timeout
+            return Ok(());
+        }
+        let report = task.await.map_err(|e| {
+            Error::config(format!(
+                "the preflight check of the masters did not finish: {e}"
+            ))
+        })?;
+        refusal(&report).map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Preflight {
+    /// `build()` failed or was dropped: the check stops with it.
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Whether a finding is about how the node is run (what `refuse_unsafe_masters` refuses),
+/// rather than whether it is up right now.
+fn is_setting(check: Check) -> bool {
+    !matches!(check, Check::Connection | Check::RoundTrip | Check::Clock)
+}
+
+/// One warning per unsafe setting (info for warnings).
+fn log(report: &Report) {
+    for node in &report.nodes {
+        for f in node.findings.iter().filter(|f| is_setting(f.check)) {
+            let fix = f.fix.as_deref().unwrap_or("");
+            match f.level {
+                Level::Unsafe => tracing::warn!(
+                    node = %node.node,
+                    check = %f.check,
+                    seen = %f.seen,
+                    fix,
+                    "unsafe Redis master setting: a lock can be granted twice or this node cannot vote"
+                ),
+                Level::Warning => tracing::info!(
+                    node = %node.node,
+                    check = %f.check,
+                    seen = %f.seen,
+                    fix,
+                    "Redis master setting worth knowing"
+                ),
+                Level::Unknown => tracing::debug!(
+                    node = %node.node,
+                    check = %f.check,
+                    seen = %f.seen,
+                    "Redis master setting could not be read"
+                ),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The error `build()` returns for unsafe masters, naming each node and setting.
+fn refusal(report: &Report) -> Option<Error> {
+    let lines: Vec<String> = report
+        .unsafe_findings()
+        .filter(|(_, f)| is_setting(f.check))
+        .map(|(node, f)| {
+            format!(
+                "\n  {}: {}: {}; change: {}",
+                node.node,
+                f.check,
+                f.seen,
+                f.fix.as_deref().unwrap_or("see redquorum doctor")
+            )
+        })
+        .collect();
+    if lines.is_empty() {
+        return None;
+    }
+    Some(Error::config(format!(
+        "refusing unsafe Redis masters (refuse_unsafe_masters is on; `redquorum doctor` shows \
+         every check):{}",
+        lines.concat()
+    )))
+}
