@@ -75,7 +75,7 @@ pub(crate) fn persistence(appendonly: Read<bool>, fsync: Read<String>, ttl: Dura
         (Ok(true), Err(why)) => Finding::new(
             Check::Persistence,
             Level::Unknown,
-            format!("appendonly yes, appendfsync could not be read ({why})"),
+            format!("appendonly yes, could not read appendfsync ({why})"),
         )
         .fix("check by hand that appendfsync is always"),
         (Ok(true), Ok(fsync)) => match fsync.as_str() {
@@ -135,7 +135,7 @@ pub(crate) fn eviction(policy: Read<String>, maxmemory: Read<u64>) -> Finding {
         (Ok(p), limit) => {
             let limit = match limit {
                 Ok(_) => "maxmemory 0 (no limit)".to_owned(),
-                Err(why) => format!("maxmemory could not be read ({why})"),
+                Err(why) => format!("could not read maxmemory ({why})"),
             };
             Finding::new(
                 Check::Eviction,

@@ -495,8 +495,8 @@ async fn permissions(
     let mut seen = Vec::new();
     for r in denied.iter().chain(&unknown) {
         let why = match &r.3 {
-            Probe::Denied(why) => format!("denied, {why}"),
-            Probe::Unknown(why) => format!("could not tell, {why}"),
+            Probe::Denied(why) => why.clone(),
+            Probe::Unknown(why) => format!("could not tell: {why}"),
             Probe::Allowed => String::new(),
         };
         seen.push(format!("{} ({}; needed for {})", r.0, why, r.1));
