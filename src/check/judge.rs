@@ -158,8 +158,11 @@ pub(crate) fn round_trip(samples: &[Duration], node_timeout: Duration) -> Findin
         return Finding::new(Check::RoundTrip, Level::Unknown, "no round trip measured");
     };
     let seen = format!(
-        "median {median:?}, max {max:?} over {} PINGs; node_timeout {node_timeout:?}",
-        sorted.len()
+        "median {}, max {} over {} PINGs; node_timeout {}",
+        ms(median),
+        ms(max),
+        sorted.len(),
+        ms(node_timeout)
     );
     let fix = "raise node_timeout (builder .node_timeout(), redquorum --node-timeout; it must \
                stay well under the TTL), or run the node closer to its clients / less loaded";
@@ -174,6 +177,11 @@ pub(crate) fn round_trip(samples: &[Duration], node_timeout: Duration) -> Findin
     } else {
         Finding::new(Check::RoundTrip, Level::Ok, seen)
     }
+}
+
+/// A duration in milliseconds, to two decimals.
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
 /// One reading of the server's clock: our monotonic time when the `TIME` request went out and

@@ -145,6 +145,9 @@ pub enum Command {
     /// Start 5 local redis-server masters and watch workers hand a lock to each other.
     #[command(after_long_help = after_help_top())]
     Demo(DemoArgs),
+    /// Check that every master is run the way Redlock needs (persistence, eviction, role, ACL, clock).
+    #[command(long_about = crate::doctor::LONG_ABOUT)]
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// Where the masters are and how keys are named.

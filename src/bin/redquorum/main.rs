@@ -5,6 +5,7 @@
 
 mod cli;
 mod demo;
+mod doctor;
 mod exit;
 mod job;
 mod run;
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
             },
             Command::Status(args) => status::status(args).await,
             Command::Demo(args) => demo::demo(args).await,
+            Command::Doctor(args) => doctor::doctor(args).await,
         }
     });
     // Spawned clean-ups (background releases) get no more time: everything that matters was
