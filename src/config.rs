@@ -369,9 +369,8 @@ impl RedLockBuilder {
     /// Dropping the future leaves nothing behind: connections are closed with it.
     pub async fn build(self) -> Result<RedLock, Error> {
         let (config, specs) = self.validate()?;
-        let preflight = crate::check::Preflight::start(&config, &specs, self.refuse_unsafe);
         let lock = RedLock::connect(config, specs).await?;
-        preflight.finish().await?;
+        lock.preflight(self.refuse_unsafe).await?;
         Ok(lock)
     }
 
@@ -383,9 +382,9 @@ impl RedLockBuilder {
     /// and what to change. Unreachable nodes are not refused here: `build()` needs a majority,
     /// as always.
     ///
-    /// Either way, `build()` checks the masters' settings while it connects (on a connection
-    /// of its own, in the background unless this is on) and logs a `tracing` warning for each
-    /// unsafe one.
+    /// Either way, `build()` reads the masters' settings once it has connected (`INFO` and
+    /// `CONFIG GET`, on its own connections: about one round trip) and logs a `tracing`
+    /// warning for each unsafe one. Nodes that are down then are not checked (nor refused).
     ///
     /// # Default
     /// Off.

@@ -211,7 +211,12 @@ impl RedLock {
     /// # }
     /// ```
     pub async fn check(&self) -> crate::check::Report {
-        crate::check::check_nodes(&self.shared.config, self.shared.nodes.clients()).await
+        crate::check::check_nodes(&self.shared.config, &self.shared.nodes).await
+    }
+
+    /// The settings check at the end of `build()` (see [`RedLockBuilder::refuse_unsafe_masters`]).
+    pub(crate) async fn preflight(&self, refusing: bool) -> Result<(), Error> {
+        crate::check::preflight(&self.shared.config, &self.shared.nodes, refusing).await
     }
 
     /// The Redis key that holds lock `key` on every node: `<namespace>:<group>:<key>`.

@@ -829,6 +829,14 @@ impl Nodes {
         self.timeout
     }
 
+    /// Node `i`'s identified connection (for the settings check at the end of `build()`).
+    pub(crate) async fn connection(
+        &self,
+        i: usize,
+    ) -> Result<impl ConnectionLike + Send, NodeCause> {
+        self.nodes[i].link.get().await
+    }
+
     /// Each node's client and URL without credentials (for `RedLock::check`).
     pub(crate) fn clients(&self) -> Vec<(Client, Arc<str>)> {
         self.nodes

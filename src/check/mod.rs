@@ -58,4 +58,4 @@ mod run;
 
 pub use report::{Check, Finding, Level, NodeReport, Report};
 
-pub(crate) use run::{check_builder, check_nodes, Preflight};
+pub(crate) use run::{check_builder, check_nodes, preflight};

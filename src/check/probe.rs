@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionLike;
 use redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind, RedisError, Value};
 use tokio::time::Instant;
 
@@ -48,14 +48,7 @@ pub(crate) struct Plan {
 
 /// What a node said, for the judgements; `run_id` is kept for the independence check.
 pub(crate) async fn node(plan: &Plan, target: &Target) -> NodeReport {
-    let mut report = NodeReport {
-        node: target.shown.to_string(),
-        run_id: None,
-        version: None,
-        round_trip: None,
-        clock_rate: None,
-        findings: Vec::new(),
-    };
+    let mut report = blank(&target.shown);
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(plan.timeout))
         .set_response_timeout(Some(plan.timeout));
@@ -97,64 +90,7 @@ pub(crate) async fn node(plan: &Plan, target: &Target) -> NodeReport {
         "connected, authenticated, answers",
     ));
 
-    let info = match query::<String>(&mut conn, &redis::cmd("INFO"), plan.timeout).await {
-        Ok(text) => Ok(parse_info(&text)),
-        Err(e) => Err(format!("INFO: {e}")),
-    };
-    let field = |name: &str| -> Read<String> {
-        match &info {
-            Ok(map) => map
-                .get(name)
-                .cloned()
-                .ok_or_else(|| format!("INFO has no {name}")),
-            Err(why) => Err(why.clone()),
-        }
-    };
-    report.run_id = field("run_id").ok();
-    report.version = field("redis_version").ok();
-
-    let role = field("role");
-    let replicas = field("connected_slaves")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    let master = match (field("master_host"), field("master_port")) {
-        (Ok(h), Ok(p)) => Some(format!("{h}:{p}")),
-        _ => None,
-    };
-    report.findings.push(judge::role(
-        role.as_deref().map_err(Clone::clone),
-        replicas,
-        master.as_deref(),
-    ));
-
-    let appendonly = match config_get(&mut conn, "appendonly", plan.timeout).await {
-        Ok(v) => Ok(v == "yes"),
-        Err(why) => field("aof_enabled").map(|v| v == "1").map_err(|_| why),
-    };
-    let fsync = config_get(&mut conn, "appendfsync", plan.timeout).await;
-    report
-        .findings
-        .push(judge::persistence(appendonly, fsync, plan.ttl));
-
-    let policy = match config_get(&mut conn, "maxmemory-policy", plan.timeout).await {
-        Ok(v) => Ok(v),
-        Err(why) => field("maxmemory_policy").map_err(|_| why),
-    };
-    let maxmemory = match config_get(&mut conn, "maxmemory", plan.timeout).await {
-        Ok(v) => v.parse::<u64>().map_err(|_| format!("maxmemory {v:?}")),
-        Err(why) => field("maxmemory")
-            .and_then(|v| v.parse::<u64>().map_err(|_| format!("maxmemory {v:?}")))
-            .map_err(|_| why),
-    };
-    report.findings.push(judge::eviction(policy, maxmemory));
-
-    // Independence is judged across nodes (run::independence); its finding goes here.
-    report.findings.push(Finding::new(
-        Check::Independence,
-        Level::Unknown,
-        "run_id not compared yet",
-    ));
+    let info = settings(plan, &mut conn, &mut report).await;
 
     report
         .findings
@@ -187,6 +123,87 @@ pub(crate) async fn node(plan: &Plan, target: &Target) -> NodeReport {
         report.findings.push(finding);
     }
     report
+}
+
+/// A report with nothing in it yet.
+pub(crate) fn blank(shown: &str) -> NodeReport {
+    NodeReport {
+        node: shown.to_owned(),
+        run_id: None,
+        version: None,
+        round_trip: None,
+        clock_rate: None,
+        findings: Vec::new(),
+    }
+}
+
+/// What `build()` checks, on a connection it already has: role, persistence, eviction and the
+/// `run_id` (the independence finding is filled in across nodes). Returns `INFO`'s failure,
+/// if it failed.
+pub(crate) async fn settings(
+    plan: &Plan,
+    conn: &mut (impl ConnectionLike + Send),
+    report: &mut NodeReport,
+) -> Result<(), String> {
+    let info = match query::<String>(conn, &redis::cmd("INFO"), plan.timeout).await {
+        Ok(text) => Ok(parse_info(&text)),
+        Err(e) => Err(format!("INFO: {e}")),
+    };
+    let field = |name: &str| -> Read<String> {
+        match &info {
+            Ok(map) => map
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("INFO has no {name}")),
+            Err(why) => Err(why.clone()),
+        }
+    };
+    report.run_id = field("run_id").ok();
+    report.version = field("redis_version").ok();
+
+    let role = field("role");
+    let replicas = field("connected_slaves")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let master = match (field("master_host"), field("master_port")) {
+        (Ok(h), Ok(p)) => Some(format!("{h}:{p}")),
+        _ => None,
+    };
+    report.findings.push(judge::role(
+        role.as_deref().map_err(Clone::clone),
+        replicas,
+        master.as_deref(),
+    ));
+
+    let appendonly = match config_get(conn, "appendonly", plan.timeout).await {
+        Ok(v) => Ok(v == "yes"),
+        Err(why) => field("aof_enabled").map(|v| v == "1").map_err(|_| why),
+    };
+    let fsync = config_get(conn, "appendfsync", plan.timeout).await;
+    report
+        .findings
+        .push(judge::persistence(appendonly, fsync, plan.ttl));
+
+    let policy = match config_get(conn, "maxmemory-policy", plan.timeout).await {
+        Ok(v) => Ok(v),
+        Err(why) => field("maxmemory_policy").map_err(|_| why),
+    };
+    let maxmemory = match config_get(conn, "maxmemory", plan.timeout).await {
+        Ok(v) => v.parse::<u64>().map_err(|_| format!("maxmemory {v:?}")),
+        Err(why) => field("maxmemory")
+            .and_then(|v| v.parse::<u64>().map_err(|_| format!("maxmemory {v:?}")))
+            .map_err(|_| why),
+    };
+    report.findings.push(judge::eviction(policy, maxmemory));
+
+    // Independence is judged across nodes (run::independence); its finding goes here.
+    report.findings.push(Finding::new(
+        Check::Independence,
+        Level::Unknown,
+        "run_id not compared yet",
+    ));
+    info.map(drop)
 }
 
 /// The report of a node that could not be reached or refused our credentials.
@@ -232,7 +249,7 @@ impl std::fmt::Display for Failure {
 }
 
 async fn query<T: redis::FromRedisValue>(
-    conn: &mut MultiplexedConnection,
+    conn: &mut (impl ConnectionLike + Send),
     cmd: &Cmd,
     timeout: Duration,
 ) -> Result<T, Failure> {
@@ -277,7 +294,7 @@ fn one_line(msg: &str) -> String {
 
 /// `CONFIG GET name`: its value, or why it could not be read.
 async fn config_get(
-    conn: &mut MultiplexedConnection,
+    conn: &mut (impl ConnectionLike + Send),
     name: &str,
     timeout: Duration,
 ) -> Read<String> {
@@ -300,7 +317,7 @@ fn parse_info(text: &str) -> HashMap<String, String> {
 }
 
 /// The best of a few `TIME` readings (the shortest round trip).
-async fn time(conn: &mut MultiplexedConnection, timeout: Duration) -> Result<Tick, String> {
+async fn time(conn: &mut (impl ConnectionLike + Send), timeout: Duration) -> Result<Tick, String> {
     let mut best: Option<Tick> = None;
     // Our times are taken against a fixed origin so that readings at both ends compare.
     let origin = *ORIGIN.get_or_init(Instant::now);
@@ -331,7 +348,7 @@ enum Probe {
     Unknown(String),
 }
 
-async fn probe(conn: &mut MultiplexedConnection, cmd: Cmd, timeout: Duration) -> Probe {
+async fn probe(conn: &mut (impl ConnectionLike + Send), cmd: Cmd, timeout: Duration) -> Probe {
     match query::<Value>(conn, &cmd, timeout).await {
         Ok(_) => Probe::Allowed,
         Err(Failure::Denied(why)) => Probe::Denied(why),
@@ -345,7 +362,7 @@ async fn probe(conn: &mut MultiplexedConnection, cmd: Cmd, timeout: Duration) ->
 async fn permissions(
     plan: &Plan,
     target: &Target,
-    conn: &mut MultiplexedConnection,
+    conn: &mut (impl ConnectionLike + Send),
     ping_denied: Option<String>,
     info_failed: Option<&String>,
 ) -> Finding {

@@ -9,7 +9,7 @@ use super::probe::{self, Plan, Target};
 use super::report::{Check, Finding, Level, Report};
 use crate::config::{Config, RedLockBuilder};
 use crate::error::Error;
-use crate::node::NodeSpec;
+use crate::node::{NodeSpec, Nodes};
 use crate::wait::WaitStrategy;
 
 /// `PING`s per node for the round-trip check.
@@ -112,12 +112,11 @@ fn targets(specs: &[NodeSpec]) -> Vec<Target> {
         .collect()
 }
 
-/// [`RedLock::check`](crate::RedLock::check): the full check of a built lock's nodes.
-pub(crate) async fn check_nodes(
-    config: &Config,
-    nodes: Vec<(redis::Client, std::sync::Arc<str>)>,
-) -> Report {
+/// [`RedLock::check`](crate::RedLock::check): the full check of a built lock's nodes, on
+/// connections of its own.
+pub(crate) async fn check_nodes(config: &Config, nodes: &Nodes) -> Report {
     let targets: Vec<Target> = nodes
+        .clients()
         .into_iter()
         .map(|(client, shown)| Target { client, shown })
         .collect();
@@ -146,54 +145,34 @@ pub(crate) async fn check_builder(builder: &RedLockBuilder) -> Result<Report, Er
     Ok(run(&Plan::full(&config), &targets(&specs)).await)
 }
 
-/// The settings check `build()` runs while it connects: it logs a warning for every unsafe
-/// setting and, with [`RedLockBuilder::refuse_unsafe_masters`], makes `build()` fail.
-pub(crate) struct Preflight {
-    task: Option<tokio::task::JoinHandle<Report>>,
-    refuse: bool,
-}
-
-impl Preflight {
-    /// Starts checking `specs`' settings in the background.
-    pub(crate) fn start(config: &Config, specs: &[NodeSpec], refuse: bool) -> Preflight {
-        let plan = Plan::settings(config);
-        let targets = targets(specs);
-        let task = tokio::spawn(async move {
-            let report = run(&plan, &targets).await;
-            log(&report);
-            report
-        });
-        Preflight {
-            task: Some(task),
-            refuse,
+/// The settings check at the end of `build()`, on the lock's own connections (no connection
+/// or command of its own is left behind when `build()` returns): logs a warning for every
+/// unsafe setting and, `refusing`, fails on one. A node that does not hand out its connection
+/// within a node timeout (down at first contact) is not checked.
+pub(crate) async fn preflight(config: &Config, nodes: &Nodes, refusing: bool) -> Result<(), Error> {
+    let plan = Plan::settings(config);
+    let shown: Vec<std::sync::Arc<str>> = nodes.clients().into_iter().map(|(_, s)| s).collect();
+    let reports = join_all((0..nodes.len()).map(|i| {
+        let (plan, shown) = (&plan, &shown[i]);
+        async move {
+            let conn = tokio::time::timeout(plan.node_timeout, nodes.connection(i)).await;
+            let mut conn = conn.ok()?.ok()?;
+            let mut report = probe::blank(shown);
+            probe::settings(plan, &mut conn, &mut report).await.ok()?;
+            Some(report)
         }
-    }
-
-    /// Once the lock has connected: without refusing, the check goes on in the background (it
-    /// only logs); refusing, waits for it and fails on any unsafe setting.
-    pub(crate) async fn finish(mut self) -> Result<(), Error> {
-        let Some(task) = self.task.take() else {
-            return Ok(());
-        };
-        if !self.refuse {
-            drop(task); // detached: it ends on its own, bounded by the connect timeout
-            return Ok(());
-        }
-        let report = task.await.map_err(|e| {
-            Error::config(format!(
-                "the preflight check of the masters did not finish: {e}"
-            ))
-        })?;
-        refusal(&report).map_or(Ok(()), Err)
-    }
-}
-
-impl Drop for Preflight {
-    /// `build()` failed or was dropped: the check stops with it.
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+    }))
+    .await;
+    let report = Report {
+        nodes: reports.into_iter().flatten().collect(),
+        ttl: plan.ttl,
+        node_timeout: plan.node_timeout,
+        drift_factor: plan.drift_factor,
+    };
+    log(&report);
+    match refusal(&report) {
+        Some(err) if refusing => Err(err),
+        _ => Ok(()),
     }
 }
 
