@@ -8,8 +8,26 @@ use super::report::{Check, Finding, Level};
 /// A setting as read from the node: its value, or why it could not be read.
 pub(crate) type Read<T> = Result<T, String>;
 
-/// `role` and `connected_slaves` (`INFO replication`); `master_host:master_port` for a replica.
-pub(crate) fn role(role: Read<&str>, replicas: usize, master: Option<&str>) -> Finding {
+/// `role` and `connected_slaves` (`INFO replication`); `master_host:master_port` for a replica;
+/// `cluster_enabled` (`INFO cluster`).
+pub(crate) fn role(
+    role: Read<&str>,
+    replicas: usize,
+    master: Option<&str>,
+    cluster: bool,
+) -> Finding {
+    if cluster {
+        return Finding::new(
+            Check::Role,
+            Level::Unsafe,
+            "a Redis Cluster node (cluster_enabled:1)",
+        )
+        .fix(
+            "most lock keys hash to slots another shard owns (MOVED), so this node cannot vote \
+             for them, and a cluster fails over to replicas that may lack lock keys: give \
+             redquorum standalone masters (cluster-enabled no)",
+        );
+    }
     match role {
         Err(why) => Finding::new(
             Check::Role,
@@ -301,12 +319,13 @@ mod tests {
 
     #[test]
     fn role_levels() {
-        assert_eq!(role(Ok("master"), 0, None).level, Level::Ok);
-        assert_eq!(role(Ok("master"), 2, None).level, Level::Warning);
-        let replica = role(Ok("slave"), 0, Some("127.0.0.1:7001"));
+        assert_eq!(role(Ok("master"), 0, None, false).level, Level::Ok);
+        assert_eq!(role(Ok("master"), 2, None, false).level, Level::Warning);
+        assert_eq!(role(Ok("master"), 0, None, true).level, Level::Unsafe);
+        let replica = role(Ok("slave"), 0, Some("127.0.0.1:7001"), false);
         assert_eq!(replica.level, Level::Unsafe);
         assert!(replica.seen.contains("127.0.0.1:7001"), "{}", replica.seen);
-        assert_eq!(role(Err("x".into()), 0, None).level, Level::Unknown);
+        assert_eq!(role(Err("x".into()), 0, None, false).level, Level::Unknown);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! | check | ok | warning | unsafe |
 //! |---|---|---|---|
 //! | [`Connection`](Check::Connection) | answers PING, authenticated | | unreachable, auth refused |
-//! | [`Role`](Check::Role) | master without replicas | master with replicas (failover) | replica |
+//! | [`Role`](Check::Role) | master without replicas | master with replicas (failover) | replica, Redis Cluster node |
 //! | [`Persistence`](Check::Persistence) | `appendonly yes`, `appendfsync always` | `appendfsync everysec` | `appendonly no` (unless restarts are delayed by a TTL), `appendfsync no` |
 //! | [`Eviction`](Check::Eviction) | `noeviction` | another policy, no `maxmemory` | another policy with `maxmemory` set |
 //! | [`Independence`](Check::Independence) | its own server | | same `run_id` as another node |

@@ -174,6 +174,7 @@ pub(crate) async fn settings(
         role.as_deref().map_err(Clone::clone),
         replicas,
         master.as_deref(),
+        field("cluster_enabled").is_ok_and(|v| v == "1"),
     ));
 
     let appendonly = match config_get(conn, "appendonly", plan.timeout).await {
