@@ -93,12 +93,16 @@ fn compose_settings(path: &str) -> Vec<Vec<(String, String)>> {
 async fn the_docker_compose_settings_pass_every_check() {
     for file in ["docker/compose-3.yml", "docker/compose-5.yml"] {
         let services = compose_settings(file);
-        let c = cluster(services.len());
-        for (i, settings) in services.iter().enumerate() {
-            for (name, value) in settings {
-                config_set(&c, i, name, value);
-            }
-        }
+        // Every service of a file has the same settings: the cluster's nodes start with them.
+        assert!(services.windows(2).all(|w| w[0] == w[1]), "{file}");
+        let args = services[0]
+            .iter()
+            .flat_map(|(n, v)| [format!("--{n}"), v.clone()]);
+        let c = LocalCluster::builder()
+            .nodes(services.len())
+            .server_args(args)
+            .start()
+            .expect("start redis-servers");
         let report = check(&c).await;
         assert_eq!(report.nodes.len(), services.len());
         for node in &report.nodes {
@@ -306,6 +310,29 @@ async fn a_denied_config_gives_could_not_read_not_a_crash() {
     }
     assert_eq!(report.verdict(), Level::Unknown);
     assert!(report.is_safe());
+}
+
+#[tokio::test]
+async fn a_renamed_config_gives_could_not_read_not_a_crash() {
+    let c = LocalCluster::builder()
+        .nodes(3)
+        .server_args(["--appendonly", "yes", "--rename-command", "CONFIG", ""])
+        .start()
+        .expect("start redis-servers");
+    let report = check(&c).await;
+    for node in &report.nodes {
+        let persistence = node.finding(Check::Persistence).expect("persistence");
+        assert_eq!(persistence.level, Level::Unknown, "{node:?}");
+        assert!(
+            persistence
+                .seen
+                .contains("appendonly yes, could not read appendfsync")
+                && persistence.seen.contains("unknown command"),
+            "{persistence:?}"
+        );
+        assert_eq!(level(node, Check::Eviction), Level::Ok, "{node:?}");
+    }
+    assert_eq!(report.verdict(), Level::Unknown, "{report}");
 }
 
 #[tokio::test]
