@@ -349,7 +349,9 @@ impl RedLockBuilder {
     /// the number of nodes, an empty owner or namespace; after connecting, two nodes that are
     /// the same server (naming both URLs, without credentials). [`Error::NoQuorum`] when a
     /// majority of nodes does not answer within `connect_timeout`: it lists every node that
-    /// did not, each with what to check.
+    /// did not, each with what to check. With
+    /// [`refuse_unsafe_masters`](Self::refuse_unsafe_masters), [`Error::Config`] for a master
+    /// run in a way that is not safe for Redlock.
     ///
     /// ```no_run
     /// # use redquorum::{Error, RedLock};
@@ -379,8 +381,9 @@ impl RedLockBuilder {
     /// `appendfsync no`, an evicting `maxmemory-policy` with `maxmemory` set, a replica, two
     /// nodes that are one server, a command the crate needs denied by an ACL (see
     /// [`check`](crate::check)). The error names each node (without credentials), the setting
-    /// and what to change. Unreachable nodes are not refused here: `build()` needs a majority,
-    /// as always.
+    /// and what to change. Unreachable nodes are not refused here (`build()` needs a majority,
+    /// as always), nor settings that cannot be read (a `CONFIG` denied by an ACL): run
+    /// [`check`](Self::check) or `redquorum doctor` to see those.
     ///
     /// Either way, `build()` reads the masters' settings once it has connected (`INFO` and
     /// `CONFIG GET`, on its own connections: about one round trip) and logs a `tracing`
