@@ -242,11 +242,18 @@ async fn one_server_under_two_urls_is_found_where_build_refuses() {
 /// A cluster whose nodes have an ACL user `app` (password `pw`) with every command but
 /// `denied`; the URLs returned log in as that user.
 fn acl_cluster(denied: &[&str]) -> (LocalCluster, Vec<String>) {
+    let minus: Vec<String> = denied.iter().map(|d| format!("-{d}")).collect();
+    let mut rule = vec!["~*", "&*", "+@all"];
+    rule.extend(minus.iter().map(String::as_str));
+    acl_user(&rule)
+}
+
+/// A cluster whose nodes have an ACL user `app` (password `pw`) with the ACL `rules`.
+fn acl_user(rules: &[&str]) -> (LocalCluster, Vec<String>) {
     let c = cluster(3);
     make_safe(&c);
-    let mut rule = vec!["ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", "+@all"];
-    let minus: Vec<String> = denied.iter().map(|d| format!("-{d}")).collect();
-    rule.extend(minus.iter().map(String::as_str));
+    let mut rule = vec!["ACL", "SETUSER", "app", "on", ">pw"];
+    rule.extend(rules);
     for i in 0..c.len() {
         raw(&c, i, &rule);
     }
@@ -290,6 +297,57 @@ async fn commands_denied_by_an_acl_are_named() {
     let (_c, urls) = acl_cluster(&["subscribe"]);
     let report = builder(urls).check().await.expect("valid");
     assert!(seen(&report.nodes[0], Check::Permissions).contains("SUBSCRIBE"));
+}
+
+#[tokio::test]
+async fn the_probes_use_the_namespace_keys_and_channels() {
+    // Keys and channels of the namespace only: everything the crate sends is allowed.
+    let (_c, urls) = acl_user(&["~redquorum:*", "&redquorum:*", "+@all"]);
+    let report = builder(urls).check().await.expect("valid");
+    for node in &report.nodes {
+        assert_eq!(level(node, Check::Permissions), Level::Ok, "{node:?}");
+    }
+    // Another namespace's keys: the lock commands are denied (their keys are).
+    let (_c, urls) = acl_user(&["~other:*", "&other:*", "+@all"]);
+    let report = builder(urls).check().await.expect("valid");
+    let denied = seen(&report.nodes[0], Check::Permissions);
+    assert_eq!(level(&report.nodes[0], Check::Permissions), Level::Unsafe);
+    for cmd in ["SET", "EVALSHA", "PTTL", "PUBLISH", "SUBSCRIBE"] {
+        assert!(
+            denied.contains(&format!("{cmd} (denied by ACL")),
+            "{cmd}: {denied}"
+        );
+    }
+    // Redis 7's default for a new user: no channels. Releases are then not announced.
+    let (_c, urls) = acl_user(&["~*", "+@all"]);
+    let report = builder(urls).check().await.expect("valid");
+    let node = &report.nodes[0];
+    assert_eq!(level(node, Check::Permissions), Level::Warning, "{node:?}");
+    let denied = seen(node, Check::Permissions);
+    assert!(
+        denied.contains("PUBLISH (denied") && denied.contains("SUBSCRIBE (denied"),
+        "{denied}"
+    );
+    assert!(fix(node, Check::Permissions).contains("&redquorum:*"));
+}
+
+#[tokio::test]
+async fn a_node_that_does_not_answer_is_unsafe_within_the_connect_timeout() {
+    let c = common::proxied(3);
+    make_safe(&c);
+    c.proxy(2).expect("proxy").blackhole();
+    let report = builder(c.urls())
+        .connect_timeout(Duration::from_millis(500))
+        .check()
+        .await
+        .expect("valid");
+    let down = &report.nodes[2];
+    assert!(!down.reachable(), "{down:?}");
+    assert!(
+        seen(down, Check::Connection).contains("timed out"),
+        "{down:?}"
+    );
+    assert!(report.nodes[0].reachable() && report.nodes[1].reachable());
 }
 
 #[tokio::test]
