@@ -103,6 +103,21 @@ fn an_unsafe_or_unreachable_node_exits_1_saying_what_to_change() {
 }
 
 #[test]
+fn restarts_delayed_makes_missing_persistence_a_warning() {
+    // The testkit's default: appendonly no.
+    let c = cluster(3);
+    let (code, out, _) = doctor(&["--nodes", &nodes(&c)]);
+    assert_eq!(code, Some(1), "{out}");
+    let (code, out, _) = doctor(&["--nodes", &nodes(&c), "--restarts-delayed"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("persistence   warning  appendonly no"),
+        "{out}"
+    );
+    assert!(out.contains("accepted because every restart"), "{out}");
+}
+
+#[test]
 fn strict_fails_on_warnings_too() {
     let c = cluster(3);
     safe(&c);

@@ -86,6 +86,7 @@ pub(crate) fn persistence(appendonly: Read<bool>, fsync: Read<String>, ttl: Dura
             Level::Unsafe,
             "appendonly no: a restart loses every lock key on this node",
         )
+        .restart_bound()
         .fix(format!(
             "set appendonly yes and appendfsync always (CONFIG SET appendonly yes, CONFIG SET \
              appendfsync always, CONFIG REWRITE; or in redis.conf), {delay}"
@@ -108,6 +109,7 @@ pub(crate) fn persistence(appendonly: Read<bool>, fsync: Read<String>, ttl: Dura
                 "appendonly yes, appendfsync everysec: a power loss or OS crash loses up to a \
                  second of writes (a crash of redis-server alone loses nothing)",
             )
+            .restart_bound()
             .fix(format!(
                 "a lock granted in that last second is gone after such a restart and can be \
                  granted again: set appendfsync always, {delay}"
@@ -120,6 +122,7 @@ pub(crate) fn persistence(appendonly: Read<bool>, fsync: Read<String>, ttl: Dura
                      (often every 30 s), so a power loss or OS crash loses recent lock keys"
                 ),
             )
+            .restart_bound()
             .fix(format!("set appendfsync always, {delay}")),
         },
     }
@@ -299,6 +302,7 @@ mod tests {
             fix.contains("10s") && fix.contains("delayed restart"),
             "{fix}"
         );
+        assert!(no.restart_bound);
         let everysec = persistence(Ok(true), Ok("everysec".into()), ttl);
         assert!(
             everysec.seen.contains("up to a second"),

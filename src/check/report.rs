@@ -128,6 +128,9 @@ pub struct Finding {
     pub seen: String,
     /// What to change (and why), when the level is not [`Level::Ok`].
     pub fix: Option<String>,
+    /// A persistence finding that delaying every restart by the TTL makes acceptable (see
+    /// [`Report::accept_delayed_restarts`]).
+    pub(crate) restart_bound: bool,
 }
 
 impl Finding {
@@ -137,7 +140,14 @@ impl Finding {
             level,
             seen: seen.into(),
             fix: None,
+            restart_bound: false,
         }
+    }
+
+    /// Marks a persistence finding that a delayed restart makes acceptable.
+    pub(crate) fn restart_bound(mut self) -> Self {
+        self.restart_bound = true;
+        self
     }
 
     pub(crate) fn fix(mut self, fix: impl Into<String>) -> Self {
@@ -273,6 +283,40 @@ impl Report {
     /// ```
     pub fn is_safe(&self) -> bool {
         self.verdict() < Level::Unsafe
+    }
+
+    /// The report as it reads when every master is kept down after each crash or restart for
+    /// at least the longest TTL in use before it serves again (Redlock's *delayed restarts*):
+    /// then a master need not keep its lock keys, and `appendonly no`, `appendfsync no` and
+    /// `appendfsync everysec` become [`Level::Warning`]s (still worth knowing: a restart that
+    /// is not delayed, by a supervisor or by hand, can grant a lock twice, and fencing counters
+    /// need `appendonly yes` and `appendfsync always` whatever the restarts). `redquorum doctor
+    /// --restarts-delayed` prints this.
+    ///
+    /// ```no_run
+    /// # async fn f(locks: redquorum::RedLock) {
+    /// // Our supervisor waits 30 s (> every TTL) before restarting a master.
+    /// let report = locks.check().await.accept_delayed_restarts();
+    /// assert!(report.is_safe());
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn accept_delayed_restarts(mut self) -> Report {
+        let ttl = self.ttl;
+        for f in self.nodes.iter_mut().flat_map(|n| n.findings.iter_mut()) {
+            if f.restart_bound && f.level > Level::Warning {
+                f.level = Level::Warning;
+            }
+            if f.restart_bound {
+                f.fix = Some(format!(
+                    "accepted because every restart of this node is delayed by at least the \
+                     longest TTL ({ttl:?} here): make sure no supervisor or person restarts it \
+                     sooner; with fencing, set appendonly yes and appendfsync always anyway \
+                     (the counters are not leases)"
+                ));
+            }
+        }
+        self
     }
 
     /// Every unsafe finding, with its node.

@@ -27,6 +27,8 @@ DESCRIPTION
     round-trip    well under the node timeout
     clock         the server's clock rate against ours (a 1 s TIME sample), within
                   --drift-factor
+  With --restarts-delayed (every master is kept down for at least the TTL after each
+  crash or restart), missing persistence is a warning rather than unsafe.
   It works where `run` would refuse to start: two URLs for one server, a majority down.
   Prints a table per node and what to change (--json for machines).
 
@@ -56,6 +58,10 @@ pub struct DoctorArgs {
     #[arg(long)]
     pub fencing: bool,
 
+    /// Every master is kept down for at least the TTL after each crash or restart (Redlock's delayed restarts): appendonly no and appendfsync everysec/no are then warnings
+    #[arg(long)]
+    pub restarts_delayed: bool,
+
     /// Print the report as JSON on stdout (the exit status is the same)
     #[arg(long)]
     pub json: bool,
@@ -76,7 +82,10 @@ pub async fn doctor(args: DoctorArgs) -> Result<i32, Failure> {
     if let Some(timeout) = args.nodes.node_timeout {
         builder = builder.node_timeout(timeout);
     }
-    let report = builder.check().await?;
+    let mut report = builder.check().await?;
+    if args.restarts_delayed {
+        report = report.accept_delayed_restarts();
+    }
     if args.json {
         println!("{:#}", json(&report));
     } else {
