@@ -367,6 +367,27 @@ async fn a_node_that_does_not_answer_is_unsafe_within_the_connect_timeout() {
 }
 
 #[tokio::test]
+async fn a_paused_node_is_unreachable_not_a_hang() {
+    let c = cluster(3);
+    make_safe(&c);
+    // SIGSTOP: the kernel still accepts connections, nothing answers.
+    c.pause(1).expect("pause node 1");
+    let report = builder(c.urls())
+        .connect_timeout(Duration::from_millis(300))
+        .check()
+        .await
+        .expect("valid");
+    c.resume(1).expect("resume node 1");
+    let paused = &report.nodes[1];
+    assert!(!paused.reachable(), "{paused:?}");
+    assert!(
+        seen(paused, Check::Connection).contains("timed out"),
+        "{paused:?}"
+    );
+    assert_eq!(report.nodes[0].level(), Level::Ok, "{:?}", report.nodes[0]);
+}
+
+#[tokio::test]
 async fn a_denied_config_gives_could_not_read_not_a_crash() {
     let (_c, urls) = acl_cluster(&["config"]);
     let report = builder(urls).check().await.expect("valid");

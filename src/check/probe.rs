@@ -208,7 +208,7 @@ pub(crate) async fn settings(
 }
 
 /// The report of a node that could not be reached or refused our credentials.
-fn unreachable(mut report: NodeReport, cause: NodeCause) -> NodeReport {
+pub(crate) fn unreachable(mut report: NodeReport, cause: NodeCause) -> NodeReport {
     let fix = match &cause {
         NodeCause::Auth(_) => {
             "give the user and password in the node URL \

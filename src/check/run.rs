@@ -8,12 +8,16 @@ use futures::future::join_all;
 use super::probe::{self, Plan, Target};
 use super::report::{Check, Finding, Level, Report};
 use crate::config::{Config, RedLockBuilder};
-use crate::error::Error;
+use crate::error::{Error, NodeCause};
 use crate::node::{NodeSpec, Nodes};
 use crate::wait::WaitStrategy;
 
 /// `PING`s per node for the round-trip check.
 const PINGS: usize = 5;
+
+/// How many command timeouts one node's check may take in all before the node counts as
+/// unreachable.
+const STALL_TIMEOUTS: u32 = 5;
 
 /// How long the clock sample of [`RedLock::check`](crate::RedLock::check) and
 /// [`RedLockBuilder::check`] runs: long enough to tell a rate error of 0.1 % apart from a
@@ -48,7 +52,16 @@ impl Plan {
 
 /// Checks every node of `targets` in parallel and compares their `run_id`s.
 pub(crate) async fn run(plan: &Plan, targets: &[Target]) -> Report {
-    let mut nodes = join_all(targets.iter().map(|t| probe::node(plan, t))).await;
+    // A node that connects but then stops answering (paused, overloaded) would cost a timeout
+    // per command: it gets a few, then counts as unreachable.
+    let bound = plan.timeout * STALL_TIMEOUTS + plan.clock_sample.unwrap_or_default();
+    let mut nodes = join_all(targets.iter().map(|t| async move {
+        match tokio::time::timeout(bound, probe::node(plan, t)).await {
+            Ok(report) => report,
+            Err(_) => probe::unreachable(probe::blank(&t.shown), NodeCause::Timeout),
+        }
+    }))
+    .await;
     // One server under two URLs: each node is compared with every other.
     let ids: Vec<Option<String>> = nodes.iter().map(|n| n.run_id.clone()).collect();
     for (i, node) in nodes.iter_mut().enumerate() {
