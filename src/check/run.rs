@@ -161,7 +161,8 @@ pub(crate) async fn check_builder(builder: &RedLockBuilder) -> Result<Report, Er
 /// The settings check at the end of `build()`, on the lock's own connections (no connection
 /// or command of its own is left behind when `build()` returns): logs a warning for every
 /// unsafe setting and, `refusing`, fails on one. A node that does not hand out its connection
-/// within a node timeout (down at first contact) is not checked.
+/// within a node timeout (down at first contact), or does not answer within the connect
+/// timeout, is not checked.
 pub(crate) async fn preflight(config: &Config, nodes: &Nodes, refusing: bool) -> Result<(), Error> {
     let plan = Plan::settings(config);
     let shown: Vec<std::sync::Arc<str>> = nodes.clients().into_iter().map(|(_, s)| s).collect();
@@ -171,7 +172,10 @@ pub(crate) async fn preflight(config: &Config, nodes: &Nodes, refusing: bool) ->
             let conn = tokio::time::timeout(plan.node_timeout, nodes.connection(i)).await;
             let mut conn = conn.ok()?.ok()?;
             let mut report = probe::blank(shown);
-            probe::settings(plan, &mut conn, &mut report).await.ok()?;
+            // One connect timeout in all: a node that froze since first contact does not
+            // hold build() up for a timeout per command.
+            let read = probe::settings(plan, &mut conn, &mut report);
+            tokio::time::timeout(plan.timeout, read).await.ok()?.ok()?;
             Some(report)
         }
     }))
