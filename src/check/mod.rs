@@ -16,7 +16,7 @@
 //! | [`Persistence`](Check::Persistence) | `appendonly yes`, `appendfsync always` | `appendfsync everysec` | `appendonly no` (unless restarts are delayed by a TTL), `appendfsync no` |
 //! | [`Eviction`](Check::Eviction) | `noeviction` | another policy, no `maxmemory` | another policy with `maxmemory` set |
 //! | [`Independence`](Check::Independence) | its own server | | same `run_id` as another node |
-//! | [`Permissions`](Check::Permissions) | every command allowed | PTTL, GET, PUBLISH, SUBSCRIBE denied | SET, EVALSHA, SCRIPT LOAD, DEL, PEXPIRE, INFO, PING denied |
+//! | [`Permissions`](Check::Permissions) | every command allowed | PUBLISH, SUBSCRIBE denied (waiters poll) | SET, GET, PTTL, DEL, PEXPIRE, EVALSHA, SCRIPT LOAD, INFO, PING denied or renamed (INCR with fencing) |
 //! | [`RoundTrip`](Check::RoundTrip) | well under `node_timeout` | over half of it | median over it |
 //! | [`Clock`](Check::Clock) | rate within `drift_factor` of ours | runs slow | runs fast beyond `drift_factor` |
 //!
