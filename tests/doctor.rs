@@ -348,6 +348,38 @@ async fn the_probes_use_the_namespace_keys_and_channels() {
 }
 
 #[tokio::test]
+async fn the_probes_leave_nothing_behind_and_fencing_adds_incr() {
+    let c = cluster(3);
+    make_safe(&c);
+    let report = builder(c.urls())
+        .fencing(true)
+        .check()
+        .await
+        .expect("valid");
+    for node in &report.nodes {
+        assert_eq!(level(node, Check::Permissions), Level::Ok, "{node:?}");
+        assert!(seen(node, Check::Permissions).contains("INCR"), "{node:?}");
+    }
+    assert_eq!(
+        common::all_keys(&c),
+        Vec::new(),
+        "the probes left keys behind"
+    );
+    let report = check(&c).await;
+    assert!(!seen(&report.nodes[0], Check::Permissions).contains("INCR"));
+
+    let (c, urls) = acl_cluster(&["incr"]);
+    let report = builder(urls).fencing(true).check().await.expect("valid");
+    assert_eq!(level(&report.nodes[0], Check::Permissions), Level::Unsafe);
+    assert!(seen(&report.nodes[0], Check::Permissions).contains("INCR (denied by ACL"));
+    assert_eq!(
+        common::all_keys(&c),
+        Vec::new(),
+        "the probes left keys behind"
+    );
+}
+
+#[tokio::test]
 async fn a_node_that_does_not_answer_is_unsafe_within_the_connect_timeout() {
     let c = common::proxied(3);
     make_safe(&c);
