@@ -57,6 +57,7 @@ pub fn default_node_timeout(ttl: Duration) -> Duration {
 /// | [`wait_strategy`](Self::wait_strategy) | PubSub | how a waiter learns of a release |
 /// | [`safety_poll`](Self::safety_poll) | 30 s | longest a notified waiter goes without checking |
 /// | [`fencing`](Self::fencing) | off | fencing tokens, strictly increasing per key |
+/// | [`refuse_unsafe_masters`](Self::refuse_unsafe_masters) | off | `build()` fails on an unsafe master |
 /// | `tls_root_certs`, `tls_client_cert` | system trust store, no client certificate | TLS (`tls-rustls` / `tls-native-tls` features) |
 ///
 /// # Examples
@@ -103,6 +104,7 @@ pub struct RedLockBuilder {
     safety_poll: Duration,
     fencing: bool,
     fencing_unconfirmed: bool,
+    refuse_unsafe: bool,
     #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
     tls: crate::tls::Tls,
 }
@@ -123,6 +125,7 @@ impl Default for RedLockBuilder {
             safety_poll: DEFAULT_SAFETY_POLL,
             fencing: false,
             fencing_unconfirmed: false,
+            refuse_unsafe: false,
             #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
             tls: crate::tls::Tls::default(),
         }
@@ -146,7 +149,8 @@ impl std::fmt::Debug for RedLockBuilder {
             .field("wait_strategy", &self.wait_strategy)
             .field("safety_poll", &self.safety_poll)
             .field("fencing", &self.fencing)
-            .field("fencing_unconfirmed", &self.fencing_unconfirmed);
+            .field("fencing_unconfirmed", &self.fencing_unconfirmed)
+            .field("refuse_unsafe", &self.refuse_unsafe);
         #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
         f.field("tls", &self.tls);
         f.finish()
@@ -618,7 +622,9 @@ impl RedLockBuilder {
     /// the number of nodes, an empty owner or namespace; after connecting, two nodes that are
     /// the same server (naming both URLs, without credentials). [`Error::NoQuorum`] when a
     /// majority of nodes does not answer within `connect_timeout`: it lists every node that
-    /// did not, each with what to check.
+    /// did not, each with what to check. With
+    /// [`refuse_unsafe_masters`](Self::refuse_unsafe_masters), [`Error::Config`] for a master
+    /// run in a way that is not safe for Redlock.
     ///
     /// ```no_run
     /// # use redquorum::{Error, RedLock};
@@ -656,7 +662,77 @@ impl RedLockBuilder {
     /// Dropping the future leaves nothing behind: connections are closed with it.
     pub async fn build(self) -> Result<RedLock, Error> {
         let (config, specs) = self.validate()?;
-        RedLock::connect(config, specs).await
+        let lock = RedLock::connect(config, specs).await?;
+        lock.preflight(self.refuse_unsafe).await?;
+        Ok(lock)
+    }
+
+    /// Makes [`build`](Self::build) fail with [`Error::Config`] when a master is run in a way
+    /// that can let a lock be granted twice or keep it from voting: `appendonly no`,
+    /// `appendfsync no`, an evicting `maxmemory-policy` with `maxmemory` set, a replica, two
+    /// nodes that are one server, a command the crate needs denied by an ACL (see
+    /// [`check`](crate::check)). The error names each node (without credentials), the setting
+    /// and what to change. Unreachable nodes are not refused here (`build()` needs a majority,
+    /// as always), nor settings that cannot be read (a `CONFIG` denied by an ACL): run
+    /// [`check`](Self::check) or `redquorum doctor` to see those.
+    ///
+    /// Either way, `build()` reads the masters' settings once it has connected (`INFO` and
+    /// `CONFIG GET`, on its own connections: about one round trip) and logs a `tracing`
+    /// warning for each unsafe one. Nodes that are down then are not checked (nor refused).
+    ///
+    /// # Default
+    /// Off.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), redquorum::Error> {
+    /// let locks = redquorum::RedLock::builder()
+    ///     .nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
+    ///     .refuse_unsafe_masters(true)
+    ///     .build()
+    ///     .await?; // Error::Config: "... 10.0.0.2:6379/0: persistence: appendonly no ..."
+    /// # Ok(()) }
+    /// ```
+    pub fn refuse_unsafe_masters(mut self, refuse: bool) -> Self {
+        self.refuse_unsafe = refuse;
+        self
+    }
+
+    /// Checks how every master is run without building a [`RedLock`] (so it works where
+    /// `build()` would refuse: one server under two URLs, a majority down), judged against
+    /// this builder's TTL, node timeout and drift factor: see [`check`](crate::check) and
+    /// [`RedLock::check`]. Takes about a second (the clock sample).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for input that can never work (an unparsable URL, a bad TTL...), as
+    /// `build()` would; a node listed twice is not an error here but a finding.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), redquorum::Error> {
+    /// let report = redquorum::RedLock::builder()
+    ///     .nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"])
+    ///     .check()
+    ///     .await?;
+    /// print!("{report}");
+    /// # Ok(()) }
+    /// ```
+    pub async fn check(self) -> Result<crate::check::Report, Error> {
+        let specs = self
+            .nodes
+            .iter()
+            .map(|u| NodeSpec::parse(u).map_err(Error::config))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The settings are validated as if each server were listed once: the report shows the
+        // duplicates (their run_ids are equal).
+        let mut once: Vec<&str> = Vec::new();
+        let mut servers = Vec::new();
+        for (url, spec) in self.nodes.iter().zip(&specs) {
+            if !servers.contains(&spec.server) {
+                servers.push(spec.server.clone());
+                once.push(url);
+            }
+        }
+        let (config, _) = self.clone().nodes(once).validate()?;
+        Ok(crate::check::check_specs(&config, &specs).await)
     }
 
     /// All rules, as a pure function of the builder: one after another, each a few lines

@@ -12,6 +12,7 @@
 // module points down that list (tests/architecture.rs checks it, and that the list names
 // exactly the modules declared here).
 mod acquisition;
+pub mod check;
 mod cleanup;
 mod cluster;
 pub mod config;

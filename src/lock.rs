@@ -157,6 +157,28 @@ impl RedLock {
         self.cluster.nodes.timeout()
     }
 
+    /// Checks how every master is run (persistence, eviction, role, one server under two
+    /// URLs, ACL permissions, round trip, clock rate), on connections of its own: see
+    /// [`check`](crate::check). Takes about a second (the clock sample). A node that cannot
+    /// be reached is a finding, not an error.
+    ///
+    /// ```no_run
+    /// # async fn f(locks: redquorum::RedLock) {
+    /// let report = locks.check().await;
+    /// if !report.is_safe() {
+    ///     eprint!("{report}");
+    /// }
+    /// # }
+    /// ```
+    pub async fn check(&self) -> crate::check::Report {
+        crate::check::check_nodes(&self.cluster.config, &self.cluster.nodes).await
+    }
+
+    /// The settings check at the end of `build()` (see [`RedLockBuilder::refuse_unsafe_masters`]).
+    pub(crate) async fn preflight(&self, refusing: bool) -> Result<(), Error> {
+        crate::check::preflight(&self.cluster.config, &self.cluster.nodes, refusing).await
+    }
+
     /// The Redis key that holds lock `key` on every node: `<namespace>:<group>:<key>`.
     ///
     /// # Errors

@@ -161,6 +161,23 @@ impl Nodes {
         self.timeout
     }
 
+    /// Node `i`'s identified connection (for the settings check at the end of `build()`).
+    pub(crate) async fn connection(
+        &self,
+        i: usize,
+    ) -> Result<impl redis::aio::ConnectionLike + Send, NodeCause> {
+        self.nodes[i].link.get().await
+    }
+
+    /// Each node's client and URL without credentials (for `RedLock::check`).
+    pub(crate) fn clients(&self) -> Vec<(redis::Client, Arc<str>)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.link.client().clone(), self.ids.shown(i).clone()))
+            .collect()
+    }
+
     /// Runs one request under a semaphore permit and the node timeout. The timeout counts from
     /// when the permit is granted: a client busy with its own burst is not a slow node (a
     /// permit is held for at most the request's timeout, so the wait for one is bounded too;

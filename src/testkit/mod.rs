@@ -212,6 +212,7 @@ pub struct LocalClusterBuilder {
     base_dir: Option<PathBuf>,
     proxied: bool,
     password: Option<Password>,
+    server_args: Vec<String>,
     #[cfg(feature = "testkit-tls")]
     tls: Option<ClientAuth>,
 }
@@ -244,6 +245,7 @@ impl Default for LocalClusterBuilder {
             base_dir: None,
             proxied: false,
             password: None,
+            server_args: Vec::new(),
             #[cfg(feature = "testkit-tls")]
             tls: None,
         }
@@ -360,6 +362,30 @@ impl LocalClusterBuilder {
         self
     }
 
+    /// Extra command-line arguments for every node's `redis-server`, after the testkit's own
+    /// (so they override them): a server run the way yours is, e.g. with an unsafe setting to
+    /// see [`RedLock::check`](crate::RedLock::check) flag it. Kept across
+    /// [`restart`](LocalCluster::restart). The testkit's readiness probe sends `AUTH`, `PING`
+    /// and `INFO server`: do not rename or disable those.
+    ///
+    /// ```no_run
+    /// use redquorum::testkit::LocalCluster;
+    /// let cluster = LocalCluster::builder()
+    ///     .nodes(3)
+    ///     .server_args(["--appendonly", "yes", "--appendfsync", "everysec"])
+    ///     .server_args(["--rename-command", "CONFIG", ""])
+    ///     .start()?;
+    /// # Ok::<(), redquorum::testkit::TestkitError>(())
+    /// ```
+    pub fn server_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.server_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
     /// TLS-only nodes (feature `testkit-tls`): each `redis-server` listens on its port with TLS
     /// only (`port 0`, `tls-port`), with a certificate for `127.0.0.1` and `localhost` signed by
     /// a CA generated at start ([`tls_ca_pem`](LocalCluster::tls_ca_pem)). Clients need not
@@ -428,6 +454,7 @@ impl LocalClusterBuilder {
             binary,
             appendonly: self.appendonly,
             password: self.password,
+            server_args: self.server_args,
             root,
             nodes: Vec::with_capacity(self.nodes),
             proxies: Vec::new(),
@@ -470,6 +497,8 @@ pub struct LocalCluster {
     binary: PathBuf,
     appendonly: bool,
     password: Option<Password>,
+    /// Extra `redis-server` arguments (see [`LocalClusterBuilder::server_args`]).
+    server_args: Vec<String>,
     root: PathBuf,
     nodes: Vec<Node>,
     /// One per node when built with `proxied(true)`.
@@ -1059,6 +1088,7 @@ impl LocalCluster {
         if let Some(Password(pw)) = &self.password {
             cmd.arg("--requirepass").arg(pw);
         }
+        cmd.args(&self.server_args);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));

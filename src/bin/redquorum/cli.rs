@@ -23,7 +23,8 @@ DESCRIPTION
   watchdog (and on Linux the kernel) SIGKILLs COMMAND.
 
   `redquorum status` shows who holds a lock, and `redquorum demo` shows workers handing
-  a lock to each other on 5 local masters.
+  a lock to each other on 5 local masters. `redquorum doctor` checks that every master
+  is run the way Redlock needs (persistence, eviction, role, ACL, clock).
 
   A lease cannot stop a process that pauses after checking it: where overlapping runs
   must be impossible rather than unlikely, have the resource check fencing tokens
@@ -51,7 +52,11 @@ EXIT STATUS
     1        the lock is free
     64, 69   as for run
   demo:
-    0 on success, 69 or 70 when the local masters cannot be started";
+    0 on success, 69 or 70 when the local masters cannot be started
+  doctor:
+    0        every master is safe (warnings allowed, unless --strict)
+    1        a master is unsafe or unreachable
+    64       as for run";
 
 const ENVIRONMENT: &str = "\
 ENVIRONMENT
@@ -149,6 +154,9 @@ pub enum Command {
     /// Start 5 local redis-server masters and watch workers hand a lock to each other.
     #[command(after_long_help = after_help_top())]
     Demo(DemoArgs),
+    /// Check that every master is run the way Redlock needs (persistence, eviction, role, ACL, clock).
+    #[command(long_about = crate::doctor::LONG_ABOUT)]
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// Where the masters are and how keys are named.

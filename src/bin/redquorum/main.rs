@@ -6,6 +6,7 @@
 mod check;
 mod cli;
 mod demo;
+mod doctor;
 mod exit;
 mod job;
 mod probe;
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
             },
             Command::Status(args) => status::status(args).await,
             Command::Demo(args) => demo::demo(args).await,
+            Command::Doctor(args) => doctor::doctor(args).await,
         }
     });
     // Spawned clean-ups (background releases) get no more time: everything that matters was
