@@ -197,7 +197,8 @@ fn json_has_every_node_and_finding() {
 
 #[test]
 fn bad_input_is_a_usage_error() {
-    let (code, _, err) = doctor(&["--nodes", "http://nowhere"]);
+    let nodes = "http://nowhere,redis://127.0.0.1:1,redis://127.0.0.1:2";
+    let (code, _, err) = doctor(&["--nodes", nodes]);
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("not a valid Redis URL"), "{err}");
     let (code, _, err) = doctor(&[]);

@@ -84,9 +84,11 @@ async fn release_after_another_owner_took_it_is_not_owner_and_leaves_their_key()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extend_keeps_the_lock_past_its_first_lease() {
     let c = cluster(5);
+    // A third of the TTL between extensions: a loaded machine may oversleep by a second.
+    let ttl = Duration::from_millis(2_100);
     let lease = |c| {
         builder(c)
-            .ttl(Duration::from_millis(900))
+            .ttl(ttl)
             .node_timeout(Duration::from_millis(100))
             .build()
     };
@@ -95,12 +97,12 @@ async fn extend_keeps_the_lock_past_its_first_lease() {
     let mut g = locks.try_acquire("k").await.expect("ok").expect("free");
     let key = locks.redis_key("k").expect("key");
     for _ in 0..6 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        g.extend(Duration::from_millis(900)).await.expect("extend");
-        assert!(g.validity() > Duration::from_millis(500));
+        tokio::time::sleep(ttl / 3).await;
+        g.extend(ttl).await.expect("extend");
+        assert!(g.validity() > ttl / 2);
         assert!(rival.try_acquire("k").await.expect("ok").is_none());
     }
-    // 1.8 s in, twice the TTL: still ours on a majority.
+    // 4.2 s in, twice the TTL: still ours on a majority.
     let ours: Vec<usize> = (0..5)
         .filter(|&i| get(&c, i, &key).as_deref() == Some(g.value()))
         .collect();

@@ -151,14 +151,11 @@ async fn every_metric_counts_what_happened() {
     wait_for_subscribers(&c, &b, "four").await;
     let killed = c.port(2).expect("port");
     c.kill(2).expect("kill");
-    holder.release().await.expect("a majority is up");
-    subscribed
-        .await
-        .expect("no panic")
-        .expect("granted")
-        .release()
-        .await
-        .expect("release");
+    // Released in the background: a node that misses it is retried (a loaded machine may
+    // time one out), and the waiter is woken by the release on the nodes that are up.
+    drop(holder);
+    let next = subscribed.await.expect("no panic").expect("granted");
+    drop(next);
     let reconnects = format!("redquorum_pubsub_reconnects_total{{node=127.0.0.1:{killed}/0}}");
     let failures = format!("node=127.0.0.1:{killed}/0");
     let s = step(&snapshotter);
