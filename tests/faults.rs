@@ -225,16 +225,7 @@ async fn a_late_straggler_grant_is_released_too() {
 
 /// `SET` commands node `i` ran since it started (only the acquire script runs SET).
 fn set_calls(c: &redquorum::testkit::LocalCluster, i: usize) -> u64 {
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut conn(c, i))
-        .expect("INFO");
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_set:calls="))
-        .and_then(|r| r.split(',').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    calls(c, i, "set")
 }
 
 /// 3 of 5 masters dead while another client holds the lock on the 2 live ones: the answers
@@ -426,21 +417,15 @@ async fn a_missed_release_is_retried_for_one_ttl_and_then_given_up() {
         .await
         .expect("a majority confirms the release");
     // The background retries end once their pauses add up to more than one TTL: the key has
-    // expired there by then. The bound is generous (a loaded machine delays each send by up to
-    // a node timeout); what matters is that the retries stop.
-    let gave_up = |log: &std::sync::Mutex<Vec<u8>>| {
+    // expired there by then. What matters is that they stop (retries for ever would hit the
+    // hang guard) and not before one TTL; how long after depends on the machine's load.
+    let gave_up = || {
         String::from_utf8_lossy(&log.lock().expect("log"))
             .lines()
             .any(|l| l.contains("the key expires by TTL there") && l.contains(&node))
     };
-    while !gave_up(log) && released.elapsed() < ttl * 30 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the background release to node 2 to give up", gave_up).await;
     let after = released.elapsed();
-    assert!(
-        gave_up(log),
-        "still retrying {after:?} after the release (TTL {ttl:?})"
-    );
     // Not before a TTL of pauses: it was retried that long first.
     assert!(after >= ttl, "gave up after only {after:?}");
     c.proxy(2).expect("proxy").heal();

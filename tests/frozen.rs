@@ -27,21 +27,6 @@ async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Calls of `command` node `i` ran since it started (0 if never).
-fn calls(c: &LocalCluster, i: usize, command: &str) -> u64 {
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut conn(c, i))
-        .expect("INFO");
-    let prefix = format!("cmdstat_{command}:calls=");
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|r| r.split(',').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A guard on every node of `c` (stragglers included), so each node holds the key.
 async fn held_everywhere(locks: &RedLock, c: &LocalCluster, key: &str) -> redquorum::LockGuard {
     let g = locks.try_acquire(key).await.expect("ok").expect("free");

@@ -266,13 +266,7 @@ async fn a_waiter_whose_last_round_was_unreachable_polls() {
     }
     // One message wakes the waiter once (a message per node would wake it per node).
     raw(&c, 0, &["PUBLISH", &channel, ""]);
-    let oom = |i: usize| {
-        let info: String = redis::cmd("INFO")
-            .arg("errorstats")
-            .query(&mut conn(&c, i))
-            .expect("INFO");
-        info.contains("errorstat_OOM")
-    };
+    let oom = |i: usize| info(&c, i, "errorstats").contains("errorstat_OOM");
     eventually("the waiter's round is refused for memory", || {
         (0..3).all(oom)
     })

@@ -197,12 +197,7 @@ async fn an_existing_waiter_is_resubscribed_and_woken_after_its_subscriptions_dr
     let dropped = command_stats(&c);
     let dropped_at = Instant::now();
     for i in 0..3 {
-        let killed: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query(&mut conn(&c, i))
-            .expect("CLIENT KILL");
+        let killed = kill_subscriptions(&c, i);
         assert!(killed >= 1, "node {i}: no subscription connection to kill");
     }
     // Resubscribed on every node (the same waiter, still waiting) ...
@@ -554,12 +549,7 @@ async fn a_release_lost_on_killed_subscriptions_still_wakes_the_waiter() {
     let waiter = slow_poller(&c).await;
     let (g, task) = held_and_awaited(&c, &holder, &waiter, "k").await;
     for i in 0..3 {
-        let killed: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query(&mut conn(&c, i))
-            .expect("CLIENT KILL");
+        let killed = kill_subscriptions(&c, i);
         assert!(killed >= 1, "node {i}: no subscription connection to kill");
     }
     // The release is published to nobody.
@@ -819,12 +809,7 @@ async fn a_replaced_subscription_connection_wakes_every_waiter() {
         }
     }
     for i in 0..3 {
-        let killed: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query(&mut conn(&c, i))
-            .expect("CLIENT KILL");
+        let killed = kill_subscriptions(&c, i);
         assert!(killed >= 1, "node {i}: no subscription connection to kill");
     }
     for (key, task) in keys.iter().zip(tasks) {

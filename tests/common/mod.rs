@@ -132,8 +132,8 @@ const HELPER_NAME: &str = "redquorum-test-helper";
 /// Clients connected to node `i` other than the test's own helpers (the connections kept here
 /// and the testkit's, which reads command stats).
 pub fn clients(cluster: &LocalCluster, i: usize) -> usize {
-    let list: String = query(cluster, i, redis::cmd("CLIENT").arg("LIST"), "CLIENT LIST");
-    list.lines()
+    client_list(cluster, i)
+        .lines()
         .filter(|l| {
             !l.split(' ')
                 .any(|f| f == format!("name={HELPER_NAME}") || f == "name=redquorum-testkit")
@@ -190,6 +190,38 @@ fn query<T: redis::FromRedisValue>(
         .unwrap_or_else(|e| panic!("{what} on node {i}: {e}"));
     *slot = Some(c);
     value
+}
+
+/// `INFO section` of node `i` (over the kept connection).
+pub fn info(cluster: &LocalCluster, i: usize, section: &str) -> String {
+    query(cluster, i, redis::cmd("INFO").arg(section), "INFO")
+}
+
+/// Calls of `command` (lower case) node `i` ran since it started, 0 if never.
+pub fn calls(cluster: &LocalCluster, i: usize, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
+    info(cluster, i, "commandstats")
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|r| r.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `CLIENT LIST` of node `i`: one line per connection, the helpers' own included.
+pub fn client_list(cluster: &LocalCluster, i: usize) -> String {
+    query(cluster, i, redis::cmd("CLIENT").arg("LIST"), "CLIENT LIST")
+}
+
+/// Closes every subscription connection node `i` has (`CLIENT KILL TYPE pubsub`; the
+/// helpers' connections never subscribe) and returns how many there were.
+pub fn kill_subscriptions(cluster: &LocalCluster, i: usize) -> i64 {
+    query(
+        cluster,
+        i,
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
+        "CLIENT KILL",
+    )
 }
 
 /// The value of `key` on node `i`.
