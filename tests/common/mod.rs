@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use redquorum::testkit::LocalCluster;
-use redquorum::{Context, RedLock, RedLockBuilder, Retry};
+use redquorum::{Context, Error, LockGuard, RedLock, RedLockBuilder, Retry};
 
 /// The bound on every wait whose length is not the behaviour under test (a subscription to
 /// appear, a background release to land, an acquire that must succeed): only a hang guard.
@@ -303,4 +303,58 @@ pub async fn until_numsub(c: &LocalCluster, channel: &str, want: i64) -> bool {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     false
+}
+
+/// A task waiting for a lock: what `tokio::spawn` of an `acquire` returns.
+pub type Waiting = tokio::task::JoinHandle<Result<LockGuard, Error>>;
+
+/// Starts a task of `waiter` acquiring `key` within `ctx`, and returns it once the waiter is
+/// subscribed on every node.
+pub async fn awaited(
+    c: &LocalCluster,
+    waiter: &RedLock,
+    key: &'static str,
+    ctx: Context,
+) -> Waiting {
+    let channel = format!("{}:released", waiter.redis_key(key).expect("key"));
+    let task = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.acquire(&ctx, key).await })
+    };
+    assert!(
+        until_numsub(c, &channel, 1).await,
+        "waiter never subscribed"
+    );
+    task
+}
+
+/// Waits until the nodes ran a SET each twice since `before`: a single-key waiter's first
+/// attempt and its re-check after subscribing. From then on it waits for a notification.
+pub async fn until_rechecked(c: &LocalCluster, before: &redquorum::testkit::CommandStats) {
+    let want = 2 * c.len() as u64;
+    eventually("the waiter re-checks after subscribing", || {
+        command_stats(c).since(before).calls("set") >= want
+    })
+    .await;
+}
+
+/// `holder` takes `key`; then a task of `waiter` waits for it, and this returns once that
+/// waiter is subscribed on every node and has re-checked after subscribing (the guard, the
+/// waiting task).
+pub async fn held_and_awaited(
+    c: &LocalCluster,
+    holder: &RedLock,
+    waiter: &RedLock,
+    key: &'static str,
+) -> (LockGuard, Waiting) {
+    let g = holder.try_acquire(key).await.expect("ok").expect("free");
+    // Every node's grant in before counting the waiter's SETs.
+    eventually("the holder's grant on every node", || {
+        g.granted_nodes() == c.len()
+    })
+    .await;
+    let before = command_stats(c);
+    let task = awaited(c, waiter, key, patient()).await;
+    until_rechecked(c, &before).await;
+    (g, task)
 }
