@@ -1155,9 +1155,9 @@ fn signals_to_redquorum_reach_the_commands_whole_process_group() {
             "SIG{sig}: the job did not start"
         );
         signal(running.child.id(), sig);
-        // Delivery takes milliseconds; a minute only bounds the wait for a signal that never
-        // comes (the job is then told to stop, so that the test fails instead of hanging).
-        let reached = wait_for_file(&got, sig, Duration::from_secs(60));
+        // Delivery takes milliseconds; the hang guard only bounds the wait for a signal that
+        // never comes (the job is then told to stop, so that the test fails instead of hanging).
+        let reached = wait_for_file(&got, sig, common::HANG_GUARD);
         if !reached {
             fs::write(&stop, "").expect("stop");
         }

@@ -259,10 +259,6 @@ async fn a_hundred_local_waiters_acquire_once_each_in_order() {
     assert!(wait_until_no_keys(&c, HANG_GUARD).await.is_empty());
 }
 
-fn connected_clients(c: &LocalCluster, i: usize) -> usize {
-    clients(c, i) // the test's own helper connections left out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_waiters_on_a_thousand_keys_use_constant_connections() {
     // Heavy: runs alone in this binary (see common::heavy).
@@ -293,28 +289,23 @@ async fn ten_thousand_waiters_on_a_thousand_keys_use_constant_connections() {
         tasks.push(tokio::spawn(async move { locks.acquire(&ctx, &key).await }));
     }
     // Every key's head is subscribed: 1000 channels per node.
-    let deadline = Instant::now() + HANG_GUARD;
-    while (0..3).any(|i| channels(&c, i).len() < 1000) {
-        assert!(Instant::now() < deadline, "heads never subscribed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("every key's head to subscribe", || {
+        (0..3).all(|i| channels(&c, i).len() >= 1000)
+    })
+    .await;
     // Two connections per node for `locks` (commands, pubsub), one for `other`.
     for i in 0..3 {
-        assert_eq!(connected_clients(&c, i), 3, "node {i}");
+        assert_eq!(clients(&c, i), 3, "node {i}");
     }
     token.cancel();
     for t in tasks {
         let res = t.await.expect("no panic");
         assert!(matches!(res, Err(Error::Cancelled { .. })), "{res:?}");
     }
-    let deadline = Instant::now() + HANG_GUARD;
-    while (0..3).any(|i| !channels(&c, i).is_empty()) {
-        assert!(
-            Instant::now() < deadline,
-            "subscriptions left after cancellation"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("every subscription to end after cancellation", || {
+        (0..3).all(|i| channels(&c, i).is_empty())
+    })
+    .await;
     drop(held);
     assert!(wait_until_no_keys(&c, HANG_GUARD).await.is_empty());
 }
@@ -355,11 +346,10 @@ async fn poll_strategy_never_subscribes() {
     };
     // Several attempts, a SET on each node each (a PubSub waiter subscribes right after its
     // first one).
-    let deadline = Instant::now() + HANG_GUARD;
-    while command_stats(&c).since(&before).calls("set") < 9 {
-        assert!(Instant::now() < deadline, "the waiter is not polling");
-        tokio::task::yield_now().await;
-    }
+    eventually("the waiter to poll", || {
+        command_stats(&c).since(&before).calls("set") >= 9
+    })
+    .await;
     assert!((0..3).all(|i| channels(&c, i).is_empty()));
     assert_eq!(command_stats(&c).since(&before).calls("subscribe"), 0);
     g.release().await.expect("release");
