@@ -79,7 +79,14 @@ async fn a_refused_attempt_is_undone_only_on_the_node_that_did_not_answer() {
     let c = cluster(3);
     let holder = locks(&c).await;
     let _held = held_everywhere(&holder, &c, "k").await;
-    let contender = locks(&c).await;
+    // A node timeout that nodes 0 and 1 meet even on a loaded machine (an answer later than it
+    // is a silence, which rightly calls for an undo or a retry there too).
+    let node_timeout = Duration::from_secs(1);
+    let contender = builder(&c)
+        .node_timeout(node_timeout)
+        .build()
+        .await
+        .expect("build");
     // Load the scripts now (a release runs one), so the counts below are the undo's alone;
     // once the warm-up key is gone from every node, its release has run everywhere.
     let warm = contender
@@ -98,9 +105,9 @@ async fn a_refused_attempt_is_undone_only_on_the_node_that_did_not_answer() {
     );
     // The round was decided without node 2; its answer is still awaited, and an answer
     // (a refusal) would need no undo. Only once its request has timed out (no signal of that
-    // leaves the client: wait well past the 250 ms node timeout) does its silence call for
-    // an undo, queued behind the acquire, which runs on resume.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // leaves the client: wait well past the node timeout) does its silence call for an undo,
+    // queued behind the acquire, which runs on resume.
+    tokio::time::sleep(node_timeout * 2).await;
     c.resume(2).expect("resume");
     assert!(
         eventually(|| calls(&c, 2, "evalsha") > before[2]).await,
