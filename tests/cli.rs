@@ -983,7 +983,9 @@ fn a_dead_watchdog_never_turns_the_command_into_a_silent_sigpipe() {
     let _ = Command::new("kill")
         .args(["-9", &watchdog.to_string()])
         .status();
+    let deadline = Instant::now() + LIMIT;
     while alive(watchdog) {
+        assert!(Instant::now() < deadline, "the SIGKILLed watchdog lives on");
         thread::sleep(Duration::from_millis(10));
     }
     rt.block_on(guard.release()).expect("release");
