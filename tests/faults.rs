@@ -356,35 +356,13 @@ async fn a_release_a_node_missed_is_retried_in_the_background() {
 }
 
 /// Debug output of redquorum from every thread of this test binary (set up once).
-fn debug_log() -> &'static std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
-    static LOG: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
-        std::sync::OnceLock::new();
+fn debug_log() -> &'static Log {
+    static LOG: std::sync::OnceLock<Log> = std::sync::OnceLock::new();
     LOG.get_or_init(|| {
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = log.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("redquorum=debug"))
-            .with_ansi(false)
-            .with_writer(move || LogSink(sink.clone()))
-            .finish();
+        let (log, subscriber) = log_subscriber("redquorum=debug");
         tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
         log
     })
-}
-
-struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

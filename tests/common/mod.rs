@@ -358,3 +358,36 @@ pub async fn held_and_awaited(
     until_rechecked(c, &before).await;
     (g, task)
 }
+
+/// What a test's tracing subscriber wrote (see [`log_subscriber`]).
+pub type Log = Arc<Mutex<Vec<u8>>>;
+
+/// A tracing subscriber (plain text, events that `filter` lets through, an `EnvFilter`
+/// directive such as `"warn"` or `"redquorum=debug"`) writing into the returned [`Log`]; the
+/// test installs it for its thread or for the whole binary.
+pub fn log_subscriber(filter: &str) -> (Log, impl tracing::Subscriber + Send + Sync + 'static) {
+    let log = Log::default();
+    let sink = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_writer(move || LogSink(sink.clone()))
+        .finish();
+    (log, subscriber)
+}
+
+/// The writer behind [`log_subscriber`].
+struct LogSink(Log);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
