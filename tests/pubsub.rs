@@ -23,6 +23,19 @@ async fn slow_poller(c: &LocalCluster) -> RedLock {
         .expect("build")
 }
 
+/// [`slow_poller`] whose safety poll is the hang guard too: neither its retry policy nor its
+/// safety poll wakes it within minutes, so a wake-up within seconds comes from a notification
+/// or the holder's lease end it read.
+async fn never_polls(c: &LocalCluster) -> RedLock {
+    builder(c)
+        .ttl(HANG_GUARD * 2)
+        .retry(Retry::exponential(HANG_GUARD, HANG_GUARD))
+        .safety_poll(HANG_GUARD)
+        .build()
+        .await
+        .expect("build")
+}
+
 /// Releases `g`, then returns how long `task` took to get the lock after that (and releases
 /// it too).
 async fn woken_after_release(
@@ -206,13 +219,7 @@ async fn a_crashed_holder_is_succeeded_when_its_lease_ends_not_a_poll_later() {
         .expect("build");
     // Neither its retry policy (a poll drawn over [0, HANG_GUARD]) nor its safety poll
     // (HANG_GUARD) can wake it within seconds: only the lease end it read can.
-    let waiter = builder(&c)
-        .ttl(HANG_GUARD * 2)
-        .retry(Retry::exponential(HANG_GUARD, HANG_GUARD))
-        .safety_poll(HANG_GUARD)
-        .build()
-        .await
-        .expect("build");
+    let waiter = never_polls(&c).await;
     let g = crashed.try_acquire("k").await.expect("ok").expect("free");
     let lease_ends = Instant::now() + Duration::from_millis(800);
     std::mem::forget(g); // the holder dies without releasing
@@ -713,13 +720,7 @@ async fn a_replaced_subscription_connection_wakes_every_waiter() {
     let c = cluster(3);
     let holder = long_lease(&c).await;
     // No poll and no safety poll within the test: only a wake can end the waits.
-    let waiter = builder(&c)
-        .ttl(HANG_GUARD * 2)
-        .retry(Retry::exponential(HANG_GUARD, HANG_GUARD))
-        .safety_poll(HANG_GUARD)
-        .build()
-        .await
-        .expect("build");
+    let waiter = never_polls(&c).await;
     let keys: Vec<String> = (0..4).map(|k| format!("many-{k}")).collect();
     let mut held = Vec::new();
     let mut tasks = Vec::new();
@@ -805,13 +806,7 @@ async fn an_attempt_right_after_a_notification_skips_the_pttl_hint() {
     let _light = common::light().await;
     let c = cluster(5);
     let holder = long_lease(&c).await;
-    let waiter = builder(&c)
-        .ttl(HANG_GUARD * 2)
-        .retry(Retry::exponential(HANG_GUARD, HANG_GUARD))
-        .safety_poll(HANG_GUARD)
-        .build()
-        .await
-        .expect("build");
+    let waiter = never_polls(&c).await;
     warm_subscriptions(&c, &holder, &waiter, "warm").await;
     let held = holder.acquire(&patient(), "hint").await.expect("acquire");
     let before = command_stats(&c);
