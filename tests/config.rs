@@ -70,33 +70,9 @@ async fn config_errors_say_what_to_do() {
 }
 
 /// Log output of the current thread's tracing events while the returned guard lives.
-fn capture_logs() -> (
-    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-    tracing::subscriber::DefaultGuard,
-) {
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || LogSink(sink.clone()))
-        .finish();
+fn capture_logs() -> (common::Log, tracing::subscriber::DefaultGuard) {
+    let (log, subscriber) = common::log_subscriber("warn");
     (log, tracing::subscriber::set_default(subscriber))
-}
-
-struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 // Current-thread runtime: `build()` logs on this thread, where the subscriber is the default.

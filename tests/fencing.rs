@@ -155,8 +155,9 @@ async fn tokens_strictly_increase_through_crashes_and_contention() {
             let mut faults = 0;
             // Crash a random node, let the clients run on 4 of 5, restart it (AOF replays),
             // let them run on 5; now and then two at once (still a minority).
-            // Bounded, so a client that panicked fails the test instead of hanging it.
-            let give_up = Instant::now() + Duration::from_secs(90);
+            // Bounded (a hang guard), so a client that panicked fails the test instead of
+            // hanging it.
+            let give_up = Instant::now() + HANG_GUARD;
             while tokens.lock().expect("no poison").len() < 2_000 && Instant::now() < give_up {
                 let a = rng.usize(0..5);
                 let b = (a + 1 + rng.usize(0..4)) % 5;

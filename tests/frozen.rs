@@ -27,21 +27,6 @@ async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Calls of `command` node `i` ran since it started (0 if never).
-fn calls(c: &LocalCluster, i: usize, command: &str) -> u64 {
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut conn(c, i))
-        .expect("INFO");
-    let prefix = format!("cmdstat_{command}:calls=");
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|r| r.split(',').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A guard on every node of `c` (stragglers included), so each node holds the key.
 async fn held_everywhere(locks: &RedLock, c: &LocalCluster, key: &str) -> redquorum::LockGuard {
     let g = locks.try_acquire(key).await.expect("ok").expect("free");
@@ -94,7 +79,14 @@ async fn a_refused_attempt_is_undone_only_on_the_node_that_did_not_answer() {
     let c = cluster(3);
     let holder = locks(&c).await;
     let _held = held_everywhere(&holder, &c, "k").await;
-    let contender = locks(&c).await;
+    // A node timeout that nodes 0 and 1 meet even on a loaded machine (an answer later than it
+    // is a silence, which rightly calls for an undo or a retry there too).
+    let node_timeout = Duration::from_secs(1);
+    let contender = builder(&c)
+        .node_timeout(node_timeout)
+        .build()
+        .await
+        .expect("build");
     // Load the scripts now (a release runs one), so the counts below are the undo's alone;
     // once the warm-up key is gone from every node, its release has run everywhere.
     let warm = contender
@@ -113,9 +105,9 @@ async fn a_refused_attempt_is_undone_only_on_the_node_that_did_not_answer() {
     );
     // The round was decided without node 2; its answer is still awaited, and an answer
     // (a refusal) would need no undo. Only once its request has timed out (no signal of that
-    // leaves the client: wait well past the 250 ms node timeout) does its silence call for
-    // an undo, queued behind the acquire, which runs on resume.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // leaves the client: wait well past the node timeout) does its silence call for an undo,
+    // queued behind the acquire, which runs on resume.
+    tokio::time::sleep(node_timeout * 2).await;
     c.resume(2).expect("resume");
     assert!(
         eventually(|| calls(&c, 2, "evalsha") > before[2]).await,

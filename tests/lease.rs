@@ -23,9 +23,10 @@ async fn release_of_an_expired_lock_is_not_held() {
     let g = locks.try_acquire("k").await.expect("ok").expect("free");
     let key = locks.redis_key("k").expect("key");
     // Wait for the nodes themselves to expire the key (the behaviour under test).
-    while (0..3).any(|i| pttl(&c, i, &key) != -2) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the nodes to expire the key", || {
+        (0..3).all(|i| pttl(&c, i, &key) == -2)
+    })
+    .await;
     assert_eq!(g.validity(), Duration::ZERO);
     let err = g.release().await.expect_err("expired");
     assert!(

@@ -10,6 +10,7 @@ use common::*;
 use redquorum::testkit::LocalCluster;
 use redquorum::{Context, RedLock, Retry};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// A covered waiter that practically never polls by its retry policy (full jitter over
 /// [0, HANG_GUARD]) and whose safety poll is the default (30 s): a wake-up within a few
@@ -33,29 +34,20 @@ async fn a_sets_release_wakes_a_single_key_waiter_of_one_of_its_keys() {
     let c = cluster(3);
     let sets = long_lease(&c).await;
     let waiter = covered_waiter(&c, HANG_GUARD * 2).await;
-    let channel = format!("{}:released", waiter.redis_key("k").expect("key"));
     let set = sets
         .try_acquire_many(&["k", "other"])
         .await
         .expect("ok")
         .expect("free");
     let before = command_stats(&c);
-    let task = {
-        let waiter = waiter.clone();
-        tokio::spawn(async move {
-            waiter
-                .acquire(&Context::with_timeout(Duration::from_secs(10)), "k")
-                .await
-        })
-    };
-    assert!(
-        until_numsub(&c, &channel, 1).await,
-        "waiter never subscribed"
-    );
-    eventually("the waiter re-checks after subscribing", || {
-        command_stats(&c).since(&before).calls("set") >= 6
-    })
+    let task = awaited(
+        &c,
+        &waiter,
+        "k",
+        Context::with_timeout(Duration::from_secs(10)),
+    )
     .await;
+    until_rechecked(&c, &before).await;
     let released = Instant::now();
     set.release().await.expect("release");
     let got = task.await.expect("no panic");
@@ -77,46 +69,40 @@ async fn a_sets_release_wakes_a_single_key_waiter_of_one_of_its_keys() {
 /// lease ends much sooner. If the holder has died, the waiter sleeps up to one TTL past its
 /// lease end, with nothing to announce the free lock (same TTL on every client).
 ///
-/// Schedule (3 nodes, every client ttl 8 s):
+/// Schedule (3 nodes, every client ttl 12 s):
 /// 1. a stale value on nodes 0 and 1 only (a previous holder's partial release);
-/// 2. W acquires with a 6 s deadline: granted on node 2 only, a split; it undoes quietly,
-///    arms `LeaveAnnounced` and waits;
+/// 2. W acquires: granted on node 2 only, a split; it undoes quietly, arms `LeaveAnnounced`
+///    and waits;
 /// 3. the stale value goes (no PUBLISH); H acquires all three nodes and dies (lease ends at
-///    t_H + 8 s);
-/// 4. Z waits, covered, with the PTTL hint: sleeps until t_H + 8 s;
-/// 5. W's deadline (t_H + ~5.5 s): it leaves and PUBLISHes on every node (nothing deleted);
-/// 6. Z wakes, re-attempts without a hint, is refused by H, assumes 8 s: sleeps until
-///    t_H + ~13.5 s, ~5.5 s after H's lease ended.
+///    t_H + 12 s);
+/// 4. Z waits, covered, with the PTTL hint: sleeps until t_H + 12 s;
+/// 5. W is cancelled at t_H + 9 s: it leaves and PUBLISHes on every node (nothing deleted);
+/// 6. Z wakes, re-attempts without a hint, is refused by H, assumes 12 s: sleeps until
+///    t_H + 21 s, 9 s after H's lease ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bare_announcement_does_not_make_a_waiter_oversleep_a_dead_holders_lease() {
     let c = cluster(3);
-    let ttl = Duration::from_secs(8);
+    let ttl = Duration::from_secs(12);
     let splitter = covered_waiter(&c, ttl).await;
     let holder = builder(&c).ttl(ttl).build().await.expect("build");
     let waiter = covered_waiter(&c, ttl).await;
     let key = holder.redis_key("k").expect("key");
-    let channel = format!("{key}:released");
 
     // 1. A stale value on a minority... of two of three nodes.
     for i in 0..2 {
         raw(&c, i, &["SET", &key, "stale", "PX", "60000"]);
     }
-    // 2. W splits: node 2 grants, 0 and 1 refuse.
-    let w_started = Instant::now();
+    // 2. W splits: node 2 grants, 0 and 1 refuse. It waits until it is cancelled (step 5).
+    let leave = CancellationToken::new();
     let before = command_stats(&c);
-    let w = {
-        let splitter = splitter.clone();
-        tokio::spawn(async move {
-            splitter
-                .acquire(&Context::with_timeout(Duration::from_secs(6)), "k")
-                .await
-        })
-    };
-    assert!(until_numsub(&c, &channel, 1).await, "W never subscribed");
-    eventually("W re-checks after subscribing", || {
-        command_stats(&c).since(&before).calls("set") >= 6
-    })
+    let w = awaited(
+        &c,
+        &splitter,
+        "k",
+        Context::with_timeout(HANG_GUARD).with_cancel(leave.clone()),
+    )
     .await;
+    until_rechecked(&c, &before).await;
     eventually("W's quiet undo lands on node 2", || {
         get(&c, 2, &key).is_none()
     })
@@ -128,22 +114,33 @@ async fn a_bare_announcement_does_not_make_a_waiter_oversleep_a_dead_holders_lea
     let g = holder.try_acquire("k").await.expect("ok").expect("free");
     let lease_ends = Instant::now() + ttl;
     std::mem::forget(g);
-    assert!(
-        w_started.elapsed() < Duration::from_secs(2),
-        "set-up too slow for the schedule"
-    );
-    // 4. Z waits, covered, until H's lease end.
+    // 4. Z waits, covered, until H's lease end: subscribed beside W, and re-checked with the
+    //    PTTL hint.
+    let before = command_stats(&c);
     let z = {
         let waiter = waiter.clone();
-        tokio::spawn(async move {
-            waiter
-                .acquire(&Context::with_timeout(ttl + Duration::from_secs(3)), "k")
-                .await
-        })
+        tokio::spawn(async move { waiter.acquire(&patient(), "k").await })
     };
-    // 5. W leaves at its deadline (announcing the key on every node).
+    assert!(
+        until_numsub(&c, &format!("{key}:released"), 2).await,
+        "Z never subscribed"
+    );
+    until_rechecked(&c, &before).await;
+    // 5. W leaves (announcing the key on every node) 3 s before H's lease ends: a waiter that
+    //    then assumed a fresh lease of its own TTL would sleep until 9 s after that end.
+    let leave_at = lease_ends - Duration::from_secs(3);
+    assert!(
+        Instant::now() < leave_at,
+        "set-up took more than {:?} of H's lease: the schedule cannot be run",
+        ttl - Duration::from_secs(3)
+    );
+    tokio::time::sleep_until(leave_at).await;
+    leave.cancel();
     let left = w.await.expect("no panic");
-    assert!(left.is_err(), "W cannot win while H holds every node");
+    assert!(
+        matches!(left, Err(redquorum::Error::Cancelled { .. })),
+        "W cannot win while H holds every node: {left:?}"
+    );
     // 6. Z must still be woken at H's lease end.
     let got = z.await.expect("no panic");
     let now = Instant::now();
@@ -176,22 +173,14 @@ async fn a_waiter_woken_by_a_release_does_not_assume_its_own_ttl_for_the_winner(
     let channel = format!("{key}:released");
     let g = holder.try_acquire("k").await.expect("ok").expect("free");
     let before = command_stats(&c);
-    let task = {
-        let waiter = waiter.clone();
-        tokio::spawn(async move {
-            waiter
-                .acquire(&Context::with_timeout(Duration::from_secs(6)), "k")
-                .await
-        })
-    };
-    assert!(
-        until_numsub(&c, &channel, 1).await,
-        "waiter never subscribed"
-    );
-    eventually("the waiter re-checks after subscribing", || {
-        command_stats(&c).since(&before).calls("set") >= 6
-    })
+    let task = awaited(
+        &c,
+        &waiter,
+        "k",
+        Context::with_timeout(Duration::from_secs(6)),
+    )
     .await;
+    until_rechecked(&c, &before).await;
     // Per node, in one step: the holder's release (delete + publish) and a 1 s contender's
     // grant, which then dies.
     let script = "redis.call('DEL', KEYS[1]); \
@@ -241,22 +230,14 @@ async fn a_waiter_whose_last_round_was_unreachable_polls() {
     let channel = format!("{key}:released");
     let g = holder.try_acquire("k").await.expect("ok").expect("free");
     let before = command_stats(&c);
-    let task = {
-        let waiter = waiter.clone();
-        tokio::spawn(async move {
-            waiter
-                .acquire(&Context::with_timeout(Duration::from_secs(8)), "k")
-                .await
-        })
-    };
-    assert!(
-        until_numsub(&c, &channel, 1).await,
-        "waiter never subscribed"
-    );
-    eventually("the waiter re-checks after subscribing", || {
-        command_stats(&c).since(&before).calls("set") >= 6
-    })
+    let task = awaited(
+        &c,
+        &waiter,
+        "k",
+        Context::with_timeout(Duration::from_secs(8)),
+    )
     .await;
+    until_rechecked(&c, &before).await;
     // The nodes refuse writes; the holder's release lands (DEL and PUBLISH still run).
     for i in 0..3 {
         raw(&c, i, &["CONFIG", "SET", "maxmemory", "1"]);
@@ -266,13 +247,7 @@ async fn a_waiter_whose_last_round_was_unreachable_polls() {
     }
     // One message wakes the waiter once (a message per node would wake it per node).
     raw(&c, 0, &["PUBLISH", &channel, ""]);
-    let oom = |i: usize| {
-        let info: String = redis::cmd("INFO")
-            .arg("errorstats")
-            .query(&mut conn(&c, i))
-            .expect("INFO");
-        info.contains("errorstat_OOM")
-    };
+    let oom = |i: usize| info(&c, i, "errorstats").contains("errorstat_OOM");
     eventually("the waiter's round is refused for memory", || {
         (0..3).all(oom)
     })

@@ -268,9 +268,10 @@ async fn try_acquire_is_not_blocked_by_a_local_guard_kept_past_its_validity() {
     let (locks, stale) = kept_past_its_validity(&c).await;
     let key = locks.redis_key("k").expect("key");
     // The nodes expire the key a drift after the validity: wait for that, not for a time.
-    while (0..3).any(|i| pttl(&c, i, &key) != -2) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the nodes to expire the key", || {
+        (0..3).all(|i| pttl(&c, i, &key) == -2)
+    })
+    .await;
     let fresh = locks
         .try_acquire("k")
         .await

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use redquorum::testkit::LocalCluster;
-use redquorum::{Context, RedLock, RedLockBuilder, Retry};
+use redquorum::{Context, Error, LockGuard, RedLock, RedLockBuilder, Retry};
 
 /// The bound on every wait whose length is not the behaviour under test (a subscription to
 /// appear, a background release to land, an acquire that must succeed): only a hang guard.
@@ -132,8 +132,8 @@ const HELPER_NAME: &str = "redquorum-test-helper";
 /// Clients connected to node `i` other than the test's own helpers (the connections kept here
 /// and the testkit's, which reads command stats).
 pub fn clients(cluster: &LocalCluster, i: usize) -> usize {
-    let list: String = query(cluster, i, redis::cmd("CLIENT").arg("LIST"), "CLIENT LIST");
-    list.lines()
+    client_list(cluster, i)
+        .lines()
         .filter(|l| {
             !l.split(' ')
                 .any(|f| f == format!("name={HELPER_NAME}") || f == "name=redquorum-testkit")
@@ -190,6 +190,38 @@ fn query<T: redis::FromRedisValue>(
         .unwrap_or_else(|e| panic!("{what} on node {i}: {e}"));
     *slot = Some(c);
     value
+}
+
+/// `INFO section` of node `i` (over the kept connection).
+pub fn info(cluster: &LocalCluster, i: usize, section: &str) -> String {
+    query(cluster, i, redis::cmd("INFO").arg(section), "INFO")
+}
+
+/// Calls of `command` (lower case) node `i` ran since it started, 0 if never.
+pub fn calls(cluster: &LocalCluster, i: usize, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
+    info(cluster, i, "commandstats")
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|r| r.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `CLIENT LIST` of node `i`: one line per connection, the helpers' own included.
+pub fn client_list(cluster: &LocalCluster, i: usize) -> String {
+    query(cluster, i, redis::cmd("CLIENT").arg("LIST"), "CLIENT LIST")
+}
+
+/// Closes every subscription connection node `i` has (`CLIENT KILL TYPE pubsub`; the
+/// helpers' connections never subscribe) and returns how many there were.
+pub fn kill_subscriptions(cluster: &LocalCluster, i: usize) -> i64 {
+    query(
+        cluster,
+        i,
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
+        "CLIENT KILL",
+    )
 }
 
 /// The value of `key` on node `i`.
@@ -271,4 +303,91 @@ pub async fn until_numsub(c: &LocalCluster, channel: &str, want: i64) -> bool {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     false
+}
+
+/// A task waiting for a lock: what `tokio::spawn` of an `acquire` returns.
+pub type Waiting = tokio::task::JoinHandle<Result<LockGuard, Error>>;
+
+/// Starts a task of `waiter` acquiring `key` within `ctx`, and returns it once the waiter is
+/// subscribed on every node.
+pub async fn awaited(
+    c: &LocalCluster,
+    waiter: &RedLock,
+    key: &'static str,
+    ctx: Context,
+) -> Waiting {
+    let channel = format!("{}:released", waiter.redis_key(key).expect("key"));
+    let task = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.acquire(&ctx, key).await })
+    };
+    assert!(
+        until_numsub(c, &channel, 1).await,
+        "waiter never subscribed"
+    );
+    task
+}
+
+/// Waits until the nodes ran a SET each twice since `before`: a single-key waiter's first
+/// attempt and its re-check after subscribing. From then on it waits for a notification.
+pub async fn until_rechecked(c: &LocalCluster, before: &redquorum::testkit::CommandStats) {
+    let want = 2 * c.len() as u64;
+    eventually("the waiter re-checks after subscribing", || {
+        command_stats(c).since(before).calls("set") >= want
+    })
+    .await;
+}
+
+/// `holder` takes `key`; then a task of `waiter` waits for it, and this returns once that
+/// waiter is subscribed on every node and has re-checked after subscribing (the guard, the
+/// waiting task).
+pub async fn held_and_awaited(
+    c: &LocalCluster,
+    holder: &RedLock,
+    waiter: &RedLock,
+    key: &'static str,
+) -> (LockGuard, Waiting) {
+    let g = holder.try_acquire(key).await.expect("ok").expect("free");
+    // Every node's grant in before counting the waiter's SETs.
+    eventually("the holder's grant on every node", || {
+        g.granted_nodes() == c.len()
+    })
+    .await;
+    let before = command_stats(c);
+    let task = awaited(c, waiter, key, patient()).await;
+    until_rechecked(c, &before).await;
+    (g, task)
+}
+
+/// What a test's tracing subscriber wrote (see [`log_subscriber`]).
+pub type Log = Arc<Mutex<Vec<u8>>>;
+
+/// A tracing subscriber (plain text, events that `filter` lets through, an `EnvFilter`
+/// directive such as `"warn"` or `"redquorum=debug"`) writing into the returned [`Log`]; the
+/// test installs it for its thread or for the whole binary.
+pub fn log_subscriber(filter: &str) -> (Log, impl tracing::Subscriber + Send + Sync + 'static) {
+    let log = Log::default();
+    let sink = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_writer(move || LogSink(sink.clone()))
+        .finish();
+    (log, subscriber)
+}
+
+/// The writer behind [`log_subscriber`].
+struct LogSink(Log);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
