@@ -483,9 +483,8 @@ impl LockGuard {
     /// [`Error::NotOwner`] when the lease had expired and another owner holds the key;
     /// [`Error::NotHeld`] when the key was already gone (expired); [`Error::NoQuorum`] when too
     /// few nodes answered. Whatever the outcome, a node that did not answer (even one that
-    /// timed out after a majority had answered) is tried again in the background (pauses doubling
-    /// to 1 s) for as long as the key could still be there; a node unreachable all that time
-    /// loses it by TTL.
+    /// timed out after a majority answered) is retried in the background (pauses doubling to
+    /// 1 s) while the key could still be there; a node unreachable all that time loses it by TTL.
     ///
     /// # Cancel safety
     /// If the future is dropped before it completes, the guard's drop spawns the release again.
@@ -519,8 +518,8 @@ impl LockGuard {
         lease.stop();
         let passed = self.pass_baton();
         lease.end();
-        telemetry::release(passed);
         if passed {
+            telemetry::release(true);
             self.released = true;
             return Ok(());
         }
@@ -531,6 +530,7 @@ impl LockGuard {
         if let (true, Some(ticket)) = (announce, &self.ticket) {
             ticket.announced(round.listeners, cluster.others_poll(lease.keys()));
         }
+        telemetry::release(false); // with `released`: a cut future is counted by the drop
         self.released = true;
         let outcome = round.outcome(Operation::Release, lease.key());
         tracing::debug!(key = lease.key(), ok = outcome.is_ok(), "lock released");

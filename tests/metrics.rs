@@ -188,3 +188,39 @@ async fn wait_for_subscribers(c: &redquorum::testkit::LocalCluster, locks: &RedL
     })
     .await;
 }
+
+/// A release whose future is dropped after its first poll (its round is already out) is one
+/// release: `redquorum_releases_total` must count it once, not once in `release()` and again in
+/// the guard's drop (which sends the round again in the background). A recorder local to this
+/// test's thread (a current-thread runtime), so the global one of the test above is untouched.
+#[test]
+fn a_release_whose_future_is_dropped_counts_once() {
+    use futures::FutureExt;
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let c = cluster(3);
+            let a = long_lease(&c).await;
+            let guard = a.acquire(&patient(), "cut").await.expect("free");
+            step(&snapshotter); // the build and the grant
+                                // One poll sends the release round; its replies cannot have come yet.
+            assert!(
+                guard.release().now_or_never().is_none(),
+                "decided in one poll"
+            );
+            // The drop of the cut future's guard released it in the background.
+            eventually("the key released", || all_keys(&c).is_empty()).await;
+            let s = step(&snapshotter);
+            assert_eq!(
+                sum(&s, "redquorum_releases_total", ""),
+                1,
+                "one release counted: {s:#?}"
+            );
+        });
+    });
+}

@@ -224,3 +224,50 @@ async fn an_undetermined_majority_is_no_quorum_not_free() {
     assert!(matches!(held, Err(Error::NoQuorum { .. })), "{held:?}");
     g.release().await.expect("release");
 }
+
+/// No reference cycle keeps a lock manager alive: once every `RedLock`, guard and lease is
+/// dropped (after local queues, a hand-off, a release subscription and a keep-alive were all
+/// used), every connection it made to the nodes closes. The queues' announcer holds the
+/// cluster; nothing the cluster holds may hold the queues back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_lock_manager_closes_every_connection() {
+    let c = cluster(3);
+    let connections = || (0..3).map(|i| clients(&c, i)).collect::<Vec<_>>();
+    let before = connections();
+    {
+        let a = long_lease(&c).await;
+        let b = long_lease(&c).await;
+        let held = a.acquire(&patient(), "k").await.expect("free");
+        held.keep_alive();
+        // A waiter of another process subscribes; a local one queues behind the holder. Each
+        // releases as soon as it is granted (whichever order they get the lock in).
+        let take_and_release = |locks: redquorum::RedLock| {
+            tokio::spawn(async move {
+                let guard = locks.acquire(&patient(), "k").await.expect("granted");
+                let lease = guard.lease();
+                guard.release().await.expect("release");
+                drop(lease);
+            })
+        };
+        let remote = take_and_release(b.clone());
+        let local = take_and_release(a.clone());
+        let channel = format!("{}:released", a.redis_key("k").expect("key"));
+        assert!(
+            until_numsub(&c, &channel, 1).await,
+            "the remote waiter subscribed"
+        );
+        held.release().await.expect("release");
+        local.await.expect("no panic");
+        remote.await.expect("no panic");
+        let open = connections();
+        assert!(
+            open.iter().zip(&before).all(|(o, b)| o > b),
+            "{before:?} -> {open:?}"
+        );
+    }
+    eventually(
+        "every connection of the dropped lock managers closed",
+        || connections() == before,
+    )
+    .await;
+}
