@@ -109,8 +109,9 @@ pub enum Error {
         /// Nodes that answered at all (a grant or a refusal, a value or none).
         answered: usize,
         /// Nodes that did what was asked: granted (acquire), deleted or extended our value
-        /// (release, extend), held the value most of them agreed on (query); for connect, the
-        /// nodes that answered.
+        /// (release, extend), held the value asked about (query: our value for
+        /// [`is_held`](crate::LockGuard::is_held), else the value most nodes held); for
+        /// connect, the nodes that answered.
         confirmed: usize,
         /// The majority needed.
         required: usize,

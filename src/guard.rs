@@ -415,7 +415,7 @@ impl LockGuard {
         match query::majority(ours, &q.tally) {
             Some(true) if !self.validity().is_zero() => Ok(true),
             // The nodes that did not answer may still hold our value.
-            None if !self.validity().is_zero() => Err(q.no_quorum(self.key())),
+            None if !self.validity().is_zero() => Err(q.no_quorum(self.key(), ours)),
             _ => {
                 lease.lose("our value is no longer on a majority of nodes");
                 Ok(false)

@@ -68,6 +68,8 @@ struct State {
     /// Fired when the guard is released or dropped: ends the background task.
     done: CancellationToken,
     renew: AtomicBool,
+    /// Set by the first loss reported (logged and counted once, whoever races to report it).
+    lost_once: AtomicBool,
     /// Wakes the background task when the schedule changed.
     changed: Notify,
     task: Once,
@@ -111,6 +113,7 @@ impl Lease {
             lost: CancellationToken::new(),
             done: CancellationToken::new(),
             renew: AtomicBool::new(false),
+            lost_once: AtomicBool::new(false),
             changed: Notify::new(),
             task: Once::new(),
             runtime: tokio::runtime::Handle::try_current().ok(),
@@ -512,7 +515,11 @@ impl State {
     /// The lock can no longer be trusted: the validity ends now (a loss that an extension or
     /// a query confirmed must not leave work the rest of its old validity) and `lost` fires.
     fn lose(&self, why: &str) {
-        if !self.lost.is_cancelled() && !self.done.is_cancelled() {
+        // The swap makes exactly one caller report it (`is_held` and the keep-alive may race).
+        if !self.done.is_cancelled()
+            && !self.lost.is_cancelled()
+            && !self.lost_once.swap(true, Ordering::AcqRel)
+        {
             tracing::warn!(key = &*self.key, why, "lock lost");
             telemetry::lease_lost();
             let now = Instant::now();

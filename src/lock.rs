@@ -467,7 +467,7 @@ impl RedLock {
             Some(true) => Ok(Some(value.to_owned())),
             Some(false) => Ok(None),
             // The nodes that did not answer could have given some value a majority.
-            None => Err(q.no_quorum(key)),
+            None => Err(q.no_quorum(key, count)),
         }
     }
 }

@@ -13,16 +13,22 @@
 //! after them.
 //!
 //! # Memory ordering
-//! - `votes`: each is written by whoever hears its node (the round's task, then its straggler
-//!   task) and read by the release and undo paths. No other memory is published through a
-//!   vote, so `Relaxed` suffices: a read that misses a concurrent write sees the node as not
-//!   (yet) answered, which every reader allows for (a release treats it as not granted there;
-//!   an undo leaves it to the straggler task, which records it and undoes after).
-//! - `released` and the `late` flags: `SeqCst`. The protocol above has the shape of Dekker's
-//!   (the release path stores `released` and later sets `RELEASE_MISSED`; the straggler path
-//!   loads `released` and then sets `ACQUIRED_LATE`), and its case analysis reasons about one
-//!   total order of these accesses consistent with each task's program order — which `SeqCst`
-//!   gives. They are touched a few times per lock: the cost is nil.
+//! - `votes`: each is written once per reply (from "not heard" to final) by whoever hears its
+//!   node (the round's task, then its straggler task) and read by the release and undo paths.
+//!   No other memory is published through a vote, so `Relaxed` suffices: a read that misses a
+//!   concurrent write sees the node as not (yet) answered, which every reader allows for (a
+//!   release treats it as not granted there, and the straggler protocol covers that node; an
+//!   undo reads only votes its own task wrote, and leaves the rest to the straggler task).
+//! - `late[i]`: the two observers meet only through `fetch_or` on this one byte. Read-modify-
+//!   writes of one atomic are totally ordered whatever the ordering, so exactly the second one
+//!   sees the first one's bit.
+//! - `released`: stored before the release round is sent; the straggler path loads it after
+//!   its reply arrived. If that reply (a SET that landed) came after the DEL on its node, it
+//!   came causally after the release was sent — through the connection and the server, not
+//!   through memory — and the load sees the store. A reply that came before the DEL needs
+//!   nothing (see above). These accesses use `SeqCst`: no ordering is needed for the memory
+//!   model's sake, it costs nothing at a few accesses per lock, and it keeps the argument
+//!   about one order of events.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;

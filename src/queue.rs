@@ -32,9 +32,10 @@
 //!
 //! # Deadlock safety
 //! The queue mutex is taken with no other lock held. Under it, only leaf locks are taken:
-//! [`Holder::stale_at`] (a lease's expiry mutex) and `Notify`. Nothing is awaited under it,
-//! and nothing whose drop takes a lock is dropped under it: a removed entry (its baton and
-//! subscription) and a replaced subscription are dropped after the mutex is released.
+//! [`Holder::stale_at`] (a lease's expiry mutex), `Notify`, and a holder's last handle may be
+//! dropped (its `CancellationToken`s take tokio-util's internal leaf lock). Nothing is awaited
+//! under it, and nothing whose drop takes one of our locks is dropped under it: a removed entry
+//! (its baton and subscription) and a replaced subscription are dropped after it is released.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

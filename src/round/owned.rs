@@ -84,8 +84,8 @@ pub(crate) async fn release(
     announce: bool,
 ) -> OwnedRound {
     states.mark_released();
-    let again = Some((Arc::new(Op::release(keys, value, true)), states.clone()));
-    round(cluster, Op::release(keys, value, announce), again).await
+    let late_release = Some((Arc::new(Op::release(keys, value, true)), states.clone()));
+    round(cluster, Op::release(keys, value, announce), late_release).await
 }
 
 /// An extension of `value` under `keys` to `lease_ms` on every node holding it.
@@ -101,20 +101,20 @@ pub(crate) async fn extend(
 /// What happens to each node's final answer to a release, before or after the decision: a
 /// failure is retried in the background; a release that did not delete our value where a
 /// straggling acquire landed after it is sent once more.
-struct Settle {
+struct FinalAnswers {
     cluster: Arc<Cluster>,
     retry: Arc<Op>,
-    /// The release to send again, and the grant records.
-    again: Option<(Arc<Op>, NodeStates)>,
+    /// The release to send after a straggling acquire, and the grant records.
+    late_release: Option<(Arc<Op>, NodeStates)>,
 }
 
-impl Settle {
+impl FinalAnswers {
     fn node(&self, i: usize, reply: &Result<Owned, NodeCause>) {
-        let Some((again, states)) = &self.again else {
+        let Some((late_release, states)) = &self.late_release else {
             return;
         };
         if !matches!(reply, Ok(Owned::Done { .. })) && states.release_missed(i) {
-            self.cluster.clean(i, again, 0);
+            self.cluster.clean(i, late_release, 0);
         } else if reply.is_err() {
             self.cluster.clean(i, &self.retry, 1);
         }
@@ -126,22 +126,26 @@ impl Settle {
 /// outcome does not depend on the order of replies. Stragglers are finished in the background
 /// so the change still reaches slow nodes.
 ///
-/// With `again` (a guard's release), each node's final answer is settled (see [`Settle`]).
-async fn round(cluster: &Arc<Cluster>, op: Op, again: Option<(Arc<Op>, NodeStates)>) -> OwnedRound {
+/// With `late_release` (a guard's release), each node's final answer is acted on (see [`FinalAnswers`]).
+async fn round(
+    cluster: &Arc<Cluster>,
+    op: Op,
+    late_release: Option<(Arc<Op>, NodeStates)>,
+) -> OwnedRound {
     let op = Arc::new(op);
     let mut pending: FuturesUnordered<_> = cluster.fan_out(|nodes, i| {
         let op = op.clone();
         async move { nodes.owned(i, &op).await }
     });
-    let granted_here = |i: usize| again.as_ref().is_none_or(|(_, s)| s.granted_on(i));
+    let granted_here = |i: usize| late_release.as_ref().is_none_or(|(_, s)| s.granted_on(i));
     let mut round = OwnedRound::new(cluster.len());
-    let settle = Settle {
+    let answers = FinalAnswers {
         cluster: cluster.clone(),
         retry: op.clone(),
-        again: again.clone(),
+        late_release: late_release.clone(),
     };
     quorum::until(&mut pending, |(i, reply)| {
-        settle.node(i, &reply);
+        answers.node(i, &reply);
         match reply {
             Ok(Owned::Done { listeners }) => {
                 round.tally.record(Vote::Yes);
@@ -163,7 +167,7 @@ async fn round(cluster: &Arc<Cluster>, op: Op, again: Option<(Arc<Op>, NodeState
     if !pending.is_empty() {
         tokio::spawn(async move {
             quorum::until(&mut pending, |(i, reply)| {
-                settle.node(i, &reply);
+                answers.node(i, &reply);
                 false
             })
             .await;

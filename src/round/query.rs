@@ -32,13 +32,14 @@ impl Query {
             .map(|(v, c)| (v.as_str(), *c))
     }
 
-    /// The error of a read that could not tell.
-    pub(crate) fn no_quorum(self, key: &str) -> Error {
+    /// The error of a read that could not tell whether the value it asks about, seen on
+    /// `confirmed` nodes, is on a majority.
+    pub(crate) fn no_quorum(self, key: &str, confirmed: usize) -> Error {
         Error::NoQuorum {
             op: Operation::Query,
             key: key.into(),
             answered: self.tally.answered(),
-            confirmed: self.most_held().map_or(0, |(_, c)| c),
+            confirmed,
             required: self.tally.required(),
             nodes: self.tally.nodes,
             causes: self.causes,
