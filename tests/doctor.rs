@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use common::{cluster, raw};
@@ -589,13 +589,7 @@ async fn build_logs_a_warning_for_each_unsafe_setting() {
     let c = cluster(3);
     make_safe(&c);
     config_set(&c, 2, "appendonly", "no");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let sink = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || LogSink(sink.clone()))
-        .finish();
+    let (log, subscriber) = common::log_subscriber("warn");
     let _guard = tracing::subscriber::set_default(subscriber);
     let _locks = builder(c.urls())
         .build()
@@ -614,19 +608,4 @@ async fn build_logs_a_warning_for_each_unsafe_setting() {
         warnings[0].contains(&format!("127.0.0.1:{port}")) && warnings[0].contains("appendonly no"),
         "{logged}"
     );
-}
-
-struct LogSink(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
-use redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind, RedisError, Value};
+use redis::{AsyncConnectionConfig, Client, Cmd, RedisError, Value};
 use tokio::time::Instant;
 
 use super::judge::{self, Read, Tick};
 use super::report::{Check, Finding, Level, NodeReport};
 use crate::error::NodeCause;
+use crate::node::redis_cause;
 
 /// The crate's release script: what the `SCRIPT LOAD` probe loads (the crate loads it anyway).
 const RELEASE_SCRIPT: &str = include_str!("../scripts/release.lua");
@@ -61,7 +62,7 @@ pub(crate) async fn node(plan: &Plan, target: &Target) -> NodeReport {
     .await;
     let mut conn = match connected {
         Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => return unreachable(report, cause(&e)),
+        Ok(Err(e)) => return unreachable(report, redis_cause(&e)),
         Err(_) => return unreachable(report, NodeCause::Timeout),
     };
     let clock_start = match plan.clock_sample {
@@ -268,24 +269,7 @@ fn classify(e: &RedisError) -> Failure {
     } else if text.to_ascii_lowercase().contains("unknown command") {
         Failure::Denied(format!("unknown command, renamed or disabled ({text})"))
     } else {
-        Failure::Other(cause(e))
-    }
-}
-
-fn cause(e: &RedisError) -> NodeCause {
-    let text: Arc<str> = one_line(&e.to_string()).into();
-    if e.is_timeout() {
-        NodeCause::Timeout
-    } else if e.is_connection_refusal() {
-        NodeCause::Refused
-    } else if e.kind() == ErrorKind::AuthenticationFailed
-        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
-    {
-        NodeCause::Auth(text)
-    } else if e.kind() == ErrorKind::Parse {
-        NodeCause::NotRedis(text)
-    } else {
-        NodeCause::Redis(text)
+        Failure::Other(redis_cause(e))
     }
 }
 

@@ -7,7 +7,7 @@ use redis::{ErrorKind, RedisError};
 use crate::error::NodeCause;
 
 /// What a redis error says about the node, in one line.
-pub(super) fn redis_cause(e: &RedisError) -> NodeCause {
+pub(crate) fn redis_cause(e: &RedisError) -> NodeCause {
     if e.is_timeout() {
         NodeCause::Timeout
     } else if e.is_connection_refusal() {

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, NodeCause, NodeFailure};
 use crate::quorum::{Decision, Tally, Vote};
-use cause::redis_cause;
+pub(crate) use cause::redis_cause;
 use link::{Identities, Link};
 use op::{grant_reply, owned_reply};
 pub(crate) use op::{Grant, Op, Owned};
