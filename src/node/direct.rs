@@ -63,9 +63,11 @@ impl Request for Lone {
     }
 }
 
-/// `op` on `link`, run by the caller's task (which bounds it). Guarantees as through the sender task: an acquire whose caller gave up is not sent,
-/// nor resent after NOSCRIPT (its future is dropped with it); any other request always goes
-/// out: dropped before its reply, the rest of it is spawned and runs to its bound.
+/// `op` on `link`, run by the caller's task (which bounds it). Guarantees as through the
+/// sender task: an acquire whose caller gave up is not sent (dropped before redis-rs' driver
+/// took it, it is skipped there: nobody waits for its reply) nor resent after NOSCRIPT (its
+/// future is dropped with it); any other request always goes out: dropped before its reply,
+/// the rest of it is spawned and runs to its bound.
 pub(super) struct Direct {
     rest: Option<BoxFuture<'static, Result<Value, NodeCause>>>,
     /// Whether the request must go on without its caller (all but acquires).
