@@ -23,7 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let cluster = Arc::new(cluster);
     let start = Instant::now();
-    let handoffs = Arc::new(AtomicUsize::new(0));
+    let grants = Arc::new(AtomicUsize::new(0));
     let holders = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for w in 1..=WORKERS {
@@ -33,17 +33,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .owner(format!("worker-{w}"))
             .build()
             .await?;
-        let (cluster, handoffs, holders) = (cluster.clone(), handoffs.clone(), holders.clone());
+        let (cluster, grants, holders) = (cluster.clone(), grants.clone(), holders.clone());
         tasks.push(tokio::spawn(async move {
             for round in 1..=ROUNDS {
                 let asked = Instant::now();
                 let ctx = Context::with_timeout(Duration::from_secs(10));
                 let guard = locks.acquire(&ctx, "demo-job").await?;
-                let n = handoffs.fetch_add(1, Ordering::SeqCst) + 1;
+                let n = grants.fetch_add(1, Ordering::SeqCst) + 1;
                 let inside = holders.fetch_add(1, Ordering::SeqCst) + 1;
                 assert_eq!(inside, 1, "two holders at once");
                 println!(
-                    "{:>6.0?}  worker-{w} got the lock (round {round}, waited {:>4} ms, validity {} ms, {} nodes granted)",
+                    "{:>6.0?}  worker-{w} was granted the lock (round {round}, waited {:>4} ms, validity {} ms, {} nodes granted)",
                     start.elapsed(),
                     asked.elapsed().as_millis(),
                     guard.validity().as_millis(),
@@ -57,8 +57,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await; // the critical section
                 holders.fetch_sub(1, Ordering::SeqCst);
+                // Printed while the lock is still held, so that it comes before the next
+                // holder's grant: printed after `release()` returned, it could follow it.
+                println!("{:>6.0?}  worker-{w} releases the lock", start.elapsed());
                 guard.release().await?;
-                println!("{:>6.0?}  worker-{w} released", start.elapsed());
             }
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
         }));
@@ -67,8 +69,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.await?.map_err(|e| e.to_string())?;
     }
     println!(
-        "{} hand-offs between {WORKERS} workers in {:.0?}; never two holders at once",
-        handoffs.load(Ordering::SeqCst),
+        "{} grants between {WORKERS} workers in {:.0?}; never two holders at once",
+        grants.load(Ordering::SeqCst),
         start.elapsed()
     );
     Ok(())

@@ -14,8 +14,7 @@ use tokio_util::sync::CancellationToken;
 ///
 /// ```
 /// use std::time::Duration;
-/// use redquorum::Context;
-/// use tokio_util::sync::CancellationToken;
+/// use redquorum::{CancellationToken, Context};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {

@@ -68,16 +68,18 @@ pub enum Error {
         key: String,
     },
 
-    /// Fewer than a majority of nodes answered, so no decision could be made either way.
+    /// Too few nodes answered for a decision either way: the nodes that did not answer could
+    /// have tipped it.
     ///
     /// The message lists every failed node on a line of its own, each saying what to check:
     ///
     /// ```
-    /// use redquorum::{Error, NodeCause, NodeFailure};
+    /// use redquorum::{Error, NodeCause, NodeFailure, Operation};
     /// let err = Error::NoQuorum {
-    ///     op: "connect",
-    ///     key: String::new(),
-    ///     ok: 1,
+    ///     op: Operation::Acquire,
+    ///     key: "k".into(),
+    ///     answered: 1,
+    ///     confirmed: 1,
     ///     required: 2,
     ///     nodes: 3,
     ///     causes: vec![
@@ -86,23 +88,30 @@ pub enum Error {
     ///     ],
     /// };
     /// let msg = err.to_string();
-    /// assert!(msg.starts_with("no quorum for connect: 1 of 3 nodes answered in time but a majority, 2, is required"));
+    /// assert!(msg.starts_with(
+    ///     "no quorum for acquire of \"k\": 1 of 3 nodes answered in time (1 granted); a decision needs a majority, 2"
+    /// ));
     /// assert!(msg.contains("\n  10.0.0.1:6379/0: connection refused"));
     /// assert!(msg.contains("\n  10.0.0.2:6379/0: authentication failed"));
     /// ```
     #[error(
-        "no quorum for {what}: {ok} of {nodes} nodes answered in time but a majority, \
-         {required}, is required{causes}",
-        what = Operation(op, key),
+        "no quorum for {what}: {answered} of {nodes} nodes answered in time{confirmed}; a \
+         decision needs a majority, {required}{causes}",
+        what = Subject(*op, key),
+        confirmed = Confirmed(*op, *confirmed),
         causes = NodeFailures(causes)
     )]
     NoQuorum {
-        /// What was being done: `connect`, `acquire`, `release`, `extend` or `query`.
-        op: &'static str,
-        /// The key as the caller named it.
+        /// What was being done.
+        op: Operation,
+        /// The key as the caller named it (empty for [`Operation::Connect`]).
         key: String,
-        /// Nodes that answered (for acquire: that granted).
-        ok: usize,
+        /// Nodes that answered at all (a grant or a refusal, a value or none).
+        answered: usize,
+        /// Nodes that did what was asked: granted (acquire), deleted or extended our value
+        /// (release, extend), held the value most of them agreed on (query); for connect, the
+        /// nodes that answered.
+        confirmed: usize,
         /// The majority needed.
         required: usize,
         /// Number of nodes.
@@ -118,8 +127,8 @@ pub enum Error {
          section shorter than the guard's validity or extend it earlier"
     )]
     NotOwner {
-        /// `release` or `extend`.
-        op: &'static str,
+        /// [`Operation::Release`] or [`Operation::Extend`].
+        op: Operation,
         /// The key as the caller named it.
         key: String,
     },
@@ -143,8 +152,8 @@ pub enum Error {
          nothing to act on; keep the critical section shorter than the guard's validity"
     )]
     NotHeld {
-        /// `release` or `extend`.
-        op: &'static str,
+        /// [`Operation::Release`] or [`Operation::Extend`].
+        op: Operation,
         /// The key as the caller named it.
         key: String,
     },
@@ -186,7 +195,8 @@ impl Error {
     ///
     /// ```
     /// # use redquorum::Error;
-    /// assert!(Error::NotHeld { op: "release", key: "k".into() }.is_lost());
+    /// # use redquorum::Operation;
+    /// assert!(Error::NotHeld { op: Operation::Release, key: "k".into() }.is_lost());
     /// ```
     pub fn is_lost(&self) -> bool {
         matches!(
@@ -284,15 +294,72 @@ impl fmt::Display for NodeCause {
     }
 }
 
-/// `acquire of "k"`, or just `connect` when no key is involved.
-struct Operation<'a>(&'a str, &'a str);
+/// What a quorum operation was doing, in errors.
+///
+/// ```
+/// use redquorum::Operation;
+/// assert_eq!(Operation::Extend.to_string(), "extend");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Operation {
+    /// First contact with the nodes, in [`RedLockBuilder::build`](crate::RedLockBuilder::build).
+    Connect,
+    /// An acquisition round.
+    Acquire,
+    /// A release (compare-and-delete).
+    Release,
+    /// An extension (compare-and-extend).
+    Extend,
+    /// A read: [`RedLock::is_locked`](crate::RedLock::is_locked),
+    /// [`RedLock::owner`](crate::RedLock::owner), [`LockGuard::is_held`](crate::LockGuard::is_held).
+    Query,
+}
 
-impl fmt::Display for Operation<'_> {
+impl Operation {
+    /// The operation's name: `connect`, `acquire`, `release`, `extend` or `query`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Operation::Connect => "connect",
+            Operation::Acquire => "acquire",
+            Operation::Release => "release",
+            Operation::Extend => "extend",
+            Operation::Query => "query",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `acquire of "k"`, or just `connect` when no key is involved.
+struct Subject<'a>(Operation, &'a str);
+
+impl fmt::Display for Subject<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Operation(op, "") => f.write_str(op),
-            Operation(op, key) => write!(f, "{op} of {key:?}"),
+            Subject(op, "") => write!(f, "{op}"),
+            Subject(op, key) => write!(f, "{op} of {key:?}"),
         }
+    }
+}
+
+/// ` (2 granted)`: what the nodes that answered did, where it differs from answering.
+struct Confirmed(Operation, usize);
+
+impl fmt::Display for Confirmed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let did = match self.0 {
+            Operation::Connect => return Ok(()),
+            Operation::Acquire => "granted",
+            Operation::Release => "released",
+            Operation::Extend => "extended",
+            Operation::Query => "agreed on one value",
+        };
+        write!(f, " ({} {did})", self.1)
     }
 }
 

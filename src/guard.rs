@@ -1,6 +1,5 @@
 //! [`LockGuard`]: a held lock, released explicitly or on drop.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,13 +8,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::error::{Error, NodeCause};
+use crate::cluster::Cluster;
+use crate::error::{Error, Operation};
 use crate::keys::Keys;
 use crate::lease::Lease;
-use crate::lock::{spawn_release, Shared};
-use crate::node::{Grant, Script};
-use crate::queue::Ticket;
-use crate::quorum::Vote;
+use crate::node_states::NodeStates;
+use crate::queue::{Holder, Queues, Ticket};
+use crate::round::acquire::Won;
+use crate::round::owned;
+use crate::round::query::{self, query};
+use crate::telemetry;
 
 /// A lock held on a majority of nodes.
 ///
@@ -55,7 +57,22 @@ pub struct LockGuard {
     states: NodeStates,
     released: bool,
     /// This process's turn for the key; handed to the next local waiter after release.
-    ticket: Option<Ticket>,
+    ticket: Option<Turn>,
+}
+
+/// The local queues of a lock manager: they hand on [`Baton`]s and know holders by their
+/// [`Lease`].
+pub(crate) type LocalQueues = Queues<Baton, Lease>;
+
+/// A place in a [`LocalQueues`] queue.
+pub(crate) type Turn = Ticket<Baton, Lease>;
+
+/// Local waiters go past a holder whose validity ran out while it kept its guard; never past
+/// one whose lease ended because its guard let go (its ticket hands the turn on).
+impl Holder for Lease {
+    fn stale_at(&self) -> Option<Instant> {
+        (!self.has_ended()).then(|| self.expires_at())
+    }
 }
 
 impl std::fmt::Debug for LockGuard {
@@ -79,20 +96,73 @@ impl LockGuard {
         }
     }
 
-    pub(crate) fn with_ticket(mut self, mut ticket: Ticket) -> Self {
+    /// The guard of a granted round for lock `keys`, named `key`.
+    pub(crate) fn granted(cluster: &Arc<Cluster>, key: &str, keys: &Keys, won: Won) -> Self {
+        let lease = Lease::new(
+            cluster.clone(),
+            key.into(),
+            keys.clone(),
+            won.value,
+            won.token,
+            (won.expires_at, won.lease),
+        );
+        LockGuard::new(lease, won.states)
+    }
+
+    pub(crate) fn with_ticket(mut self, mut ticket: Turn) -> Self {
         ticket.hold(&self.lease);
         self.ticket = Some(ticket);
         self
     }
 
     /// The key as passed to `acquire`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// assert_eq!(guard.key(), "orders:42");
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn key(&self) -> &str {
-        &self.lease.0.key
+        self.lease.key()
     }
 
     /// The unique value this acquisition stored on the nodes (`<uuid>:<owner>`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .owner("billing-3")
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// // `<uuid>:<owner>`: what a majority of the nodes holds under the key.
+    /// assert!(guard.value().ends_with(":billing-3"));
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn value(&self) -> &str {
-        &self.lease.0.value
+        self.lease.value()
     }
 
     /// How long the lock is still safe to act under: `ttl − elapsed − drift` since the round
@@ -101,38 +171,198 @@ impl LockGuard {
     /// This is a local, monotonic-clock estimate. It assumes that the nodes' clocks do not run
     /// faster than `drift_factor` allows and that this process is not paused between reading
     /// it and acting on it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// // Act only while the lease comfortably covers what you are about to do.
+    /// assert!(guard.validity() > Duration::from_secs(1));
+    /// assert!(guard.validity() < locks.ttl()); // less the round trip and the drift allowance
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn validity(&self) -> Duration {
         self.lease.validity()
     }
 
     /// The instant the validity runs out.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// // Give the work no more time than the lock is safe for.
+    /// let work = async { /* the critical section */ };
+    /// tokio::time::timeout_at(guard.expires_at(), work).await?;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn expires_at(&self) -> Instant {
         self.lease.expires_at()
     }
 
     /// The fencing token of this acquisition, when fencing is on (see [`Lease::fencing_token`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .fencing(true)
+    /// #     .build()
+    /// #     .await?;
+    /// let first = locks.try_acquire("ledger").await?.expect("the lock is free");
+    /// let token = first.fencing_token().expect("fencing is on");
+    /// first.release().await?;
+    /// let second = locks.try_acquire("ledger").await?.expect("the lock is free");
+    /// // The resource rejects writes that carry a token below the highest it has seen.
+    /// assert!(second.fencing_token().expect("fencing is on") > token);
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn fencing_token(&self) -> Option<u64> {
         self.lease.fencing_token()
     }
 
     /// A cheap handle on this lock's lease (validity, lost signal, fencing token) to hand to
     /// the work done under it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("report").await?.expect("the lock is free");
+    /// let lease = guard.lease(); // Clone + Send: hand it to the work done under the lock
+    /// let work = tokio::spawn(async move { !lease.validity().is_zero() });
+    /// assert!(work.await?);
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn lease(&self) -> Lease {
         self.lease.clone()
     }
 
     /// A token cancelled when the lock can no longer be trusted; see [`Lease::lost`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("report").await?.expect("the lock is free");
+    /// let lost = guard.lost();
+    /// tokio::select! {
+    ///     () = lost.cancelled() => { /* stop: acting now could overlap with another holder */ }
+    ///     () = async { /* the work */ } => {}
+    /// }
+    /// guard.release().await?;
+    /// assert!(lost.is_cancelled()); // it also fires when the guard lets go
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn lost(&self) -> CancellationToken {
         self.lease.lost()
     }
 
     /// Renews the lease in the background until release or drop; see [`Lease::keep_alive`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .ttl(Duration::from_secs(1))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("long-job").await?.expect("the lock is free");
+    /// guard.keep_alive();
+    /// // Work that outlasts the 1 s TTL: the lease is renewed while it runs.
+    /// tokio::time::sleep(Duration::from_millis(1500)).await;
+    /// assert!(guard.is_held().await?);
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn keep_alive(&self) {
         self.lease.keep_alive();
     }
 
     /// Nodes known to have granted this lock: the majority that decided, plus any straggler that
     /// granted after the decision.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// // A majority at least; fewer than all when some node is down or slow.
+    /// assert!(guard.granted_nodes() >= locks.quorum());
+    /// assert!(guard.granted_nodes() <= locks.nodes());
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn granted_nodes(&self) -> usize {
         self.states.granted()
     }
@@ -145,47 +375,52 @@ impl LockGuard {
     ///
     /// # Cancel safety
     /// Read only: dropping it changes nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// assert!(guard.is_held().await?); // asks the nodes: our value on a majority
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub async fn is_held(&self) -> Result<bool, Error> {
-        let state = &self.lease.0;
+        let lease = &self.lease;
         if self.validity().is_zero() {
-            state.lose("its validity ran out");
+            lease.lose("its validity ran out");
             return Ok(false);
         }
         // Every key of the lock must hold our value on a majority; the weakest key decides.
-        let mut ours = usize::MAX;
-        let mut failed = 0;
-        let mut tally = None;
-        let mut causes = Vec::new();
-        for key in state.keys.iter() {
-            let (values, t, c) = state.shared.query(key).await;
-            let count = values
-                .iter()
-                .find(|(v, _)| **v == *state.value)
-                .map_or(0, |(_, c)| *c);
-            if count < ours {
-                (ours, failed, causes) = (count, t.failed, c);
-                tally = Some(t);
+        let mut weakest = None;
+        for key in lease.keys().iter() {
+            let q = query(lease.cluster(), key).await;
+            let count = q.count(lease.value());
+            if weakest.as_ref().is_none_or(|(c, _)| count < *c) {
+                weakest = Some((count, q));
             }
         }
-        let Some(tally) = tally else {
+        let Some((ours, q)) = weakest else {
             return Ok(false);
         };
-        if ours >= tally.required() && !self.validity().is_zero() {
-            return Ok(true);
+        match query::majority(ours, &q.tally) {
+            Some(true) if !self.validity().is_zero() => Ok(true),
+            // The nodes that did not answer may still hold our value.
+            None if !self.validity().is_zero() => Err(q.no_quorum(self.key())),
+            _ => {
+                lease.lose("our value is no longer on a majority of nodes");
+                Ok(false)
+            }
         }
-        // The nodes that did not answer may still hold our value.
-        if ours + failed >= tally.required() && !self.validity().is_zero() {
-            return Err(Error::NoQuorum {
-                op: "query",
-                key: self.key().to_owned(),
-                ok: tally.answered(),
-                required: tally.required(),
-                nodes: tally.nodes,
-                causes,
-            });
-        }
-        state.lose("our value is no longer on a majority of nodes");
-        Ok(false)
     }
 
     /// Resets the lease to `ttl` on every node that still holds our value; succeeds when a
@@ -208,6 +443,29 @@ impl LockGuard {
     /// # Cancel safety
     /// If dropped, some nodes may have been extended; the guard keeps its old validity, or the
     /// shorter one a shorter `ttl` gives.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let mut guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// // The work needs longer than the 10 s TTL it was taken with.
+    /// guard.extend(Duration::from_secs(60)).await?;
+    /// assert!(guard.validity() > Duration::from_secs(50));
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     #[tracing::instrument(name = "extend", level = "debug", skip_all, fields(key = %self.key(), ?ttl))]
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), Error> {
         self.lease.extend(ttl).await
@@ -231,31 +489,51 @@ impl LockGuard {
     ///
     /// # Cancel safety
     /// If the future is dropped before it completes, the guard's drop spawns the release again.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// guard.release().await?; // confirmed by a majority
+    /// assert!(locks.try_acquire("orders:42").await?.is_some()); // free again
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub async fn release(mut self) -> Result<(), Error> {
         let span = tracing::debug_span!("release", key = %self.key());
         self.release_round().instrument(span).await
     }
 
     async fn release_round(&mut self) -> Result<(), Error> {
-        let state = self.lease.0.clone();
-        state.done.cancel();
+        let lease = self.lease.clone();
+        lease.stop();
         let passed = self.pass_baton();
-        state.end();
+        lease.end();
+        telemetry::release(passed);
         if passed {
             self.released = true;
             return Ok(());
         }
         let announce = self.ticket.as_ref().is_none_or(Ticket::announce_release);
-        let round = state
-            .shared
-            .release_guard(&state.keys, &state.value, &self.states, announce)
-            .await;
+        let cluster = lease.cluster();
+        let round =
+            owned::release(cluster, lease.keys(), lease.value(), &self.states, announce).await;
         if let (true, Some(ticket)) = (announce, &self.ticket) {
-            ticket.announced(round.listeners, state.shared.others_poll(&state.keys));
+            ticket.announced(round.listeners, cluster.others_poll(lease.keys()));
         }
         self.released = true;
-        let outcome = round.outcome(Script::Release, &state.key);
-        tracing::debug!(key = &*state.key, ok = outcome.is_ok(), "lock released");
+        let outcome = round.outcome(Operation::Release, lease.key());
+        tracing::debug!(key = lease.key(), ok = outcome.is_ok(), "lock released");
         outcome
     }
 
@@ -269,21 +547,24 @@ impl LockGuard {
         let Some(ticket) = self.ticket.as_mut() else {
             return false;
         };
-        let state = &self.lease.0;
         let (expires_at, lease) = self.lease.schedule();
-        let half = state.shared.config.ttl / 2;
+        let cluster = self.lease.cluster();
+        let half = cluster.config.ttl / 2;
         let left = expires_at.saturating_duration_since(Instant::now());
         // Once a release round was sent (even one whose future was then dropped: its deletes
         // still go out), the grant is gone and must never be handed on.
-        if state.fence.is_some() || self.lease.is_lost() || left < half || self.states.is_released()
+        if self.lease.fencing_token().is_some()
+            || self.lease.is_lost()
+            || left < half
+            || self.states.is_released()
         {
             return false;
         }
         let passed = ticket.pass_baton(|| {
             Baton(Some(Handed {
-                shared: state.shared.clone(),
-                keys: state.keys.clone(),
-                value: state.value.clone(),
+                cluster: cluster.clone(),
+                keys: self.lease.keys().clone(),
+                value: self.lease.value().clone(),
                 states: self.states.clone(),
                 expires_at,
                 lease,
@@ -291,7 +572,7 @@ impl LockGuard {
         });
         if passed {
             tracing::debug!(
-                key = &*state.key,
+                key = self.lease.key(),
                 validity = ?left,
                 "lock handed to a local waiter without a Redis round trip"
             );
@@ -308,7 +589,7 @@ impl LockGuard {
 pub(crate) struct Baton(Option<Handed>);
 
 struct Handed {
-    shared: Arc<Shared>,
+    cluster: Arc<Cluster>,
     keys: Keys,
     value: Arc<str>,
     /// Shared with every owner of this grant, so a straggling acquire of the original round
@@ -330,18 +611,17 @@ impl Baton {
             return Err(self);
         };
         let left = h.expires_at.saturating_duration_since(Instant::now());
-        if h.keys != *keys || left.is_zero() || left < h.shared.config.ttl / 2 {
+        if h.keys != *keys || left.is_zero() || left < h.cluster.config.ttl / 2 {
             self.0 = Some(h);
             return Err(self);
         }
         let lease = Lease::new(
-            h.shared,
+            h.cluster,
             key.into(),
             h.keys,
             h.value,
             None,
-            h.expires_at,
-            h.lease,
+            (h.expires_at, h.lease),
         );
         Ok(LockGuard::new(lease, h.states))
     }
@@ -353,9 +633,7 @@ impl Baton {
             return;
         };
         let task = tokio::spawn(async move {
-            h.shared
-                .release_guard(&h.keys, &h.value, &h.states, true)
-                .await;
+            owned::release(&h.cluster, &h.keys, &h.value, &h.states, true).await;
         });
         let _ = task.await;
     }
@@ -368,22 +646,24 @@ impl Drop for Baton {
                 key = %h.keys,
                 "handed lock not taken by any local waiter; releasing it"
             );
-            spawn_release(h.shared, h.keys, h.value, h.states, None);
+            spawn_release(h.cluster, h.keys, h.value, h.states, None);
         }
     }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        self.lease.0.done.cancel();
+        self.lease.stop();
         let passed = !self.released && self.pass_baton();
-        self.lease.0.end();
+        self.lease.end();
+        if !self.released {
+            telemetry::release(passed);
+        }
         if !self.released && !passed {
-            let state = &self.lease.0;
             spawn_release(
-                state.shared.clone(),
-                state.keys.clone(),
-                state.value.clone(),
+                self.lease.cluster().clone(),
+                self.lease.keys().clone(),
+                self.lease.value().clone(),
                 self.states.clone(),
                 self.ticket.take(),
             );
@@ -391,119 +671,30 @@ impl Drop for LockGuard {
     }
 }
 
-/// What each node said to the round that granted a guard (updated by stragglers after the
-/// decision), and the bookkeeping that keeps a straggling acquire from outliving the release.
-///
-/// A straggler's request can be overtaken by the release on its node (both wait for a
-/// reconnect, and either may be sent first), so its SET may land after the DEL. The node then
-/// needs one more release exactly when both happened: the straggler's reply (granted, or no
-/// reply at all) came after the guard was let go, *and* the release did not delete our value
-/// there. Whichever of the two observers comes second sees the other's bit (`fetch_or`) and
-/// sends that release; replies heard before the guard was let go need nothing, as the release
-/// is sent after them on the same connection.
-#[derive(Debug, Clone)]
-pub(crate) struct NodeStates(Arc<States>);
-
-#[derive(Debug)]
-struct States {
-    votes: Box<[AtomicU8]>,
-    late: Box<[AtomicU8]>,
-    released: AtomicBool,
-}
-
-const UNKNOWN: u8 = 0;
-const GRANTED: u8 = 1;
-const REFUSED: u8 = 2;
-const FAILED: u8 = 3;
-
-/// The acquire's reply (granted or none) was heard after the guard was let go.
-const ACQUIRED_LATE: u8 = 1;
-/// The release did not delete our value on this node.
-const RELEASE_MISSED: u8 = 2;
-
-impl NodeStates {
-    pub(crate) fn new(n: usize) -> Self {
-        let zeros = || (0..n).map(|_| AtomicU8::new(UNKNOWN)).collect();
-        NodeStates(Arc::new(States {
-            votes: zeros(),
-            late: zeros(),
-            released: AtomicBool::new(false),
-        }))
-    }
-
-    /// Records node `i`'s reply and returns its vote.
-    pub(crate) fn record(&self, i: usize, reply: &Result<Grant, NodeCause>) -> Vote {
-        let (state, vote) = match reply {
-            Ok(Grant::Granted { .. }) => (GRANTED, Vote::Yes),
-            Ok(Grant::Held { .. }) => (REFUSED, Vote::No),
-            Err(_) => (FAILED, Vote::Failed),
-        };
-        if let Some(slot) = self.0.votes.get(i) {
-            slot.store(state, Ordering::SeqCst);
+/// A guard's release in the background on the current runtime (nodes that did not answer
+/// are retried, and late straggling grants are caught, see [`NodeStates`]); with no runtime
+/// the keys expire by TTL. The local queue `ticket`, if any, is handed on only after the
+/// first round, so the next local waiter finds the key gone.
+fn spawn_release(
+    cluster: Arc<Cluster>,
+    keys: Keys,
+    value: Arc<str>,
+    states: NodeStates,
+    ticket: Option<Turn>,
+) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(
+            key = %keys,
+            "no tokio runtime to release the lock on; it will expire after its TTL"
+        );
+        return;
+    };
+    rt.spawn(async move {
+        let announce = ticket.as_ref().is_none_or(Ticket::announce_release);
+        let round = owned::release(&cluster, &keys, &value, &states, announce).await;
+        if let (true, Some(ticket)) = (announce, &ticket) {
+            ticket.announced(round.listeners, cluster.others_poll(&keys));
         }
-        vote
-    }
-
-    /// Whether node `i` is known to have granted.
-    pub(crate) fn granted_on(&self, i: usize) -> bool {
-        self.0
-            .votes
-            .get(i)
-            .is_some_and(|s| s.load(Ordering::SeqCst) == GRANTED)
-    }
-
-    /// Whether node `i`'s reply (or failure) has been recorded.
-    pub(crate) fn answered(&self, i: usize) -> bool {
-        self.0
-            .votes
-            .get(i)
-            .is_some_and(|s| s.load(Ordering::SeqCst) != UNKNOWN)
-    }
-
-    /// Whether node `i` is known to have refused (another value held the key): nothing of
-    /// ours can be there, so an undo skips it.
-    pub(crate) fn refused_on(&self, i: usize) -> bool {
-        self.0
-            .votes
-            .get(i)
-            .is_some_and(|s| s.load(Ordering::SeqCst) == REFUSED)
-    }
-
-    pub(crate) fn granted(&self) -> usize {
-        self.0
-            .votes
-            .iter()
-            .filter(|s| s.load(Ordering::SeqCst) == GRANTED)
-            .count()
-    }
-
-    /// Marks the guard as let go; called before the release round is sent.
-    pub(crate) fn mark_released(&self) {
-        self.0.released.store(true, Ordering::SeqCst);
-    }
-
-    /// Whether a release round was sent for this grant.
-    pub(crate) fn is_released(&self) -> bool {
-        self.0.released.load(Ordering::SeqCst)
-    }
-
-    /// A straggler's reply: whether node `i` now needs one more release.
-    pub(crate) fn acquired_late(&self, i: usize, reply: &Result<Grant, NodeCause>) -> bool {
-        let maybe_set = !matches!(reply, Ok(Grant::Held { .. }));
-        maybe_set
-            && self.0.released.load(Ordering::SeqCst)
-            && self.flag(i, ACQUIRED_LATE) & RELEASE_MISSED != 0
-    }
-
-    /// The release did not delete our value on node `i`: whether it needs one more release.
-    pub(crate) fn release_missed(&self, i: usize) -> bool {
-        self.flag(i, RELEASE_MISSED) & ACQUIRED_LATE != 0
-    }
-
-    fn flag(&self, i: usize, bit: u8) -> u8 {
-        self.0
-            .late
-            .get(i)
-            .map_or(0, |f| f.fetch_or(bit, Ordering::SeqCst))
-    }
+        drop(ticket);
+    });
 }

@@ -9,12 +9,13 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::check_ttl;
-use crate::error::Error;
+use crate::cluster::Cluster;
+use crate::error::{Error, Operation};
 use crate::keys::Keys;
-use crate::lock::{millis, Shared};
-use crate::node::{Op, Script};
-use crate::quorum;
+use crate::quorum::{self, millis};
+use crate::round::owned;
+use crate::settings::check_ttl;
+use crate::telemetry;
 
 /// A handle on a held lock's lease, cheap to clone and `Send + Sync`: what work running under
 /// the lock needs to know (how long it may still act, whether the lock was lost, its fencing
@@ -53,19 +54,19 @@ use crate::quorum;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct Lease(pub(crate) Arc<State>);
+pub struct Lease(Arc<State>);
 
-pub(crate) struct State {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) key: Box<str>,
-    pub(crate) keys: Keys,
-    pub(crate) value: Arc<str>,
-    pub(crate) fence: Option<u64>,
+struct State {
+    cluster: Arc<Cluster>,
+    key: Box<str>,
+    keys: Keys,
+    value: Arc<str>,
+    fence: Option<u64>,
     /// When the validity runs out, and the lease (TTL) of the round that set it.
     expiry: Mutex<(Instant, Duration)>,
     lost: CancellationToken,
     /// Fired when the guard is released or dropped: ends the background task.
-    pub(crate) done: CancellationToken,
+    done: CancellationToken,
     renew: AtomicBool,
     /// Wakes the background task when the schedule changed.
     changed: Notify,
@@ -90,22 +91,23 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
+    /// The lease of a grant of `keys` (named `key`) under `value`, valid until
+    /// `schedule.0`, set on the nodes for `schedule.1`.
     pub(crate) fn new(
-        shared: Arc<Shared>,
+        cluster: Arc<Cluster>,
         key: Box<str>,
         keys: Keys,
         value: Arc<str>,
         fence: Option<u64>,
-        expires_at: Instant,
-        ttl: Duration,
+        schedule: (Instant, Duration),
     ) -> Self {
         Lease(Arc::new(State {
-            shared,
+            cluster,
             key,
             keys,
             value,
             fence,
-            expiry: Mutex::new((expires_at, ttl)),
+            expiry: Mutex::new(schedule),
             lost: CancellationToken::new(),
             done: CancellationToken::new(),
             renew: AtomicBool::new(false),
@@ -117,8 +119,59 @@ impl Lease {
     }
 
     /// The key as passed to `acquire`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// let lease = guard.lease();
+    /// assert_eq!(lease.key(), "orders:42");
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn key(&self) -> &str {
         &self.0.key
+    }
+
+    /// The masters the lock is held on.
+    pub(crate) fn cluster(&self) -> &Arc<Cluster> {
+        &self.0.cluster
+    }
+
+    /// The Redis keys of the lock.
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.0.keys
+    }
+
+    /// The value stored under the keys.
+    pub(crate) fn value(&self) -> &Arc<str> {
+        &self.0.value
+    }
+
+    /// Stops the background task (the guard is letting go; [`end`](Self::end) follows once
+    /// any hand-off decision, which reads the schedule and the lost signal, is made).
+    pub(crate) fn stop(&self) {
+        self.0.done.cancel();
+    }
+
+    /// Ends the lease as its guard lets go; see [`State::end`].
+    pub(crate) fn end(&self) {
+        self.0.end();
+    }
+
+    /// The lock can no longer be trusted; see [`State::lose`].
+    pub(crate) fn lose(&self, why: &str) {
+        self.0.lose(why);
     }
 
     /// How long the lock is still safe to act under: `ttl − elapsed − drift` since the round
@@ -127,6 +180,32 @@ impl Lease {
     ///
     /// A local, monotonic-clock estimate: it assumes the nodes' clocks do not run faster than
     /// `drift_factor` allows and that this process is not paused between reading it and acting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// use redquorum::Lease;
+    ///
+    /// // Work done under the lock gets the lease, not the guard.
+    /// fn safe_to_write(lease: &Lease) -> bool {
+    ///     lease.validity() > Duration::from_millis(500)
+    /// }
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// assert!(safe_to_write(&guard.lease()));
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn validity(&self) -> Duration {
         if self.has_ended() {
             return Duration::ZERO;
@@ -135,6 +214,27 @@ impl Lease {
     }
 
     /// The instant the validity runs out (for an ended lease, no later than when it ended).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// let lease = guard.lease();
+    /// assert_eq!(lease.expires_at(), guard.expires_at());
+    /// tokio::time::timeout_at(lease.expires_at(), async { /* the work */ }).await?;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn expires_at(&self) -> Instant {
         self.0.expiry().0
     }
@@ -142,13 +242,23 @@ impl Lease {
     /// Whether this lease has ended because its guard let go (released, dropped, or handed the
     /// lock to another local task); see [When the guard lets go](Self#when-the-guard-lets-go).
     ///
-    /// ```no_run
-    /// # async fn f(locks: redquorum::RedLock) -> Result<(), redquorum::Error> {
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
     /// let guard = locks.try_acquire("job").await?.expect("free");
     /// let lease = guard.lease();
     /// guard.release().await?;
     /// assert!(lease.has_ended() && lease.validity().is_zero() && lease.is_lost());
     /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
     /// ```
     pub fn has_ended(&self) -> bool {
         self.0.done.is_cancelled()
@@ -163,6 +273,29 @@ impl Lease {
     /// [`RedLockBuilder::fencing`](crate::RedLockBuilder::fencing)): strictly greater than the
     /// token of every earlier holder of the key, as long as every node keeps its counters
     /// (AOF with fsync always).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .fencing(true)
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("ledger").await?.expect("the lock is free");
+    /// let lease = guard.lease();
+    /// // Send it with every write; the store refuses tokens lower than the highest it has seen.
+    /// let token = lease.fencing_token().expect("fencing is on");
+    /// assert_eq!(Some(token), guard.fencing_token());
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn fencing_token(&self) -> Option<u64> {
         self.0.fence
     }
@@ -171,12 +304,65 @@ impl Lease {
     /// including when the guard lets go (see [`has_ended`](Self::has_ended), which tells the
     /// two apart). Watching it starts a small background task (one per guard) that also fires
     /// it when the validity runs out.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// use redquorum::Context;
+    ///
+    /// let ctx = Context::with_timeout(Duration::from_secs(5));
+    /// let copied = locks
+    ///     .with_lock(&ctx, "nightly-backup", |lease| async move {
+    ///         let lost = lease.lost();
+    ///         tokio::select! {
+    ///             () = lost.cancelled() => None, // stop before acting without the lock
+    ///             n = async { 42 } => Some(n),  // the work
+    ///         }
+    ///     })
+    ///     .await?;
+    /// assert_eq!(copied, Some(42));
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn lost(&self) -> CancellationToken {
         self.ensure_task();
         self.0.lost.clone()
     }
 
     /// Whether the lost signal has fired: the lock was lost, or the lease has ended.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("orders:42").await?.expect("the lock is free");
+    /// let lease = guard.lease();
+    /// assert!(!lease.is_lost());
+    /// guard.release().await?;
+    /// assert!(lease.is_lost() && lease.has_ended()); // ended with its guard, not lost to another
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn is_lost(&self) -> bool {
         self.0.lost.is_cancelled()
     }
@@ -187,6 +373,33 @@ impl Lease {
     /// every node timeout until the validity runs out, when [`lost`](Self::lost) fires. An
     /// extension that finds the key gone or with another owner fires it at once. A failed
     /// extension never releases anything.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[cfg(feature = "testkit")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let cluster = redquorum::testkit::LocalCluster::start(3)?;
+    /// # let locks = redquorum::RedLock::builder()
+    /// #     .nodes(cluster.urls())
+    /// #     .node_timeout(std::time::Duration::from_millis(250))
+    /// #     .ttl(Duration::from_secs(1))
+    /// #     .build()
+    /// #     .await?;
+    /// let guard = locks.try_acquire("long-job").await?.expect("the lock is free");
+    /// let lease = guard.lease();
+    /// tokio::spawn(async move {
+    ///     lease.keep_alive(); // the same as guard.keep_alive(), from the work's side
+    /// })
+    /// .await?;
+    /// tokio::time::sleep(Duration::from_millis(1500)).await; // longer than the 1 s TTL
+    /// assert!(guard.is_held().await?);
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "testkit"))]
+    /// # fn main() {}
+    /// ```
     pub fn keep_alive(&self) {
         self.0.renew.store(true, Ordering::SeqCst);
         self.ensure_task();
@@ -214,10 +427,10 @@ impl Lease {
     /// See [`LockGuard::extend`](crate::LockGuard::extend).
     pub(crate) async fn extend(&self, ttl: Duration) -> Result<(), Error> {
         let state = &self.0;
-        let shared = &state.shared;
-        let config = &shared.config;
+        let cluster = &state.cluster;
+        let config = &cluster.config;
         check_ttl(ttl, config.drift_factor, config.node_timeout)?;
-        let op = Script::Extend.name();
+        let op = Operation::Extend;
         let lost = |state: &State| {
             state.lose("an extension found the lease gone or held by another owner");
         };
@@ -247,10 +460,9 @@ impl Lease {
         if shortened {
             state.changed.notify_one();
         }
-        let request = Op::extend(&state.keys, &state.value, millis(lease));
-        let round = shared.owned_round(request, None, None).await;
+        let round = owned::extend(cluster, &state.keys, &state.value, millis(lease)).await;
         let decided = Instant::now();
-        if let Err(e) = round.outcome(Script::Extend, &state.key) {
+        if let Err(e) = round.outcome(op, &state.key) {
             if e.is_lost() {
                 lost(state);
             }
@@ -288,7 +500,7 @@ impl State {
     /// Ends the lease as its guard lets go (after any hand-off decision, which reads the
     /// schedule and the lost signal): stops the background task, caps the validity at now and
     /// fires `lost` without the warning a loss logs.
-    pub(crate) fn end(&self) {
+    fn end(&self) {
         self.done.cancel();
         let now = Instant::now();
         let mut expiry = self.expiry();
@@ -299,9 +511,10 @@ impl State {
 
     /// The lock can no longer be trusted: the validity ends now (a loss that an extension or
     /// a query confirmed must not leave work the rest of its old validity) and `lost` fires.
-    pub(crate) fn lose(&self, why: &str) {
+    fn lose(&self, why: &str) {
         if !self.lost.is_cancelled() && !self.done.is_cancelled() {
             tracing::warn!(key = &*self.key, why, "lock lost");
+            telemetry::lease_lost();
             let now = Instant::now();
             let mut expiry = self.expiry();
             expiry.0 = expiry.0.min(now);
@@ -326,7 +539,7 @@ async fn watch(state: Arc<State>) {
     loop {
         let (expires_at, ttl) = *state.expiry();
         let renew = state.renew.load(Ordering::SeqCst);
-        let node_timeout = state.shared.nodes.timeout();
+        let node_timeout = state.cluster.nodes.timeout();
         let wake = match (renew, retry_at) {
             (true, Some(at)) => at.min(expires_at),
             (true, None) => renew_at(expires_at, ttl, node_timeout),

@@ -11,16 +11,38 @@
 //! takes it and becomes the owner without any Redis request. The baton is only ever in one
 //! place: the releasing guard, the entry (under the queue lock), or the ticket that took it;
 //! an entry removed with a baton in it drops the baton, which releases the keys in Redis.
+//!
+//! The queue is generic over what it hands on (`B`, the baton) and what it knows of the
+//! holder (`H`, its lease, through [`Holder`]), so the whole hand-off protocol is unit-tested
+//! here with plain values; the lock manager uses `Queues<Baton, Lease>`.
+//!
+//! # Invariants
+//! 1. At most one ticket of a key has the turn (holds the entry's one-permit semaphore, which
+//!    is fair: first come, first served).
+//! 2. The baton is in exactly one place: the releasing holder, the entry (under the queue
+//!    lock), or the ticket that took it. Only a ticket with the turn takes it, and a ticket
+//!    that went past an expired holder (`bypassed`) never gets the turn.
+//! 3. `holder` is the lease of the ticket with the turn, or `None`; a bypassed ticket never
+//!    becomes the holder.
+//! 4. `tickets` counts the entry's live tickets and `bypassed` the bypassed ones among them;
+//!    the entry is removed when the last ticket goes.
+//! 5. A release that was not announced (handed straight to a local waiter) is announced
+//!    after all when the entry is removed before anyone attempted; an entry removed with a
+//!    baton in it drops the baton instead, whose release announces.
+//!
+//! # Deadlock safety
+//! The queue mutex is taken with no other lock held. Under it, only leaf locks are taken:
+//! [`Holder::stale_at`] (a lease's expiry mutex) and `Notify`. Nothing is awaited under it,
+//! and nothing whose drop takes a lock is dropped under it: a removed entry (its baton and
+//! subscription) and a replaced subscription are dropped after the mutex is released.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::guard::Baton;
 use crate::keys::Keys;
-use crate::lease::Lease;
 use crate::wake::Subscription;
 
 /// How many times in a row a release goes straight to the next local waiter without a
@@ -33,17 +55,26 @@ pub(crate) const LOCAL_STREAK: u32 = 8;
 /// announced and whose local successor left.
 pub(crate) type Announcer = Box<dyn Fn(Keys) + Send + Sync>;
 
-/// One FIFO per key with local waiters or a local holder; entries are removed when the last
-/// ticket goes, so the map is bounded by the keys in use.
-#[derive(Default)]
-pub(crate) struct Queues {
-    /// Keyed by the lock's keys themselves (see [`Keys`]: a single key and a set are never the
-    /// same lock, whatever the key names).
-    keys: Mutex<HashMap<Keys, Entry>>,
-    announcer: OnceLock<Announcer>,
+/// What the queue knows of a local holder.
+pub(crate) trait Holder: Clone {
+    /// When local waiters start going past this holder: when its validity runs out while it
+    /// keeps its guard. `None` for a holder whose guard let go (released, dropped, handed on):
+    /// its ticket is about to hand the turn on, in queue order.
+    ///
+    /// Called under the queue lock: it may take only leaf locks.
+    fn stale_at(&self) -> Option<Instant>;
 }
 
-struct Entry {
+/// One FIFO per key with local waiters or a local holder; entries are removed when the last
+/// ticket goes, so the map is bounded by the keys in use.
+pub(crate) struct Queues<B, H> {
+    /// Keyed by the lock's keys themselves (see [`Keys`]: a single key and a set are never the
+    /// same lock, whatever the key names).
+    keys: Mutex<HashMap<Keys, Entry<B, H>>>,
+    announcer: Announcer,
+}
+
+struct Entry<B, H> {
     slot: Arc<Semaphore>,
     /// Tickets for this key, counted under the lock.
     tickets: usize,
@@ -51,7 +82,7 @@ struct Entry {
     /// a stream of local waiters subscribes once (dropped, i.e. unsubscribed, with the entry).
     sub: Option<Subscription>,
     /// The local holder's lease: waiters stop queueing behind it once it has run out.
-    holder: Option<Lease>,
+    holder: Option<H>,
     /// Wakes waiters when the holder changes.
     changed: Arc<Notify>,
     /// Consecutive releases handed straight to a local waiter without telling other processes.
@@ -63,7 +94,7 @@ struct Entry {
     /// first.
     hold_back: bool,
     /// A grant left by the last holder for whichever ticket gets the turn next.
-    baton: Option<Baton>,
+    baton: Option<B>,
     /// Tickets that stopped waiting for the turn (their holder's lease ran out): they never
     /// get the turn, so never take a baton.
     bypassed: usize,
@@ -71,8 +102,8 @@ struct Entry {
 
 /// A place in the queue of one key: the key's turn is ours once we hold the permit (or once
 /// the holder ahead of us let its lease run out).
-pub(crate) struct Ticket {
-    queues: Arc<Queues>,
+pub(crate) struct Ticket<B, H> {
+    queues: Arc<Queues<B, H>>,
     lock: Keys,
     slot: Arc<Semaphore>,
     permit: Option<OwnedSemaphorePermit>,
@@ -82,14 +113,24 @@ pub(crate) struct Ticket {
     bypassed: bool,
 }
 
-impl Queues {
-    /// Sets how unannounced releases are announced after all (once, at start-up).
-    pub(crate) fn set_announcer(&self, announcer: Announcer) {
-        let _ = self.announcer.set(announcer);
+impl<B, H> Queues<B, H> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Keys, Entry<B, H>>> {
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<B, H: Holder> Queues<B, H> {
+    /// No queue yet; `announcer` tells other processes of releases that were handed to a
+    /// local waiter who then left without taking them.
+    pub(crate) fn new(announcer: Announcer) -> Arc<Self> {
+        Arc::new(Queues {
+            keys: Mutex::default(),
+            announcer,
+        })
     }
 
     /// Joins the queue of the lock `lock` (not yet waiting).
-    pub(crate) fn join(self: &Arc<Self>, lock: &Keys) -> Ticket {
+    pub(crate) fn join(self: &Arc<Self>, lock: &Keys) -> Ticket<B, H> {
         let mut keys = self.lock();
         let entry = keys.entry(lock.clone()).or_insert_with(|| Entry {
             slot: Arc::new(Semaphore::new(1)),
@@ -116,10 +157,6 @@ impl Queues {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Keys, Entry>> {
-        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Keys with local waiters or holders.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -127,8 +164,8 @@ impl Queues {
     }
 }
 
-impl Ticket {
-    fn with_entry<T>(&self, f: impl FnOnce(&mut Entry) -> T) -> Option<T> {
+impl<B, H: Holder> Ticket<B, H> {
+    fn with_entry<T>(&self, f: impl FnOnce(&mut Entry<B, H>) -> T) -> Option<T> {
         self.queues.lock().get_mut(&self.lock).map(f)
     }
 
@@ -143,7 +180,7 @@ impl Ticket {
             let permit = self.slot.clone().acquire_owned();
             tokio::pin!(permit);
             while let Some((expiry, changed)) =
-                self.with_entry(|e| (e.holder.as_ref().and_then(stale_at), e.changed.clone()))
+                self.with_entry(|e| (e.holder.as_ref().and_then(H::stale_at), e.changed.clone()))
             {
                 let notified = changed.notified();
                 tokio::pin!(notified);
@@ -191,7 +228,7 @@ impl Ticket {
             .with_entry(|e| {
                 e.holder
                     .as_ref()
-                    .and_then(stale_at)
+                    .and_then(H::stale_at)
                     .is_some_and(|at| at <= Instant::now())
             })
             .unwrap_or(true);
@@ -208,7 +245,7 @@ impl Ticket {
     /// [`LOCAL_STREAK`]). Returns whether it did; the caller then drops this ticket, which
     /// hands the turn on. This ticket stops being the entry's holder in the same step, so a
     /// successor that takes the baton at once is never cleared by this ticket's drop.
-    pub(crate) fn pass_baton(&mut self, baton: impl FnOnce() -> Baton) -> bool {
+    pub(crate) fn pass_baton(&mut self, baton: impl FnOnce() -> B) -> bool {
         if self.permit.is_none() {
             // Not our turn (we went to Redis past a holder whose lease ran out): nobody would
             // be sure to take it.
@@ -234,7 +271,7 @@ impl Ticket {
 
     /// Takes the grant the previous holder left, if any: only with the turn, so exactly the
     /// ticket the turn was handed to (or the first to take it later) gets it.
-    pub(crate) fn take_baton(&self) -> Option<Baton> {
+    pub(crate) fn take_baton(&self) -> Option<B> {
         self.permit.as_ref()?;
         self.with_entry(|e| e.baton.take()).flatten()
     }
@@ -251,13 +288,13 @@ impl Ticket {
     /// ticket that went past an expired holder does not replace it: the turn is still that
     /// holder's, so waiters that come next must go past it too (and to Redis, which decides),
     /// rather than wait behind this ticket for a turn that it can never hand on.
-    pub(crate) fn hold(&mut self, lease: &Lease) {
+    pub(crate) fn hold(&mut self, holder: &H) {
         if self.bypassed {
             return;
         }
         self.held = true;
         self.with_entry(|e| {
-            e.holder = Some(lease.clone());
+            e.holder = Some(holder.clone());
             e.changed.notify_waiters();
         });
     }
@@ -270,7 +307,9 @@ impl Ticket {
     /// Leaves the subscription for the next head (dropped with the entry when none comes).
     pub(crate) fn keep_subscription(&self, sub: Option<Subscription>) {
         if let Some(sub) = sub {
-            self.with_entry(|e| e.sub = Some(sub));
+            // A subscription it replaces is dropped (unsubscribed) outside the queue lock.
+            let replaced = self.with_entry(|e| e.sub.replace(sub));
+            drop(replaced);
         }
     }
 
@@ -305,14 +344,7 @@ impl Ticket {
     }
 }
 
-/// When a local holder starts to be bypassed: when its validity runs out while it keeps its
-/// guard. Never for a lease that ended because its guard let go (released, dropped, handed
-/// on): its ticket is about to hand the turn on, in queue order.
-fn stale_at(holder: &Lease) -> Option<Instant> {
-    (!holder.has_ended()).then(|| holder.expires_at())
-}
-
-impl Drop for Ticket {
+impl<B, H> Drop for Ticket<B, H> {
     fn drop(&mut self) {
         // Stop being the holder before handing the turn on (a successor may record itself as
         // holder at once), then remove the key if no other ticket is left.
@@ -339,15 +371,13 @@ impl Drop for Ticket {
         drop(self.permit.take());
         // An entry removed with a baton in it: the baton's drop releases the keys in Redis
         // and announces it, so no separate announcement.
-        if let Some(announce) = self.queues.announcer.get() {
-            if removed
-                .as_ref()
-                .is_some_and(|e| e.unannounced && e.baton.is_none())
-            {
-                // A release went to a local waiter that left without taking it: tell the others
-                // (a set's keys too: a single-key waiter of one of them listens).
-                announce(self.lock.clone());
-            }
+        if removed
+            .as_ref()
+            .is_some_and(|e| e.unannounced && e.baton.is_none())
+        {
+            // A release went to a local waiter that left without taking it: tell the others
+            // (a set's keys too: a single-key waiter of one of them listens).
+            (self.queues.announcer)(self.lock.clone());
         }
         drop(removed); // unsubscribes outside the queue lock
     }
@@ -356,14 +386,44 @@ impl Drop for Ticket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn one(key: &str) -> Keys {
         Keys::one(key.into(), None)
     }
 
+    /// A holder whose lease runs out at a given instant (`None`: its guard let go).
+    #[derive(Clone)]
+    struct Until(Option<Instant>);
+
+    impl Holder for Until {
+        fn stale_at(&self) -> Option<Instant> {
+            self.0
+        }
+    }
+
+    /// A baton that counts its drops (a real one releases the keys in Redis when dropped).
+    struct Grant(u32, Arc<AtomicUsize>);
+
+    impl Drop for Grant {
+        fn drop(&mut self) {
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    type Q = Queues<Grant, Until>;
+
+    fn quiet() -> Arc<Q> {
+        Queues::new(Box::new(|_| {}))
+    }
+
+    fn valid() -> Until {
+        Until(Some(Instant::now() + std::time::Duration::from_secs(60)))
+    }
+
     #[tokio::test]
     async fn fifo_and_cleanup() {
-        let queues = Arc::new(Queues::default());
+        let queues = quiet();
         let key: Arc<str> = "k".into();
         let mut first = queues.join(&one(&key));
         first.turn().await;
@@ -391,7 +451,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_single_key_never_shares_a_sets_queue_whatever_its_name() {
-        let queues = Arc::new(Queues::default());
+        let queues = quiet();
         let set = Keys::many(vec!["a".into(), "b".into()]);
         let mut holder = queues.join(&set);
         holder.turn().await;
@@ -405,7 +465,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropped_waiters_do_not_leak_entries() {
-        let queues = Arc::new(Queues::default());
+        let queues = quiet();
         let mut held = queues.join(&one("a"));
         held.turn().await;
         for _ in 0..100 {
@@ -419,10 +479,10 @@ mod tests {
 
     /// Announcements made when the successor of an unannounced release leaves, for `lock`.
     async fn told_after_successor_leaves(lock: &Keys) -> Vec<Keys> {
-        let queues = Arc::new(Queues::default());
         let told = Arc::new(Mutex::new(Vec::new()));
         let sink = told.clone();
-        queues.set_announcer(Box::new(move |k| sink.lock().expect("no poison").push(k)));
+        let queues: Arc<Q> =
+            Queues::new(Box::new(move |k| sink.lock().expect("no poison").push(k)));
         let mut holder = queues.join(lock);
         holder.turn().await;
         let waiter = queues.join(lock);
@@ -451,7 +511,7 @@ mod tests {
         for (listeners, others_poll, expected) in
             [(0, false, false), (1, false, true), (0, true, true)]
         {
-            let queues = Arc::new(Queues::default());
+            let queues = quiet();
             let lock = one("k");
             let mut holder = queues.join(&lock);
             holder.turn().await;
@@ -464,5 +524,114 @@ mod tests {
                 "{listeners} listeners, others poll: {others_poll}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_baton_goes_to_the_ticket_that_gets_the_turn_and_only_to_it() {
+        let queues = quiet();
+        let drops = Arc::new(AtomicUsize::new(0));
+        let lock = one("k");
+        let mut holder = queues.join(&lock);
+        holder.turn().await;
+        holder.hold(&valid());
+        let mut next = queues.join(&lock);
+        let mut after = queues.join(&lock);
+        // Not its turn yet: nothing to take.
+        assert!(next.take_baton().is_none());
+        assert!(holder.pass_baton(|| Grant(7, drops.clone())));
+        drop(holder);
+        next.turn().await;
+        assert!(!after.try_turn(), "the turn is next's");
+        assert!(
+            after.take_baton().is_none(),
+            "only the ticket with the turn takes it"
+        );
+        let baton = next.take_baton().expect("handed to the next ticket");
+        assert_eq!(baton.0, 7);
+        assert!(next.take_baton().is_none(), "a baton is taken once");
+        drop(baton);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn no_baton_without_a_waiter_and_at_most_a_streak_of_them() {
+        let queues = quiet();
+        let drops = Arc::new(AtomicUsize::new(0));
+        let lock = one("k");
+        let mut holder = queues.join(&lock);
+        holder.turn().await;
+        assert!(
+            !holder.pass_baton(|| Grant(0, drops.clone())),
+            "nobody queued: the release goes to Redis"
+        );
+        let mut passed = 0;
+        for round in 0..LOCAL_STREAK + 2 {
+            let mut next = queues.join(&lock);
+            if !holder.pass_baton(|| Grant(round, drops.clone())) {
+                break;
+            }
+            passed += 1;
+            drop(holder);
+            next.turn().await;
+            drop(next.take_baton().expect("handed on"));
+            holder = next;
+        }
+        assert_eq!(passed, LOCAL_STREAK, "the streak ends through Redis");
+        // The closure that makes a baton is never called when nothing is handed on.
+        assert_eq!(drops.load(Ordering::SeqCst), LOCAL_STREAK as usize);
+    }
+
+    #[tokio::test]
+    async fn a_baton_nobody_takes_is_dropped_with_the_entry_and_not_announced_twice() {
+        let told = Arc::new(AtomicUsize::new(0));
+        let sink = told.clone();
+        let queues: Arc<Q> = Queues::new(Box::new(move |_| {
+            sink.fetch_add(1, Ordering::SeqCst);
+        }));
+        let drops = Arc::new(AtomicUsize::new(0));
+        let lock = one("k");
+        let mut holder = queues.join(&lock);
+        holder.turn().await;
+        let waiter = queues.join(&lock);
+        assert!(!holder.announce_release());
+        assert!(holder.pass_baton(|| Grant(1, drops.clone())));
+        drop(holder);
+        assert_eq!(drops.load(Ordering::SeqCst), 0, "kept for the waiter");
+        drop(waiter); // leaves without its turn
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            1,
+            "dropped (released) with the entry"
+        );
+        assert_eq!(
+            told.load(Ordering::SeqCst),
+            0,
+            "the baton's release announces, not the queue"
+        );
+        assert_eq!(queues.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn waiters_go_past_a_holder_whose_lease_ran_out_and_never_take_its_baton() {
+        let queues = quiet();
+        let drops = Arc::new(AtomicUsize::new(0));
+        let lock = one("k");
+        let mut holder = queues.join(&lock);
+        holder.turn().await;
+        holder.hold(&Until(Some(Instant::now())));
+        let mut late = queues.join(&lock);
+        assert!(late.try_turn(), "went past the expired holder");
+        // The bypassed ticket is no queued waiter: nothing is handed on to it.
+        assert!(!holder.pass_baton(|| Grant(2, drops.clone())));
+        assert!(late.take_baton().is_none());
+        // A holder whose guard let go is never bypassed: its ticket hands the turn on.
+        let queues = quiet();
+        let mut holder = queues.join(&lock);
+        holder.turn().await;
+        holder.hold(&Until(None));
+        let mut next = queues.join(&lock);
+        assert!(!next.try_turn());
+        drop(holder);
+        assert!(next.try_turn());
     }
 }

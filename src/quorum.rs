@@ -153,6 +153,11 @@ impl Tally {
     }
 }
 
+/// Whole milliseconds of `d` (what Redis leases are set in), at least 1.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
 /// Feeds replies from `pending` to `on_reply` as they arrive, until it returns `true` or every
 /// future has finished. Futures still running stay in `pending` for the caller to finish in the
 /// background or drop.
@@ -177,6 +182,13 @@ mod tests {
     use super::*;
     use std::future::{pending, ready};
     use std::pin::Pin;
+
+    #[test]
+    fn millis_rounds_down_but_never_to_zero() {
+        assert_eq!(millis(Duration::from_micros(1500)), 1);
+        assert_eq!(millis(Duration::from_micros(10)), 1);
+        assert_eq!(millis(Duration::from_secs(10)), 10_000);
+    }
 
     #[test]
     fn majority_of_small_clusters() {

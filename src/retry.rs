@@ -43,6 +43,19 @@ impl Default for Retry {
 impl Retry {
     /// Exponential backoff from `base`, doubling up to `cap`, with full jitter and no attempt
     /// limit. A `cap` below `base` is raised to `base`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redquorum::Retry;
+    ///
+    /// // 20 ms, 40 ms, 80 ms, ... up to 1 s between attempts, each scaled by a random factor in 0..=1.
+    /// let retry = Retry::exponential(Duration::from_millis(20), Duration::from_secs(1));
+    /// assert!(retry.delays().take(10).all(|d| d <= Duration::from_secs(1)));
+    /// // A cap below the base is raised to it.
+    /// assert_eq!(Retry::exponential(Duration::from_secs(1), Duration::ZERO).cap(), Duration::from_secs(1));
+    /// ```
     pub const fn exponential(base: Duration, cap: Duration) -> Self {
         let cap = if cap.as_nanos() < base.as_nanos() {
             base
@@ -58,32 +71,100 @@ impl Retry {
 
     /// Stop after `attempts` acquisition attempts in total (the first one included), returning
     /// [`Error::RetriesExhausted`](crate::Error::RetriesExhausted). `0` is treated as `1`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redquorum::{RedLock, Retry};
+    ///
+    /// let retry = Retry::exponential(Duration::from_millis(20), Duration::from_secs(1)).max_attempts(5);
+    /// assert_eq!(retry.delays().count(), 4); // 5 attempts, 4 waits between them
+    /// let builder = RedLock::builder().retry(retry); // then Error::RetriesExhausted after 5 attempts
+    /// # drop(builder);
+    /// ```
     pub const fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = Some(if attempts == 0 { 1 } else { attempts });
         self
     }
 
     /// The first (largest possible) delay.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redquorum::Retry;
+    ///
+    /// assert_eq!(Retry::default().base(), Duration::from_millis(10));
+    /// ```
     pub const fn base(&self) -> Duration {
         self.base
     }
 
     /// The largest delay.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redquorum::Retry;
+    ///
+    /// assert_eq!(Retry::default().cap(), Duration::from_millis(200));
+    /// ```
     pub const fn cap(&self) -> Duration {
         self.cap
     }
 
     /// The attempt limit, if any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redquorum::Retry;
+    ///
+    /// assert_eq!(Retry::default().attempts_limit(), None); // the context's deadline ends the wait
+    /// assert_eq!(Retry::default().max_attempts(3).attempts_limit(), Some(3));
+    /// assert_eq!(Retry::default().max_attempts(0).attempts_limit(), Some(1));
+    /// ```
     pub const fn attempts_limit(&self) -> Option<u32> {
         self.max_attempts
     }
 
     /// The delays between attempts, with a random seed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redquorum::Retry;
+    ///
+    /// let retry = Retry::exponential(Duration::from_millis(10), Duration::from_millis(40));
+    /// let ceilings = [10, 20, 40, 40, 40];
+    /// for (delay, ceiling) in retry.delays().zip(ceilings) {
+    ///     assert!(delay <= Duration::from_millis(ceiling)); // full jitter: anywhere in 0..=ceiling
+    /// }
+    /// ```
     pub fn delays(&self) -> Delays {
         self.delays_with(fastrand::Rng::new())
     }
 
     /// The delays between attempts with a fixed seed, for reproducible tests.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redquorum::Retry;
+    ///
+    /// let retry = Retry::exponential(Duration::from_millis(10), Duration::from_secs(1)).max_attempts(6);
+    /// // The same seed gives the same delays: for reproducible tests.
+    /// let a: Vec<Duration> = retry.delays_seeded(42).collect();
+    /// let b: Vec<Duration> = retry.delays_seeded(42).collect();
+    /// assert_eq!(a, b);
+    /// assert_eq!(a.len(), 5);
+    /// ```
     pub fn delays_seeded(&self, seed: u64) -> Delays {
         self.delays_with(fastrand::Rng::with_seed(seed))
     }

@@ -63,11 +63,31 @@ struct Channel {
     confirmed: Box<[u64]>,
 }
 
+/// The wake-up registry: channels with local waiters, and each node's connection epoch.
+///
+/// # Invariants
+/// 1. A channel is in `channels` exactly while at least one [`Subscription`] for it lives
+///    (`waiters` counts them); the first subscriber sends `Subscribe` to every node task and
+///    the last one's drop removes the entry and sends `Unsubscribe`, both under the lock, so
+///    every node task sees a channel's commands in the order they were made.
+/// 2. `confirmed[i] == e` only if node `i`'s task saw the server confirm the subscription on
+///    the connection of epoch `e`; `live[i]` is that connection's epoch while it is up, 0
+///    otherwise. A channel is covered on node `i` only when both agree (see
+///    [`Subscription::covered`]).
+/// 3. Every change of a node's epoch (a connection lost, or made and resubscribed) bumps every
+///    channel's `rechecks`, so no waiter keeps trusting a coverage that ended.
+///
+/// # Deadlock safety
+/// `channels`' mutex is a leaf: under it only unbounded channel sends and `watch` updates
+/// happen (neither blocks nor takes a lock of ours), and nothing is awaited. The local queue
+/// drops subscriptions outside its own lock (see `queue.rs`), so the two are never nested.
 struct Registry {
     channels: Mutex<HashMap<Arc<str>, Channel>>,
     /// One command queue per node task, started on first use.
     nodes: OnceLock<Vec<mpsc::UnboundedSender<Command>>>,
     clients: Vec<Client>,
+    /// The nodes' addresses, without credentials (metrics labels).
+    addrs: Vec<Arc<str>>,
     /// Per node, the epoch of its live subscription connection, 0 while it has none (down,
     /// reconnecting, refused). Only the node's task writes it.
     ///
@@ -87,13 +107,16 @@ struct Registry {
 pub(crate) struct Wakeups(Arc<Registry>);
 
 impl Wakeups {
-    /// No connection is made until the first waiter subscribes.
-    pub(crate) fn new(clients: Vec<Client>, timeout: Duration) -> Self {
-        let live = clients.iter().map(|_| AtomicU64::new(0)).collect();
+    /// No connection is made until the first waiter subscribes. `nodes`: each node's client
+    /// and its address without credentials.
+    pub(crate) fn new(nodes: Vec<(Client, Arc<str>)>, timeout: Duration) -> Self {
+        let live = nodes.iter().map(|_| AtomicU64::new(0)).collect();
+        let (clients, addrs) = nodes.into_iter().unzip();
         Wakeups(Arc::new(Registry {
             channels: Mutex::new(HashMap::new()),
             nodes: OnceLock::new(),
             clients,
+            addrs,
             live,
             timeout,
         }))
@@ -339,6 +362,10 @@ async fn apply(
 /// connection's health, and after a disconnect (or an unanswered health check) reconnects,
 /// resubscribes every registered channel in a new epoch and wakes all waiters. Ends when the
 /// `RedLock` is dropped.
+///
+/// Long (about 120 lines) on purpose: it is one connection's state machine (connect,
+/// resubscribe, serve, lose), and its pieces share the connection, the epoch and the command
+/// queue at every step; split, they would pass all three around.
 async fn node_task(
     i: usize,
     client: Client,
@@ -459,6 +486,9 @@ async fn node_task(
         tracing::debug!(node = i, "pubsub connection lost; reconnecting");
         set_live(&registry, i, 0);
         if let Some(reg) = registry.upgrade() {
+            if let Some(addr) = reg.addrs.get(i) {
+                crate::telemetry::pubsub_reconnect(addr);
+            }
             bump(&reg, None);
         }
     }

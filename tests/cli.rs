@@ -213,6 +213,11 @@ fn help_reads_like_a_man_page() {
     ] {
         assert!(run_help.contains(option), "run --help lacks {option}");
     }
+    // The node timeout's default as the code computes it (config::default_node_timeout).
+    assert!(
+        run_help.contains("TTL/200, within 50ms..250ms"),
+        "{run_help}"
+    );
     let short = run_bin(&s, ["-h"]);
     assert_eq!(short.code(), Some(0));
     assert!(short.stdout.contains("run") && short.stdout.contains("status"));
@@ -243,7 +248,15 @@ fn bad_usage_exits_64_with_a_clear_message() {
         ),
         (&["run", "--key", "k", "--", "true"], "REDQUORUM_NODES"),
         (
-            &["run", "--nodes", "notaurl", "--key", "k", "--", "true"],
+            &[
+                "run",
+                "--nodes",
+                "notaurl,redis://127.0.0.1:2,redis://127.0.0.1:3",
+                "--key",
+                "k",
+                "--",
+                "true",
+            ],
             "not a valid Redis URL",
         ),
         (&["status", "--nodes", "redis://127.0.0.1:1"], "--key"),
@@ -261,6 +274,201 @@ fn bad_usage_exits_64_with_a_clear_message() {
     let bare = run_bin(&s, std::iter::empty::<&str>());
     assert_eq!(bare.code(), Some(64), "{bare:?}");
     assert!(bare.stderr.contains("Usage"), "{bare:?}");
+}
+
+#[test]
+fn node_lists_with_an_empty_entry_are_refused_without_showing_them() {
+    let s = Scratch::new();
+    // Refused before any connection: nothing listens on these ports.
+    for list in [
+        "redis://:hunter2@127.0.0.1:1,redis://127.0.0.1:2,redis://127.0.0.1:3,",
+        ",redis://:hunter2@127.0.0.1:1,redis://127.0.0.1:2,redis://127.0.0.1:3",
+        "redis://:hunter2@127.0.0.1:1,,redis://127.0.0.1:2,redis://127.0.0.1:3",
+    ] {
+        for args in [
+            &["run", "--nodes", list, "--key", "k", "--", "true"][..],
+            &["status", "--nodes", list, "--key", "k"],
+        ] {
+            let out = run_bin(&s, args);
+            assert_eq!(out.code(), Some(64), "{args:?}: {out:?}");
+            assert!(out.stderr.contains("empty entry"), "{args:?}: {out:?}");
+            assert!(!out.stderr.contains("hunter2"), "{args:?}: {out:?}");
+        }
+    }
+    let env = start(
+        &s,
+        ["run", "--key", "k", "--", "true"],
+        &[(
+            "REDQUORUM_NODES",
+            "redis://127.0.0.1:1,redis://127.0.0.1:2,redis://127.0.0.1:3,",
+        )],
+    )
+    .wait();
+    assert_eq!(env.code(), Some(64), "{env:?}");
+    assert!(env.stderr.contains("REDQUORUM_NODES"), "{env:?}");
+}
+
+#[test]
+fn fewer_than_3_nodes_are_refused_unless_allowed() {
+    let s = Scratch::new();
+    for list in [
+        "redis://127.0.0.1:1",
+        "redis://127.0.0.1:1,redis://127.0.0.1:2",
+    ] {
+        let out = run_bin(&s, ["run", "--nodes", list, "--key", "k", "--", "true"]);
+        assert_eq!(out.code(), Some(64), "{list}: {out:?}");
+        assert!(out.stderr.contains("--allow-few-nodes"), "{list}: {out:?}");
+    }
+    let c = cluster(1);
+    let out = run_bin(
+        &s,
+        run_args(
+            &c,
+            "few",
+            &["--allow-few-nodes", "--", "sh", "-c", "exit 3"],
+        ),
+    );
+    assert_eq!(out.code(), Some(3), "{out:?}");
+}
+
+#[test]
+fn an_even_node_count_is_warned_about() {
+    let c = cluster(4);
+    let s = Scratch::new();
+    let out = run_bin(&s, run_args(&c, "even", &["--", "true"]));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("warning: 4 nodes tolerate 1 failed master"),
+        "{out:?}"
+    );
+    let odd = run_bin(&s, run_args(&cluster(3), "odd", &["--", "true"]));
+    assert_eq!(odd.code(), Some(0), "{odd:?}");
+    assert!(!odd.stderr.contains("warning"), "{odd:?}");
+}
+
+#[test]
+fn flag_errors_name_the_flags_and_the_clis_defaults() {
+    let s = Scratch::new();
+    let dead = "redis://127.0.0.1:1,redis://127.0.0.1:2,redis://127.0.0.1:3";
+    let run = |rest: &[&str]| {
+        let mut args = vec!["run", "--nodes", dead, "--key", "k"];
+        args.extend_from_slice(rest);
+        args.extend_from_slice(&["--", "true"]);
+        run_bin(&s, args)
+    };
+    let cases: [(&[&str], &[&str]); 6] = [
+        (&["--ttl", "0"], &["--ttl", "the default is 30s"]),
+        (&["--ttl", "10ms"], &["--ttl", "use a longer --ttl"]),
+        (
+            &["--ttl", "100ms", "--node-timeout", "200ms"],
+            &["shorter --node-timeout"],
+        ),
+        (&["--node-timeout", "0"], &["--node-timeout", "50ms..250ms"]),
+        (&["--namespace", "a:b"], &["--namespace"]),
+        (&["--owner", ""], &["--owner"]),
+    ];
+    for (rest, says) in cases {
+        let out = run(rest);
+        assert_eq!(out.code(), Some(64), "{rest:?}: {out:?}");
+        for words in says {
+            assert!(
+                out.stderr.contains(words),
+                "{rest:?} should say {words:?}: {out:?}"
+            );
+        }
+        // The library's words for the same rules: its method names and its 10 s default.
+        for library in ["node_timeout", "10 s", "ttl must", "owner label"] {
+            assert!(
+                !out.stderr.contains(library),
+                "{rest:?} says {library:?}: {out:?}"
+            );
+        }
+    }
+    let group = run_bin(&s, ["status", "--nodes", dead, "--key", "k", "--group", ""]);
+    assert_eq!(group.code(), Some(64), "{group:?}");
+    assert!(group.stderr.contains("--group"), "{group:?}");
+    // `status` has no --ttl: a long --node-timeout must not be refused for a TTL nobody gave.
+    let status = run_bin(
+        &s,
+        [
+            "status",
+            "--nodes",
+            dead,
+            "--key",
+            "k",
+            "--node-timeout",
+            "20s",
+        ],
+    );
+    assert_eq!(status.code(), Some(69), "{status:?}");
+    assert!(!status.stderr.contains("ttl"), "{status:?}");
+}
+
+#[test]
+fn verbose_run_names_each_node_that_did_not_grant_and_why() {
+    let c = cluster(3);
+    let s = Scratch::new();
+    c.kill(2).expect("kill");
+    let out = run_bin(&s, run_args(&c, "named", &["-v", "--", "true"]));
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stderr.contains("on 2 of 3 nodes"), "{out:?}");
+    let dead = &c.url(2).expect("url")["redis://".len()..];
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains(dead))
+        .unwrap_or_else(|| panic!("no line names {dead}: {out:?}"));
+    assert!(line.contains("connection refused"), "{line}");
+    for alive in 0..2 {
+        let url = c.url(alive).expect("url");
+        assert!(
+            !out.stderr
+                .contains(&format!("{}:", &url["redis://".len()..])),
+            "a granting node is listed: {out:?}"
+        );
+    }
+}
+
+#[test]
+fn status_tells_an_authentication_failure_from_an_unreachable_node() {
+    let c = redquorum::testkit::LocalCluster::builder()
+        .nodes(3)
+        .requirepass("right-pw")
+        .start()
+        .expect("cluster");
+    let s = Scratch::new();
+    let mut urls = c.urls();
+    urls[0] = urls[0].replace("right-pw", "wrong-pw");
+    let out = run_bin(&s, ["status", "--nodes", &urls.join(","), "--key", "k"]);
+    assert_eq!(out.code(), Some(1), "free: {out:?}");
+    let node = format!("127.0.0.1:{}/0", c.port(0).expect("port"));
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&node))
+        .unwrap_or_else(|| panic!("no row for {node}: {out:?}"));
+    assert!(row.contains("auth failed"), "{row}");
+    assert!(!row.contains("unreachable"), "{row}");
+    assert!(out.stdout.contains("authentication failed"), "{out:?}");
+    assert!(
+        !out.stdout.contains("wrong-pw") && !out.stderr.contains("wrong-pw"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn masters_that_time_out_point_at_the_node_timeout_flag() {
+    let c = cluster(3);
+    let s = Scratch::new();
+    c.pause(0).expect("pause");
+    c.pause(1).expect("pause");
+    let out = run_bin(&s, run_args(&c, "slow", &["--", "true"]));
+    c.resume(0).expect("resume");
+    c.resume(1).expect("resume");
+    assert_eq!(out.code(), Some(69), "{out:?}");
+    assert!(out.stderr.contains("timed out"), "{out:?}");
+    assert!(out.stderr.contains("--node-timeout"), "{out:?}");
 }
 
 #[test]
@@ -586,7 +794,15 @@ fn status_shows_each_node_and_the_quorum_view() {
     let free = run_bin(&s, status);
     assert_eq!(free.code(), Some(1), "{free:?}");
     assert!(free.stdout.contains("free"), "{free:?}");
-    assert!(free.stdout.contains("unreachable"), "{free:?}");
+    // The killed node's row says why it could not be read.
+    let dead = format!("127.0.0.1:{}/0", c.port(4).expect("port"));
+    let row = free
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&dead))
+        .unwrap_or_else(|| panic!("no row for {dead}: {free:?}"));
+    assert!(row.contains("refused"), "{row}");
+    assert!(free.stdout.contains("connection refused"), "{free:?}");
 }
 
 #[test]

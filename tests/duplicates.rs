@@ -133,11 +133,11 @@ async fn a_duplicate_that_connects_later_never_votes() {
     loop {
         match locks.try_acquire("k").await {
             Ok(Some(guard)) => panic!("granted by {} nodes", guard.granted_nodes()),
-            Err(Error::NoQuorum { ok: 1, causes, .. })
-                if causes.iter().all(|f| f.node != node_1) =>
-            {
-                break
-            }
+            Err(Error::NoQuorum {
+                confirmed: 1,
+                causes,
+                ..
+            }) if causes.iter().all(|f| f.node != node_1) => break,
             Err(Error::NoQuorum { .. }) => {}
             other => panic!("{other:?}"),
         }

@@ -33,6 +33,11 @@ const EXAMPLES: &[(&str, Option<&str>)] = &[
     ("groups", Some("done")),
     ("chaos", Some("healed: acquired and released again")),
     ("tracing", Some("lock busy; waiting to retry")),
+    // The test build has every feature, `metrics` too.
+    (
+        "metrics",
+        Some("redquorum_acquisitions_total{outcome=\"granted\"} 11"),
+    ),
 ];
 
 /// Examples that always start their own masters: they inject faults, or need a short TTL on a

@@ -4,7 +4,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use redquorum::{Error, NodeCause};
+use redquorum::{Error, NodeCause, Operation};
 use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,14 +40,14 @@ async fn three_of_five_killed_returns_no_quorum_before_the_deadline() {
     let waited = started.elapsed();
     match &err {
         Error::NoQuorum {
-            ok,
+            confirmed,
             required,
             nodes,
             causes,
             ..
         } => {
             assert_eq!((*required, *nodes), (3, 5));
-            assert!(*ok <= 2);
+            assert!(*confirmed <= 2);
             assert_eq!(causes.len(), 3, "one cause per dead node: {causes:?}");
         }
         other => panic!("expected NoQuorum, got {other:?}"),
@@ -137,8 +137,8 @@ async fn build_with_a_majority_down_fails_with_causes() {
         .expect_err("majority down");
     match err {
         Error::NoQuorum {
-            op: "connect",
-            ok: 1,
+            op: Operation::Connect,
+            answered: 1,
             required: 2,
             causes,
             ..
@@ -251,7 +251,13 @@ async fn a_dead_majority_is_no_quorum_even_when_the_live_nodes_say_held() {
     let started = Instant::now();
     let res = other.acquire(&ctx(10_000), "k").await;
     assert!(
-        matches!(res, Err(Error::NoQuorum { op: "acquire", .. })),
+        matches!(
+            res,
+            Err(Error::NoQuorum {
+                op: Operation::Acquire,
+                ..
+            })
+        ),
         "{res:?}"
     );
     assert!(

@@ -44,8 +44,23 @@ async fn contend(
             })
         })
         .collect();
+    // Every task is awaited; a task that saw two holders is reported first (a holder that
+    // panicked can make another task's release fail after it, which is not the finding).
+    let mut failed = None;
     for h in handles {
-        h.await.expect("no panic");
+        if let Err(e) = h.await {
+            let panic = e.into_panic();
+            let overlap = panic
+                .downcast_ref::<String>()
+                .is_some_and(|m| m.contains("two holders"));
+            if overlap {
+                std::panic::resume_unwind(panic);
+            }
+            failed.get_or_insert(panic);
+        }
+    }
+    if let Some(panic) = failed {
+        std::panic::resume_unwind(panic);
     }
     done.load(Ordering::SeqCst)
 }

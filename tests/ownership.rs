@@ -4,7 +4,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use redquorum::Error;
+use redquorum::{Error, Operation};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_are_isolated_and_share_connections() {
@@ -208,7 +208,13 @@ async fn an_undetermined_majority_is_no_quorum_not_free() {
     let held = g.is_held().await;
     c.resume(0).expect("resume");
     assert!(
-        matches!(locked, Err(Error::NoQuorum { op: "query", .. })),
+        matches!(
+            locked,
+            Err(Error::NoQuorum {
+                op: Operation::Query,
+                ..
+            })
+        ),
         "{locked:?}"
     );
     assert!(matches!(owner, Err(Error::NoQuorum { .. })), "{owner:?}");

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use redquorum::testkit::LocalCluster;
-use redquorum::{Error, NodeCause, NodeFailure, RedLock};
+use redquorum::{Error, NodeCause, NodeFailure, Operation, RedLock};
 
 const SECRET: &str = "hunter2-s3cret";
 
@@ -141,8 +141,8 @@ async fn connect_failures(urls: &[String]) -> (Error, Vec<NodeFailure>) {
         .expect_err("no node is usable");
     let causes = match &err {
         Error::NoQuorum {
-            op: "connect",
-            ok: 0,
+            op: Operation::Connect,
+            answered: 0,
             required: 3,
             nodes: 5,
             causes,

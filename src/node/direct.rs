@@ -128,14 +128,53 @@ impl Drop for Direct {
     }
 }
 
-#[cfg(all(test, feature = "testkit"))]
+#[cfg(test)]
 mod tests {
+    use std::process::{Child, Command, Stdio};
     use std::time::Duration;
 
     use super::*;
     use crate::keys::Keys;
     use crate::node::link::Identities;
-    use crate::testkit::LocalCluster;
+
+    /// A real `redis-server` on a free loopback port, stopped on drop (the testkit sits
+    /// outside the library's module map, so a unit test of the library starts its own). The
+    /// binary is `$REDQUORUM_REDIS_SERVER` or `redis-server` on `PATH`, as for the testkit.
+    struct Server(Child, u16);
+
+    impl Server {
+        async fn start() -> Server {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let binary =
+                std::env::var("REDQUORUM_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+            let child = Command::new(binary)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server");
+            let server = Server(child, port);
+            let hang_guard = Instant::now() + Duration::from_secs(10);
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                assert!(Instant::now() < hang_guard, "redis-server did not start");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            server
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 
     /// A release whose caller gives up right after handing it to an idle node's connection
     /// still reaches the node, NOSCRIPT resend included: the rest of it runs on without the
@@ -143,8 +182,8 @@ mod tests {
     /// request whose reply nobody waits for any more.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_release_dropped_by_its_caller_still_goes_out_and_is_resent_after_noscript() {
-        let c = LocalCluster::start(1).expect("cluster");
-        let url = c.url(0).expect("url");
+        let server = Server::start().await;
+        let url = format!("redis://127.0.0.1:{}/0", server.1);
         let client = redis::Client::open(url.as_str()).expect("client");
         let mut raw = client
             .get_multiplexed_async_connection()

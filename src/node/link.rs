@@ -157,6 +157,11 @@ impl Link {
     }
 
     /// The node's identified connection, waiting for it to be made if need be.
+    /// The client this link connects with.
+    pub(super) fn client(&self) -> &Client {
+        &self.client
+    }
+
     pub(super) async fn get(self: &Arc<Self>) -> Result<Conn, NodeCause> {
         if let Some(of) = self.ids.duplicate_of(self.i) {
             return Err(self.ids.duplicate(of));

@@ -32,7 +32,7 @@ use cause::redis_cause;
 use direct::{Counted, Direct, Load};
 use link::{Identities, Link};
 use op::{grant_reply, owned_reply};
-pub(crate) use op::{Grant, Op, Owned, Script};
+pub(crate) use op::{Grant, Op, Owned};
 use sender::{serve, Job, RUNTIME_GONE};
 pub(crate) use spec::{redact, NodeSpec};
 
@@ -149,9 +149,10 @@ impl Nodes {
         }
         if tally.decision() != Decision::Reached {
             return Err(Error::NoQuorum {
-                op: "connect",
+                op: crate::error::Operation::Connect,
                 key: String::new(),
-                ok: tally.yes,
+                answered: tally.yes,
+                confirmed: tally.yes,
                 required: tally.required(),
                 nodes: n,
                 causes,
@@ -180,6 +181,23 @@ impl Nodes {
         self.timeout
     }
 
+    /// Node `i`'s identified connection (for the settings check at the end of `build()`).
+    pub(crate) async fn connection(
+        &self,
+        i: usize,
+    ) -> Result<impl redis::aio::ConnectionLike + Send, NodeCause> {
+        self.nodes[i].link.get().await
+    }
+
+    /// Each node's client and URL without credentials (for `RedLock::check`).
+    pub(crate) fn clients(&self) -> Vec<(redis::Client, Arc<str>)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.link.client().clone(), self.ids.shown(i).clone()))
+            .collect()
+    }
+
     /// Runs one request under a semaphore permit and the node timeout. The timeout counts from
     /// when the permit is granted: a client busy with its own burst is not a slow node (a
     /// permit is held for at most the request's timeout, so the wait for one is bounded too;
@@ -205,7 +223,10 @@ impl Nodes {
 
     /// Node `i`'s reply to `op`, within the node timeout (see [`request`](Self::request)).
     async fn call(&self, i: usize, op: &Arc<Op>) -> Result<Value, NodeCause> {
-        self.bounded(self.timeout, self.request(i, op)).await
+        let started = Instant::now();
+        let reply = self.bounded(self.timeout, self.request(i, op)).await;
+        crate::telemetry::node_request(self.addr(i), started.elapsed(), reply.as_ref().err());
+        reply
     }
 
     /// Sends `op` to node `i` and waits for its reply (no permit, no timeout: the caller bounds

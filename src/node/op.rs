@@ -34,16 +34,6 @@ impl Script {
         Script::Fence,
     ];
 
-    /// The operation's name in errors.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Script::Acquire => "acquire",
-            Script::Release => "release",
-            Script::Extend => "extend",
-            Script::Fence => "fence",
-        }
-    }
-
     /// The script's Lua source (`SCRIPT LOAD`).
     pub(super) fn source(self) -> &'static str {
         match self {

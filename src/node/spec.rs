@@ -21,14 +21,19 @@ pub(crate) struct NodeSpec {
 impl NodeSpec {
     pub(crate) fn parse(url: &str) -> Result<Self, String> {
         let shown = redact(url);
+        // Refused here rather than left to the redis crate, whose TLS support other crates in
+        // the build may turn on: this crate's TLS features also set up the TLS backend.
+        let tls = url
+            .get(..9)
+            .is_some_and(|s| s.eq_ignore_ascii_case("rediss://"));
+        if tls && !cfg!(any(feature = "tls-rustls", feature = "tls-native-tls")) {
+            return Err(format!(
+                "node URL {shown:?} asks for TLS, but redquorum was built without it; enable \
+                 its `tls-rustls` feature (or `tls-native-tls`) in your Cargo.toml, or \
+                 `--features tls-rustls` when installing the CLI"
+            ));
+        }
         let client = Client::open(url).map_err(|e| {
-            if url.starts_with("rediss://") && e.to_string().contains("TLS") {
-                return format!(
-                    "node URL {shown:?} asks for TLS but the redis crate was built without it; add \
-                     `redis = {{ version = \"1\", features = [\"tokio-rustls-comp\"] }}` (or \
-                     \"tokio-native-tls-comp\") to your Cargo.toml"
-                );
-            }
             // redis' message names the part that is wrong, never the URL itself.
             let why = one_line(&e.to_string());
             format!(
@@ -55,7 +60,13 @@ impl NodeSpec {
 /// as a Redis URL is not shown beyond its scheme.
 pub(crate) fn redact(url: &str) -> String {
     let scheme = url.find("://").map_or("", |s| &url[..s + 3]);
-    let Ok(client) = Client::open(url) else {
+    // Without a TLS feature redis refuses rediss:// URLs: the same URL as redis:// parses the
+    // same way (only the scheme differs), so its parts can still be shown.
+    let parsed = match url.strip_prefix("rediss://") {
+        Some(rest) => Client::open(format!("redis://{rest}")),
+        None => Client::open(url),
+    };
+    let Ok(client) = parsed else {
         return format!("{scheme}*** (not shown: it does not parse, and may hold a password)");
     };
     let info = client.get_connection_info();
@@ -97,6 +108,22 @@ mod tests {
             assert!(!shown.contains(pw) && !shown.contains('b'), "{shown}");
         }
         assert!(!redact("redis://:pw@h:notaport").contains("pw"));
+        // TLS URLs, with or without a TLS feature built in.
+        assert_eq!(
+            redact("rediss://app:s3cret@10.0.0.1:6380/1"),
+            "rediss://***@10.0.0.1:6380/1"
+        );
+    }
+
+    #[cfg(not(any(feature = "tls-rustls", feature = "tls-native-tls")))]
+    #[test]
+    fn tls_urls_without_a_tls_feature_name_the_feature() {
+        let err = NodeSpec::parse("rediss://:s3cret@10.0.0.1:6380").expect_err("no TLS built in");
+        assert!(
+            err.contains("tls-rustls") && err.contains("rediss://***@10.0.0.1:6380/0"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]

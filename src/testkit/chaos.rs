@@ -178,6 +178,18 @@ pub struct Workload {
 impl Workload {
     /// A workload of `duration` with `seed`: 6 clients, 3 keys, 1 s leases, 100 ms node
     /// timeout, nemesis on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redquorum::testkit::Workload;
+    ///
+    /// let mut workload = Workload::new(Duration::from_secs(60), 42);
+    /// workload.clients = 8; // every field is public: clients, keys, ttl, node_timeout, nemesis, ...
+    /// workload.keys = 2;
+    /// # drop(workload);
+    /// ```
     pub fn new(duration: Duration, seed: u64) -> Self {
         Workload {
             duration,
@@ -196,6 +208,21 @@ impl Workload {
     ///
     /// # Errors
     /// [`Error`] when a client cannot be built (a majority down at the start).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redquorum::testkit::{LocalCluster, Workload};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::builder().nodes(5).proxied(true).appendonly(true).start()?;
+    /// // One second of contention while the nemesis kills, pauses, slows and partitions nodes.
+    /// let report = Workload::new(Duration::from_secs(1), 7).run(&cluster).await?;
+    /// assert!(report.violations.is_empty(), "{report}");
+    /// assert!(report.grants > 0);
+    /// # Ok(()) }
+    /// ```
     pub async fn run(&self, cluster: &LocalCluster) -> Result<Report, Error> {
         let started = Instant::now();
         let end = started + self.duration;
@@ -223,6 +250,35 @@ impl Workload {
     ///
     /// # Errors
     /// [`Error::Config`] when a child cannot be started or its output cannot be read.
+    ///
+    /// # Examples
+    ///
+    /// One binary plays both parts, as `examples/soak.rs` does (not run here: a doc test
+    /// cannot start itself as the child):
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use redquorum::testkit::{LocalCluster, Workload};
+    ///
+    /// #[tokio::main]
+    /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     let args: Vec<String> = std::env::args().skip(1).collect();
+    ///     if args.first().map(String::as_str) == Some("--child") {
+    ///         return Ok(Workload::run_child(&args[1..]).await?);
+    ///     }
+    ///     let cluster = LocalCluster::builder().nodes(5).proxied(true).appendonly(true).start()?;
+    ///     let me = std::env::current_exe()?;
+    ///     let report = Workload::new(Duration::from_secs(60), 1)
+    ///         .run_processes(&cluster, 3, || {
+    ///             let mut child = std::process::Command::new(&me);
+    ///             child.arg("--child");
+    ///             child
+    ///         })
+    ///         .await?;
+    ///     assert!(report.violations.is_empty(), "{report}");
+    ///     Ok(())
+    /// }
+    /// ```
     pub async fn run_processes(
         &self,
         cluster: &LocalCluster,
@@ -282,6 +338,21 @@ impl Workload {
     ///
     /// # Errors
     /// [`Error::Config`] for malformed arguments; [`Error`] when a client cannot be built.
+    ///
+    /// # Examples
+    ///
+    /// See [`run_processes`](Self::run_processes): the child is the same binary, started with
+    /// `--child`, and calls this with the arguments after it. Arguments that are not a child's
+    /// are refused:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use redquorum::testkit::Workload;
+    /// let err = Workload::run_child(&["not-a-url-list".to_owned()]).await.unwrap_err();
+    /// assert!(err.to_string().contains("soak child arguments"));
+    /// # }
+    /// ```
     pub async fn run_child(args: &[String]) -> Result<(), Error> {
         let bad = || Error::Config {
             reason: format!("soak child arguments: {args:?}"),

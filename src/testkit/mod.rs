@@ -59,6 +59,28 @@
 //! between clients and a node that keeps running. [`LocalCluster::direct_url`] still reaches
 //! the node itself.
 //!
+//! # TLS
+//!
+//! With the `testkit-tls` feature, `.tls(true)` starts TLS-only nodes (no plain TCP port) with
+//! certificates from a CA generated at start: [`LocalCluster::urls`] are `rediss://` URLs,
+//! and [`LocalCluster::tls_ca_pem`] is what a client must trust (a client also needs the
+//! `tls-rustls` or `tls-native-tls` feature). See `tests/tls.rs`.
+//!
+//! ```no_run
+//! # #[cfg(feature = "testkit-tls")]
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use redquorum::testkit::LocalCluster;
+//! let cluster = LocalCluster::builder().nodes(3).tls(true).start()?;
+//! assert!(cluster.urls()[0].starts_with("rediss://127.0.0.1:"));
+//! # #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
+//! let locks = redquorum::RedLock::builder()
+//!     .nodes(cluster.urls())
+//!     .tls_root_certs(cluster.tls_ca_pem().unwrap_or_default())
+//!     .build()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # A full safety check
 //!
 //! [`Workload`] runs contending clients against a seeded nemesis that kills, pauses, slows down
@@ -68,6 +90,8 @@
 mod chaos;
 mod proxy;
 mod stats;
+#[cfg(feature = "testkit-tls")]
+mod tls;
 
 pub use chaos::{check_holds, HoldRecord, Report, Workload};
 pub use proxy::FaultProxy;
@@ -80,8 +104,11 @@ pub use stats::{CommandStats, SCRIPT_COMMANDS};
 /// # Errors
 /// As for [`LocalCluster::start`].
 ///
-/// ```no_run
-/// let (urls, _local) = redquorum::testkit::env_or_local(3)?;
+/// ```
+/// let (urls, local) = redquorum::testkit::env_or_local(3)?;
+/// // Your masters when REDQUORUM_NODES is set, else 3 local ones (kept alive by `local`).
+/// assert_eq!(local.is_some(), std::env::var("REDQUORUM_NODES").map_or(true, |l| l.trim().is_empty()));
+/// assert!(!urls.is_empty());
 /// # Ok::<(), redquorum::testkit::TestkitError>(())
 /// ```
 pub fn env_or_local(n: usize) -> Result<(Vec<String>, Option<LocalCluster>), TestkitError> {
@@ -185,6 +212,19 @@ pub struct LocalClusterBuilder {
     base_dir: Option<PathBuf>,
     proxied: bool,
     password: Option<Password>,
+    server_args: Vec<String>,
+    #[cfg(feature = "testkit-tls")]
+    tls: Option<ClientAuth>,
+}
+
+/// Whether a TLS node asks clients for a certificate (`tls-auth-clients`).
+#[cfg(feature = "testkit-tls")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientAuth {
+    /// `optional`: a client may present the cluster's client certificate, and it is checked.
+    Optional,
+    /// `yes`: every client must.
+    Required,
 }
 
 /// A `requirepass` password: never shown by `Debug`.
@@ -205,12 +245,25 @@ impl Default for LocalClusterBuilder {
             base_dir: None,
             proxied: false,
             password: None,
+            server_args: Vec::new(),
+            #[cfg(feature = "testkit-tls")]
+            tls: None,
         }
     }
 }
 
 impl LocalClusterBuilder {
     /// Number of independent `redis-server` processes (default 5).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::builder().nodes(3).start()?;
+    /// assert_eq!(cluster.len(), 3);
+    /// # Ok(()) }
+    /// ```
     pub fn nodes(mut self, n: usize) -> Self {
         self.nodes = n;
         self
@@ -218,6 +271,27 @@ impl LocalClusterBuilder {
 
     /// Persist with `--appendonly yes --appendfsync always` (default `false`:
     /// no persistence at all, so a restarted node comes back empty).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redquorum::RedLock;
+    ///
+    /// // Nodes that keep their data across a restart, as Redlock's safety needs.
+    /// let cluster = LocalCluster::builder().nodes(3).appendonly(true).start()?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// let guard = locks.try_acquire("k").await?.expect("free");
+    /// cluster.restart(0)?; // the key is back from the AOF
+    /// assert!(guard.is_held().await?);
+    /// # Ok(()) }
+    /// ```
     pub fn appendonly(mut self, enabled: bool) -> Self {
         self.appendonly = enabled;
         self
@@ -226,6 +300,18 @@ impl LocalClusterBuilder {
     /// Where the cluster's temp directory is created (default: `std::env::temp_dir()`). A
     /// tmpfs such as `/dev/shm` makes `appendfsync always` cheap while data still survives a
     /// node's restart.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // On tmpfs where there is one: `appendfsync always` costs little there.
+    /// let dir = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm".into() } else { std::env::temp_dir() };
+    /// let cluster = LocalCluster::builder().nodes(1).appendonly(true).base_dir(dir).start()?;
+    /// assert!(cluster.is_running(0));
+    /// # Ok(()) }
+    /// ```
     pub fn base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.base_dir = Some(dir.into());
         self
@@ -234,6 +320,27 @@ impl LocalClusterBuilder {
     /// Puts a [`FaultProxy`] in front of every node: [`urls`](LocalCluster::urls) then point
     /// at the proxies (so clients can be slowed down or partitioned from a node that keeps
     /// running), and [`proxy`](LocalCluster::proxy) gives access to them. Default: off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use redquorum::RedLock;
+    ///
+    /// let cluster = LocalCluster::builder().nodes(3).proxied(true).start()?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls()) // through the proxies
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// cluster.proxy(0)?.blackhole(); // node 0 keeps running, but nothing reaches it
+    /// let guard = locks.try_acquire("k").await?.expect("a majority is still reachable");
+    /// assert_eq!(guard.granted_nodes(), 2);
+    /// # Ok(()) }
+    /// ```
     pub fn proxied(mut self, on: bool) -> Self {
         self.proxied = on;
         self
@@ -243,7 +350,7 @@ impl LocalClusterBuilder {
     /// cluster hands out then carries it (`redis://:password@127.0.0.1:<port>`); `Debug`
     /// output of the builder and the cluster does not show it.
     ///
-    /// ```no_run
+    /// ```
     /// use redquorum::testkit::LocalCluster;
     /// let cluster = LocalCluster::builder().nodes(1).requirepass("s3cret").start()?;
     /// assert!(cluster.urls()[0].starts_with("redis://:s3cret@127.0.0.1:"));
@@ -255,9 +362,90 @@ impl LocalClusterBuilder {
         self
     }
 
+    /// Extra command-line arguments for every node's `redis-server`, after the testkit's own
+    /// (so they override them): a server run the way yours is, e.g. with an unsafe setting to
+    /// see [`RedLock::check`](crate::RedLock::check) flag it. Kept across
+    /// [`restart`](LocalCluster::restart). The testkit's readiness probe sends `AUTH`, `PING`
+    /// and `INFO server`: do not rename or disable those.
+    ///
+    /// ```no_run
+    /// use redquorum::testkit::LocalCluster;
+    /// let cluster = LocalCluster::builder()
+    ///     .nodes(3)
+    ///     .server_args(["--appendonly", "yes", "--appendfsync", "everysec"])
+    ///     .server_args(["--rename-command", "CONFIG", ""])
+    ///     .start()?;
+    /// # Ok::<(), redquorum::testkit::TestkitError>(())
+    /// ```
+    pub fn server_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.server_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// TLS-only nodes (feature `testkit-tls`): each `redis-server` listens on its port with TLS
+    /// only (`port 0`, `tls-port`), with a certificate for `127.0.0.1` and `localhost` signed by
+    /// a CA generated at start ([`tls_ca_pem`](LocalCluster::tls_ca_pem)). Clients need not
+    /// present a certificate, but one they present must be signed by that CA
+    /// (`tls-auth-clients optional`). [`urls`](LocalCluster::urls) are `rediss://` URLs; a
+    /// [`proxied`](Self::proxied) cluster works too (the proxies pass the TLS bytes on).
+    /// Default: off.
+    ///
+    /// The testkit's own readiness checks and command statistics use a Unix socket in each
+    /// node's directory.
+    ///
+    /// ```no_run
+    /// use redquorum::testkit::LocalCluster;
+    /// let cluster = LocalCluster::builder().nodes(1).tls(true).start()?;
+    /// assert!(cluster.url(0)?.starts_with("rediss://127.0.0.1:"));
+    /// assert!(cluster.tls_ca_pem().is_some_and(|pem| pem.contains("BEGIN CERTIFICATE")));
+    /// # Ok::<(), redquorum::testkit::TestkitError>(())
+    /// ```
+    #[cfg(feature = "testkit-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testkit-tls")))]
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on.then_some(ClientAuth::Optional);
+        self
+    }
+
+    /// Mutual TLS (feature `testkit-tls`): as [`tls`](Self::tls), but every client must present
+    /// a certificate signed by the cluster's CA (`tls-auth-clients yes`), such as
+    /// [`tls_client_cert_pem`](LocalCluster::tls_client_cert_pem) with
+    /// [`tls_client_key_pem`](LocalCluster::tls_client_key_pem).
+    ///
+    /// ```no_run
+    /// use redquorum::testkit::LocalCluster;
+    /// let cluster = LocalCluster::builder().nodes(1).tls_client_auth(true).start()?;
+    /// assert!(cluster.tls_client_key_pem().is_some());
+    /// # Ok::<(), redquorum::testkit::TestkitError>(())
+    /// ```
+    #[cfg(feature = "testkit-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testkit-tls")))]
+    pub fn tls_client_auth(mut self, required: bool) -> Self {
+        self.tls = Some(if required {
+            ClientAuth::Required
+        } else {
+            ClientAuth::Optional
+        });
+        self
+    }
+
     /// Starts every node and waits until each answers `PING`.
     ///
     /// On error, the nodes started so far are killed and the temp dir removed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::builder().nodes(3).start()?; // every node answers PING now
+    /// assert!((0..3).all(|i| cluster.is_running(i)));
+    /// # Ok(()) }
+    /// ```
     pub fn start(self) -> Result<LocalCluster, TestkitError> {
         let binary = resolve_binary(std::env::var_os(BINARY_ENV), std::env::var_os("PATH"))?;
         let root = create_root_dir(self.base_dir.unwrap_or_else(std::env::temp_dir))?;
@@ -266,10 +454,17 @@ impl LocalClusterBuilder {
             binary,
             appendonly: self.appendonly,
             password: self.password,
+            server_args: self.server_args,
             root,
             nodes: Vec::with_capacity(self.nodes),
             proxies: Vec::new(),
+            #[cfg(feature = "testkit-tls")]
+            tls: None,
         };
+        #[cfg(feature = "testkit-tls")]
+        if let Some(auth) = self.tls {
+            cluster.tls = Some((tls::TlsFiles::generate(&cluster.root)?, auth));
+        }
         for index in 0..self.nodes {
             let dir = cluster.root.join(format!("node-{index}"));
             fs::create_dir(&dir).map_err(|e| io_error(format!("creating {}", dir.display()), e))?;
@@ -302,10 +497,15 @@ pub struct LocalCluster {
     binary: PathBuf,
     appendonly: bool,
     password: Option<Password>,
+    /// Extra `redis-server` arguments (see [`LocalClusterBuilder::server_args`]).
+    server_args: Vec<String>,
     root: PathBuf,
     nodes: Vec<Node>,
     /// One per node when built with `proxied(true)`.
     proxies: Vec<FaultProxy>,
+    /// The certificates of a TLS cluster.
+    #[cfg(feature = "testkit-tls")]
+    tls: Option<(tls::TlsFiles, ClientAuth)>,
 }
 
 #[derive(Debug)]
@@ -353,6 +553,16 @@ impl NodeState {
 
 impl LocalCluster {
     /// Returns a builder (5 nodes, no persistence by default).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::builder().nodes(3).appendonly(true).start()?;
+    /// # drop(cluster);
+    /// # Ok(()) }
+    /// ```
     #[must_use = "the builder does nothing until `.start()` is called"]
     pub fn builder() -> LocalClusterBuilder {
         LocalClusterBuilder::default()
@@ -360,11 +570,40 @@ impl LocalCluster {
 
     /// Starts `n` nodes with default settings; shortcut for
     /// `LocalCluster::builder().nodes(n).start()`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::start(3)?; // no persistence, no proxies
+    /// assert_eq!(cluster.urls().len(), 3);
+    /// # Ok(()) }
+    /// ```
     pub fn start(n: usize) -> Result<LocalCluster, TestkitError> {
         Self::builder().nodes(n).start()
     }
 
-    /// `redis://127.0.0.1:<port>` for every node, in index order.
+    /// `redis://127.0.0.1:<port>` for every node, in index order (`rediss://` for a
+    /// [`tls`](LocalClusterBuilder::tls) cluster).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redquorum::RedLock;
+    ///
+    /// let cluster = LocalCluster::start(3)?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// assert_eq!(locks.nodes(), 3);
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn urls(&self) -> Vec<String> {
         (0..self.nodes.len())
@@ -375,6 +614,18 @@ impl LocalCluster {
     /// `redis://127.0.0.1:<port>` of node `index`: its proxy's when the cluster is proxied
     /// (with the password, for a cluster started with
     /// [`requirepass`](LocalClusterBuilder::requirepass)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::start(3)?;
+    /// let url = cluster.url(0)?;
+    /// assert_eq!(url, format!("redis://127.0.0.1:{}", cluster.port(0)?));
+    /// assert!(cluster.url(3).is_err()); // no such node: an error, never a panic
+    /// # Ok(()) }
+    /// ```
     pub fn url(&self, index: usize) -> Result<String, TestkitError> {
         let node = self.node(index)?;
         Ok(match self.proxies.get(index) {
@@ -385,21 +636,113 @@ impl LocalCluster {
 
     /// `redis://127.0.0.1:<port>` of node `index` itself, never through a proxy (for looking
     /// at a node's data while it is partitioned from the clients).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::builder().nodes(3).proxied(true).start()?;
+    /// cluster.proxy(0)?.cut(); // clients cannot reach node 0 ...
+    /// let direct = cluster.direct_url(0)?; // ... but the test can still look at its data
+    /// assert_ne!(direct, cluster.url(0)?);
+    /// # Ok(()) }
+    /// ```
     pub fn direct_url(&self, index: usize) -> Result<String, TestkitError> {
         Ok(self.node_url(self.node(index)?.port))
     }
 
     fn node_url(&self, port: u16) -> String {
+        let scheme = if self.is_tls() { "rediss" } else { "redis" };
         match &self.password {
-            Some(Password(pw)) => format!("redis://:{pw}@127.0.0.1:{port}"),
-            None => node_url(port),
+            Some(Password(pw)) => format!("{scheme}://:{pw}@127.0.0.1:{port}"),
+            None => format!("{scheme}://127.0.0.1:{port}"),
         }
+    }
+
+    /// Whether the nodes speak TLS only.
+    fn is_tls(&self) -> bool {
+        #[cfg(feature = "testkit-tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "testkit-tls"))]
+        false
+    }
+
+    /// The Unix socket of a TLS node, which the testkit's own connections use.
+    fn socket(dir: &Path) -> PathBuf {
+        dir.join("redis.sock")
+    }
+
+    /// The PEM certificate of the CA that signed a [`tls`](LocalClusterBuilder::tls) cluster's
+    /// server and client certificates: what a client must trust
+    /// ([`RedLockBuilder::tls_root_certs`](crate::RedLockBuilder)). `None` without TLS.
+    ///
+    /// ```no_run
+    /// use redquorum::testkit::LocalCluster;
+    /// let cluster = LocalCluster::builder().nodes(1).tls(true).start()?;
+    /// std::fs::write("ca.crt", cluster.tls_ca_pem().unwrap_or_default()).ok();
+    /// # Ok::<(), redquorum::testkit::TestkitError>(())
+    /// ```
+    #[cfg(feature = "testkit-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testkit-tls")))]
+    #[must_use]
+    pub fn tls_ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(|(files, _)| files.ca_pem.as_str())
+    }
+
+    /// A PEM client certificate signed by the cluster's CA, for mutual TLS
+    /// ([`tls_client_auth`](LocalClusterBuilder::tls_client_auth)). `None` without TLS.
+    ///
+    /// ```no_run
+    /// use redquorum::testkit::LocalCluster;
+    /// let cluster = LocalCluster::builder().nodes(1).tls_client_auth(true).start()?;
+    /// assert!(cluster.tls_client_cert_pem().is_some());
+    /// # Ok::<(), redquorum::testkit::TestkitError>(())
+    /// ```
+    #[cfg(feature = "testkit-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testkit-tls")))]
+    #[must_use]
+    pub fn tls_client_cert_pem(&self) -> Option<&str> {
+        self.tls
+            .as_ref()
+            .map(|(files, _)| files.client_cert_pem.as_str())
+    }
+
+    /// The PEM (PKCS#8) private key of [`tls_client_cert_pem`](Self::tls_client_cert_pem).
+    /// `None` without TLS.
+    ///
+    /// ```no_run
+    /// use redquorum::testkit::LocalCluster;
+    /// let cluster = LocalCluster::builder().nodes(1).tls_client_auth(true).start()?;
+    /// assert!(cluster.tls_client_key_pem().is_some_and(|k| k.contains("PRIVATE KEY")));
+    /// # Ok::<(), redquorum::testkit::TestkitError>(())
+    /// ```
+    #[cfg(feature = "testkit-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testkit-tls")))]
+    #[must_use]
+    pub fn tls_client_key_pem(&self) -> Option<&str> {
+        self.tls
+            .as_ref()
+            .map(|(files, _)| files.client_key_pem.as_str())
     }
 
     /// The fault proxy in front of node `index` (clusters built with `proxied(true)`).
     ///
     /// # Errors
     /// [`TestkitError::NoSuchNode`] for an index out of range or a cluster without proxies.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    ///
+    /// let cluster = LocalCluster::builder().nodes(3).proxied(true).start()?;
+    /// cluster.proxy(2)?.set_latency(Duration::from_millis(20)); // a slow link to node 2
+    /// assert!(LocalCluster::start(1)?.proxy(0).is_err()); // not proxied
+    /// # Ok(()) }
+    /// ```
     pub fn proxy(&self, index: usize) -> Result<&FaultProxy, TestkitError> {
         self.proxies.get(index).ok_or(TestkitError::NoSuchNode {
             index,
@@ -408,17 +751,46 @@ impl LocalCluster {
     }
 
     /// Port of node `index` (unchanged across restarts).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::start(1)?;
+    /// let port = cluster.port(0)?;
+    /// assert!(cluster.url(0)?.ends_with(&format!(":{port}")));
+    /// # Ok(()) }
+    /// ```
     pub fn port(&self, index: usize) -> Result<u16, TestkitError> {
         Ok(self.node(index)?.port)
     }
 
     /// Number of nodes (running or not).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// assert_eq!(LocalCluster::start(3)?.len(), 3);
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
 
     /// Whether the cluster has no nodes at all.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// assert!(!LocalCluster::start(1)?.is_empty());
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
@@ -426,6 +798,26 @@ impl LocalCluster {
 
     /// Crashes node `index` with SIGKILL and reaps it. Data not persisted is
     /// lost. Killing a node that is not running is a no-op.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redquorum::RedLock;
+    ///
+    /// let cluster = LocalCluster::start(3)?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// cluster.kill(0)?; // SIGKILL: a crashed master
+    /// assert!(!cluster.is_running(0));
+    /// assert!(locks.try_acquire("k").await?.is_some()); // 2 of 3 still grant
+    /// # Ok(()) }
+    /// ```
     pub fn kill(&self, index: usize) -> Result<(), TestkitError> {
         let node = self.node(index)?;
         let mut state = lock(&node.state);
@@ -443,6 +835,18 @@ impl LocalCluster {
     /// Starts node `index` again on the same port and data directory and waits
     /// until it answers `PING`. A running (or paused) node is killed first.
     /// Retries for about two seconds if the port is briefly unavailable.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::start(3)?;
+    /// cluster.kill(1)?;
+    /// cluster.restart(1)?; // same port and data directory (empty without appendonly)
+    /// assert!(cluster.is_running(1));
+    /// # Ok(()) }
+    /// ```
     pub fn restart(&self, index: usize) -> Result<(), TestkitError> {
         self.kill(index)?;
         let node = self.node(index)?;
@@ -464,6 +868,29 @@ impl LocalCluster {
     /// Freezes node `index` with SIGSTOP: it keeps its port and connections
     /// are accepted by the kernel, but nothing is answered (a partition or a
     /// long GC pause, as seen by clients). Pausing a paused node is a no-op.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use redquorum::{Context, RedLock};
+    ///
+    /// let cluster = LocalCluster::start(3)?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// cluster.pause(2)?; // SIGSTOP: connections hang, like a GC pause or a partition
+    /// let ctx = Context::with_timeout(Duration::from_secs(5));
+    /// let guard = locks.acquire(&ctx, "k").await?; // decided by the other two, without waiting
+    /// guard.release().await?;
+    /// cluster.resume(2)?;
+    /// # Ok(()) }
+    /// ```
     pub fn pause(&self, index: usize) -> Result<(), TestkitError> {
         let node = self.node(index)?;
         let mut state = lock(&node.state);
@@ -478,6 +905,18 @@ impl LocalCluster {
 
     /// Continues node `index` with SIGCONT after [`pause`](Self::pause).
     /// Resuming a node that is not paused (or not running) is a no-op.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::start(1)?;
+    /// cluster.pause(0)?;
+    /// cluster.resume(0)?; // SIGCONT: it answers again
+    /// assert!(cluster.is_running(0));
+    /// # Ok(()) }
+    /// ```
     pub fn resume(&self, index: usize) -> Result<(), TestkitError> {
         let node = self.node(index)?;
         let mut state = lock(&node.state);
@@ -493,6 +932,18 @@ impl LocalCluster {
 
     /// Whether node `index`'s process is alive (paused nodes count as alive).
     /// `false` for an out-of-range index.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::start(2)?;
+    /// cluster.kill(1)?;
+    /// assert!(cluster.is_running(0) && !cluster.is_running(1));
+    /// assert!(!cluster.is_running(7)); // no such node
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn is_running(&self, index: usize) -> bool {
         self.node(index)
@@ -501,6 +952,17 @@ impl LocalCluster {
     }
 
     /// Contents of node `index`'s `redis.log` (all of its runs, appended).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::start(1)?;
+    /// let log = cluster.log(0)?; // the node's redis.log, e.g. to print when a test fails
+    /// assert!(log.contains("Ready to accept connections"));
+    /// # Ok(()) }
+    /// ```
     pub fn log(&self, index: usize) -> Result<String, TestkitError> {
         let path = self.node(index)?.dir.join(LOG_FILE);
         fs::read(&path)
@@ -517,7 +979,16 @@ impl LocalCluster {
         f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, TestkitError> {
         let node = self.node(index)?;
-        let url = self.direct_url(index)?;
+        let url = if self.is_tls() {
+            // The node's Unix socket: the testkit's connections need no TLS client.
+            let socket = Self::socket(&node.dir);
+            match &self.password {
+                Some(Password(pw)) => format!("redis+unix://{}?pass={pw}", socket.display()),
+                None => format!("redis+unix://{}", socket.display()),
+            }
+        } else {
+            self.direct_url(index)?
+        };
         let io = |e: redis::RedisError| {
             io_error(
                 format!("talking to node {index}"),
@@ -580,9 +1051,30 @@ impl LocalCluster {
             .try_clone()
             .map_err(|e| io_error(format!("opening {}", log_path.display()), e))?;
         let mut cmd = Command::new(&self.binary);
-        cmd.arg("--port")
-            .arg(port.to_string())
-            .args(["--bind", "127.0.0.1", "--save", ""])
+        #[cfg(feature = "testkit-tls")]
+        if let Some((files, auth)) = &self.tls {
+            // TLS only on TCP; a Unix socket (owner only) for the testkit's own probes.
+            cmd.args(["--port", "0", "--tls-port"])
+                .arg(port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&files.cert_file)
+                .arg("--tls-key-file")
+                .arg(&files.key_file)
+                .arg("--tls-ca-cert-file")
+                .arg(&files.ca_file)
+                .arg("--tls-auth-clients")
+                .arg(match auth {
+                    ClientAuth::Optional => "optional",
+                    ClientAuth::Required => "yes",
+                })
+                .arg("--unixsocket")
+                .arg(Self::socket(dir))
+                .args(["--unixsocketperm", "700"]);
+        }
+        if !self.is_tls() {
+            cmd.arg("--port").arg(port.to_string());
+        }
+        cmd.args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", if self.appendonly { "yes" } else { "no" }]);
         if self.appendonly {
             cmd.args(["--appendfsync", "always"]);
@@ -596,6 +1088,7 @@ impl LocalCluster {
         if let Some(Password(pw)) = &self.password {
             cmd.arg("--requirepass").arg(pw);
         }
+        cmd.args(&self.server_args);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
@@ -616,11 +1109,13 @@ impl LocalCluster {
                     return Err(io_error(format!("polling redis-server on port {port}"), e));
                 }
             }
-            if is_ready(
-                port,
-                child.id(),
-                self.password.as_ref().map(|p| p.0.as_str()),
-            ) {
+            let password = self.password.as_ref().map(|p| p.0.as_str());
+            let ready = if self.is_tls() {
+                is_ready_on(unix_connect(&Self::socket(dir)), child.id(), password)
+            } else {
+                is_ready(port, child.id(), password)
+            };
+            if ready {
                 return Ok(Launch::Ready(child));
             }
             if Instant::now() >= deadline {
@@ -660,10 +1155,6 @@ enum Launch {
 fn lock(state: &Mutex<NodeState>) -> MutexGuard<'_, NodeState> {
     // A panic while holding the lock cannot leave `NodeState` inconsistent.
     state.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn node_url(port: u16) -> String {
-    format!("redis://127.0.0.1:{port}")
 }
 
 /// Spawns a node's `redis-server` so that it does not outlive this process.
@@ -872,9 +1363,27 @@ fn test_port_range(ephemeral: Option<(u16, u16)>) -> Option<(u16, u16)> {
 /// `PING` answers `+PONG` and the server on `port` is our process `pid` (not
 /// some other server that won a port race against it). With `password`, authenticates first.
 fn is_ready(port: u16, pid: u32, password: Option<&str>) -> bool {
+    is_ready_on(connect(port, Duration::from_millis(500)), pid, password)
+}
+
+/// A Unix socket connection with the probes' timeouts.
+#[cfg(unix)]
+fn unix_connect(path: &Path) -> io::Result<std::os::unix::net::UnixStream> {
+    let stream = std::os::unix::net::UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+    stream.set_write_timeout(Some(Duration::from_millis(500)))?;
+    Ok(stream)
+}
+
+#[cfg(not(unix))]
+fn unix_connect(_path: &Path) -> io::Result<TcpStream> {
+    Err(io::Error::other("TLS nodes need Unix sockets"))
+}
+
+/// [`is_ready`] on an open connection to the server (TCP or its Unix socket).
+fn is_ready_on(stream: io::Result<impl Read + Write>, pid: u32, password: Option<&str>) -> bool {
     let probe = || -> io::Result<bool> {
-        let stream = connect(port, Duration::from_millis(500))?;
-        let mut reader = BufReader::new(stream);
+        let mut reader = BufReader::new(stream?);
         let mut line = String::new();
         if let Some(pw) = password {
             // RESP, so that any byte of the password goes through.
@@ -1127,6 +1636,32 @@ mod tests {
         }
         cluster.restart(0)?;
         assert!(pings(port));
+        Ok(())
+    }
+
+    #[cfg(feature = "testkit-tls")]
+    #[test]
+    fn tls_nodes_take_no_plain_connections_and_restart() -> Result<(), TestkitError> {
+        let cluster = LocalCluster::builder()
+            .nodes(1)
+            .requirepass("pw")
+            .tls(true)
+            .start()?;
+        let port = cluster.port(0)?;
+        assert_eq!(cluster.url(0)?, format!("rediss://:pw@127.0.0.1:{port}"));
+        assert!(cluster
+            .tls_ca_pem()
+            .is_some_and(|pem| pem.starts_with("-----BEGIN CERTIFICATE-----")));
+        assert!(!format!("{cluster:?}").contains("PRIVATE KEY"));
+        // Plain RESP on the TLS port gets no answer: the node speaks TLS only.
+        assert!(!pings(port));
+        // The testkit's own connection (its Unix socket) reads the node's statistics, also
+        // after a restart on the same port.
+        cluster.command_stats()?;
+        cluster.restart(0)?;
+        assert_eq!(cluster.port(0)?, port);
+        assert!(!pings(port));
+        cluster.command_stats()?;
         Ok(())
     }
 

@@ -89,6 +89,17 @@ impl FaultProxy {
     ///
     /// # Errors
     /// [`TestkitError::Io`] when no port can be bound.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::{FaultProxy, LocalCluster};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::start(1)?;
+    /// let proxy = FaultProxy::start(cluster.port(0)?)?; // in front of node 0
+    /// assert_ne!(proxy.port(), cluster.port(0)?);
+    /// # Ok(()) }
+    /// ```
     pub fn start(target: u16) -> Result<FaultProxy, TestkitError> {
         let io = |context: &str, e: io::Error| TestkitError::Io {
             context: context.to_owned(),
@@ -125,16 +136,59 @@ impl FaultProxy {
     }
 
     /// The proxy's port.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::builder().nodes(1).proxied(true).start()?;
+    /// let proxy = cluster.proxy(0)?;
+    /// assert_eq!(proxy.url(), format!("redis://127.0.0.1:{}", proxy.port()));
+    /// # Ok(()) }
+    /// ```
     pub fn port(&self) -> u16 {
         self.port
     }
 
     /// `redis://127.0.0.1:<proxy port>`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::builder().nodes(1).proxied(true).start()?;
+    /// assert_eq!(cluster.proxy(0)?.url(), cluster.url(0)?); // the URL clients are given
+    /// # Ok(()) }
+    /// ```
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// Delays every chunk of data by `each_way` in both directions (zero: none).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redquorum::testkit::{FaultProxy, LocalCluster};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redquorum::RedLock;
+    ///
+    /// let cluster = LocalCluster::builder().nodes(3).proxied(true).start()?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// cluster.proxy(0)?.set_latency(Duration::from_secs(1)); // far beyond the 50 ms node timeout
+    /// let guard = locks.try_acquire("k").await?.expect("the other two grant");
+    /// assert_eq!(guard.granted_nodes(), 2);
+    /// cluster.proxy(0)?.set_latency(Duration::ZERO);
+    /// # Ok(()) }
+    /// ```
     pub fn set_latency(&self, each_way: Duration) {
         let us = u64::try_from(each_way.as_micros()).unwrap_or(u64::MAX);
         self.shared.latency_us.store(us, Ordering::SeqCst);
@@ -142,22 +196,99 @@ impl FaultProxy {
 
     /// Holds all traffic silently, on current and new connections, until [`heal`](Self::heal)
     /// (then delivers it in order, as TCP retransmission would).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redquorum::testkit::{FaultProxy, LocalCluster};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redquorum::RedLock;
+    ///
+    /// let cluster = LocalCluster::builder().nodes(3).proxied(true).start()?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// cluster.proxy(1)?.blackhole(); // a silent partition: requests time out
+    /// let guard = locks.try_acquire("k").await?.expect("a majority is reachable");
+    /// assert_eq!(guard.granted_nodes(), 2);
+    /// cluster.proxy(1)?.heal();
+    /// # Ok(()) }
+    /// ```
     pub fn blackhole(&self) {
         self.shared.mode.store(BLACKHOLE, Ordering::SeqCst);
     }
 
     /// Closes every connection and closes new ones at once, until [`heal`](Self::heal).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redquorum::testkit::{FaultProxy, LocalCluster};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redquorum::RedLock;
+    ///
+    /// let cluster = LocalCluster::builder().nodes(3).proxied(true).start()?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// cluster.proxy(0)?.cut(); // connections closed, new ones refused at once
+    /// let guard = locks.try_acquire("k").await?.expect("a majority is reachable");
+    /// assert_eq!(guard.granted_nodes(), 2);
+    /// # Ok(()) }
+    /// ```
     pub fn cut(&self) {
         self.shared.mode.store(CUT, Ordering::SeqCst);
         self.shared.close_all();
     }
 
     /// Closes every current connection once; new connections work.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redquorum::testkit::{FaultProxy, LocalCluster};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redquorum::RedLock;
+    ///
+    /// let cluster = LocalCluster::builder().nodes(3).proxied(true).start()?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// cluster.proxy(0)?.reset(); // every connection closed once: the client reconnects
+    /// locks.try_acquire("k").await?.expect("free").release().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn reset(&self) {
         self.shared.close_all();
     }
 
     /// Lets traffic through again (the latency setting stays).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::builder().nodes(1).proxied(true).start()?;
+    /// let proxy = cluster.proxy(0)?;
+    /// proxy.cut();
+    /// proxy.heal(); // traffic flows again
+    /// let mut con = redis::Client::open(proxy.url())?.get_connection()?;
+    /// assert_eq!(redis::cmd("PING").query::<String>(&mut con)?, "PONG");
+    /// # Ok(()) }
+    /// ```
     pub fn heal(&self) {
         self.shared.mode.store(NORMAL, Ordering::SeqCst);
         for c in self.shared.conns().iter() {
@@ -169,6 +300,57 @@ impl FaultProxy {
     /// SUBSCRIBE), both ways, while other connections, and connections made later, flow: a
     /// subscription connection that hangs without closing. Held bytes are delivered after
     /// [`heal`](Self::heal). Returns how many connections it stopped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redquorum::testkit::{FaultProxy, LocalCluster};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redquorum::{Context, RedLock};
+    ///
+    /// let cluster = LocalCluster::builder().nodes(3).proxied(true).start()?;
+    /// let holder = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// let waiter = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// let held = holder.try_acquire("k").await?.expect("free");
+    /// let waiting = tokio::spawn(async move {
+    ///     waiter.acquire(&Context::with_timeout(Duration::from_secs(60)), "k").await
+    /// });
+    /// // Wait until the waiter has subscribed on every node (the release channel has a subscriber).
+    /// let subscribed = |i: usize| -> redis::RedisResult<bool> {
+    ///     let mut con = redis::Client::open(cluster.direct_url(i).expect("node"))?.get_connection()?;
+    ///     let (_, n): (String, i64) = redis::cmd("PUBSUB")
+    ///         .arg("NUMSUB")
+    ///         .arg("redquorum:default:k:released")
+    ///         .query(&mut con)?;
+    ///     Ok(n == 1)
+    /// };
+    /// let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    /// while !(subscribed(0)? && subscribed(1)? && subscribed(2)?) {
+    ///     assert!(tokio::time::Instant::now() < give_up, "the waiter never subscribed");
+    ///     tokio::time::sleep(Duration::from_millis(10)).await;
+    /// }
+    /// for i in 0..3 {
+    ///     // The waiter's subscription connection to node i, now silent (on a loaded machine
+    ///     // a health check may have replaced one meanwhile: then both).
+    ///     assert!(cluster.proxy(i)?.hang_subscribers() >= 1);
+    /// }
+    /// // The release is announced on hung connections only: the waiter's health check finds them
+    /// // dead within about two seconds, and it gets the lock all the same.
+    /// held.release().await?;
+    /// let guard = waiting.await??;
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn hang_subscribers(&self) -> usize {
         let conns = self.shared.conns();
         let mut hung = 0;
@@ -182,6 +364,26 @@ impl FaultProxy {
     }
 
     /// Open connections through the proxy.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redquorum::testkit::{FaultProxy, LocalCluster};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redquorum::RedLock;
+    ///
+    /// let cluster = LocalCluster::builder().nodes(3).proxied(true).start()?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// assert!(cluster.proxy(0)?.connections() >= 1); // the client's connection to node 0
+    /// # drop(locks);
+    /// # Ok(()) }
+    /// ```
     pub fn connections(&self) -> usize {
         self.shared.conns().len()
     }

@@ -33,17 +33,81 @@ pub struct CommandStats {
 
 impl CommandStats {
     /// `total_commands_processed`: every command, the ones scripts run included.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redquorum::RedLock;
+    ///
+    /// let cluster = LocalCluster::start(3)?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// let before = cluster.command_stats()?;
+    /// locks.try_acquire("k").await?.expect("free").release().await?;
+    /// let used = cluster.command_stats()?.since(&before);
+    /// assert!(used.total() >= 6); // a SET and a release script's DEL on each of 3 nodes, at least
+    /// # Ok(()) }
+    /// ```
     pub fn total(&self) -> u64 {
         self.total
     }
 
     /// Calls of one command (lower case, e.g. `"evalsha"`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redquorum::RedLock;
+    ///
+    /// let cluster = LocalCluster::start(3)?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// let before = cluster.command_stats()?;
+    /// let _held = locks.try_acquire("k").await?.expect("free");
+    /// assert_eq!(cluster.command_stats()?.since(&before).calls("set"), 3); // one SET per node
+    /// # Ok(()) }
+    /// ```
     pub fn calls(&self, command: &str) -> u64 {
         self.calls.get(command).copied().unwrap_or(0)
     }
 
     /// What clients sent: [`total`](Self::total) minus the calls of `internal` commands (those
     /// only scripts run, e.g. [`SCRIPT_COMMANDS`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redquorum::RedLock;
+    /// use redquorum::testkit::SCRIPT_COMMANDS;
+    ///
+    /// let cluster = LocalCluster::start(3)?;
+    /// let locks = RedLock::builder()
+    ///     .nodes(cluster.urls())
+    ///     .node_timeout(std::time::Duration::from_millis(250)) // generous: a loaded test machine
+    ///     .build()
+    ///     .await?;
+    /// let before = cluster.command_stats()?;
+    /// locks.try_acquire("k").await?.expect("free").release().await?;
+    /// let used = cluster.command_stats()?.since(&before);
+    /// // What the client sent, without what the release script ran inside Redis.
+    /// assert!(used.requests(SCRIPT_COMMANDS) < used.total());
+    /// # Ok(()) }
+    /// ```
     pub fn requests(&self, internal: &[&str]) -> u64 {
         let inside: u64 = internal.iter().map(|c| self.calls(c)).sum();
         self.total.saturating_sub(inside)
@@ -51,6 +115,18 @@ impl CommandStats {
 
     /// The counts since `earlier`, less the `INFO` calls that read them (two per node per
     /// reading).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::start(1)?;
+    /// let before = cluster.command_stats()?;
+    /// let after = cluster.command_stats()?;
+    /// assert_eq!(after.since(&before).total(), 0); // its own INFO readings are not counted
+    /// # Ok(()) }
+    /// ```
     pub fn since(&self, earlier: &CommandStats) -> CommandStats {
         let info = self.calls("info").saturating_sub(earlier.calls("info"));
         let mut calls: BTreeMap<String, u64> = self
@@ -75,6 +151,17 @@ impl LocalCluster {
     ///
     /// # Errors
     /// [`TestkitError::Io`] when a node cannot be read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use redquorum::testkit::LocalCluster;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::start(3)?;
+    /// let stats = cluster.command_stats()?; // summed over the 3 nodes
+    /// # drop(stats);
+    /// # Ok(()) }
+    /// ```
     pub fn command_stats(&self) -> Result<CommandStats, TestkitError> {
         let mut stats = CommandStats::default();
         for i in (0..self.len()).filter(|&i| self.is_running(i)) {

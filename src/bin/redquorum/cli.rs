@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::check;
 use crate::exit;
 
 const ABOUT: &str = "A distributed flock(1): run a command under a Redlock lock held on N independent Redis masters";
@@ -22,7 +23,8 @@ DESCRIPTION
   watchdog (and on Linux the kernel) SIGKILLs COMMAND.
 
   `redquorum status` shows who holds a lock, and `redquorum demo` shows workers handing
-  a lock to each other on 5 local masters.
+  a lock to each other on 5 local masters. `redquorum doctor` checks that every master
+  is run the way Redlock needs (persistence, eviction, role, ACL, clock).
 
   A lease cannot stop a process that pauses after checking it: where overlapping runs
   must be impossible rather than unlikely, have the resource check fencing tokens
@@ -33,8 +35,9 @@ EXIT STATUS
   run:
     N        COMMAND exited with status N
     128+N    COMMAND was killed by signal N (not sent by redquorum)
-    64       usage error: unknown option, bad duration, no nodes, no COMMAND,
-             an invalid node URL or TTL (EX_USAGE)
+    64       usage error: unknown option, bad duration, no nodes, an empty entry
+             in --nodes, fewer than 3 nodes without --allow-few-nodes, no COMMAND,
+             an invalid node URL, or a --ttl too short for --node-timeout (EX_USAGE)
     69       a majority of the Redis masters could not be reached (EX_UNAVAILABLE)
     70       internal error (EX_SOFTWARE)
     75       the lock stayed held by another owner until --wait ran out (EX_TEMPFAIL)
@@ -49,13 +52,19 @@ EXIT STATUS
     1        the lock is free
     64, 69   as for run
   demo:
-    0 on success, 69 or 70 when the local masters cannot be started";
+    0 on success, 69 or 70 when the local masters cannot be started
+  doctor:
+    0        every master is safe (warnings allowed, unless --strict)
+    1        a master is unsafe or unreachable
+    64       as for run";
 
 const ENVIRONMENT: &str = "\
 ENVIRONMENT
   REDQUORUM_NODES          comma-separated node URLs, used when --nodes is not given;
                            unlike --nodes, not visible in ps(1); not passed on to COMMAND
   REDQUORUM_REDIS_SERVER   the redis-server binary `demo` starts (default: from PATH)
+  REDQUORUM_TLS_CA, REDQUORUM_TLS_CERT, REDQUORUM_TLS_KEY
+                           --tls-ca, --tls-cert, --tls-key (builds with TLS)
   Set for COMMAND by `run`:
   REDQUORUM_KEY            the lock key (as given with --key)
   REDQUORUM_FENCING_TOKEN  the fencing token of this acquisition (with --fencing only)";
@@ -145,6 +154,9 @@ pub enum Command {
     /// Start 5 local redis-server masters and watch workers hand a lock to each other.
     #[command(after_long_help = after_help_top())]
     Demo(DemoArgs),
+    /// Check that every master is run the way Redlock needs (persistence, eviction, role, ACL, clock).
+    #[command(long_about = crate::doctor::LONG_ABOUT)]
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// Where the masters are and how keys are named.
@@ -169,25 +181,27 @@ pub struct NodeArgs {
     #[arg(long, default_value = "default", value_name = "NAME")]
     pub group: String,
 
-    /// Per-master request timeout [default: TTL/200, within 20ms..250ms]
+    /// Per-master request timeout [default: TTL/200, within 50ms..250ms]
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub node_timeout: Option<Duration>,
+
+    /// Accept fewer than 3 nodes (1 or 2 masters: any one failure stops every lock)
+    #[arg(long)]
+    pub allow_few_nodes: bool,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 impl NodeArgs {
-    /// The node URLs, or a usage error when none was given.
+    /// The node URLs, checked (no empty entry, at least 3 unless --allow-few-nodes), with
+    /// the other node options; a usage error otherwise. Warns on stderr for an even count.
     pub fn urls(&self) -> Result<Vec<String>, exit::Failure> {
-        let urls: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|u| u.trim().to_owned())
-            .filter(|u| !u.is_empty())
-            .collect();
-        if urls.is_empty() {
-            return Err(exit::Failure::new(
-                exit::USAGE,
-                "no Redis nodes: pass --nodes URL,URL,URL or set REDQUORUM_NODES",
-            ));
+        let (urls, warning) = check::node_list(&self.nodes, self.allow_few_nodes)?;
+        check::name("--namespace", &self.namespace)?;
+        check::name("--group", &self.group)?;
+        check::node_timeout(self.node_timeout)?;
+        if let Some(warning) = warning {
+            eprintln!("redquorum: {warning}");
         }
         Ok(urls)
     }
@@ -222,7 +236,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub fencing: bool,
 
-    /// Say on stderr when the lock is taken and released
+    /// Say on stderr when the lock is taken (naming each node that did not grant, and why) and released
     #[arg(long, short = 'v')]
     pub verbose: bool,
 

@@ -51,7 +51,11 @@ impl From<redquorum::Error> for Failure {
             Error::NotOwner { .. } | Error::NotHeld { .. } | Error::LockLost { .. } => LOST,
             _ => SOFTWARE,
         };
-        Failure::new(code, e.to_string())
+        let hint = match &e {
+            Error::NoQuorum { causes, .. } => slow_hint(causes),
+            _ => "",
+        };
+        Failure::new(code, format!("{e}{hint}"))
     }
 }
 
@@ -59,22 +63,36 @@ impl From<redquorum::Error> for Failure {
 pub fn connect_failure(e: redquorum::Error) -> Failure {
     match e {
         redquorum::Error::NoQuorum {
-            ok,
+            answered: ok,
             required,
             nodes,
             causes,
             ..
         } => {
-            let causes: Vec<String> = causes.iter().map(ToString::to_string).collect();
+            let causes_text: Vec<String> = causes.iter().map(ToString::to_string).collect();
             Failure::new(
                 UNAVAILABLE,
                 format!(
-                    "only {ok} of {nodes} Redis masters answered, {required} are needed: {}",
-                    causes.join("; ")
+                    "only {ok} of {nodes} Redis masters answered, {required} are needed: {}{}",
+                    causes_text.join("; "),
+                    slow_hint(&causes)
                 ),
             )
         }
         other => other.into(),
+    }
+}
+
+/// For a node that timed out, the library's "node timeout" is the CLI's `--node-timeout`.
+fn slow_hint(causes: &[redquorum::NodeFailure]) -> &'static str {
+    if causes
+        .iter()
+        .any(|c| c.cause == redquorum::NodeCause::Timeout)
+    {
+        "\n(the node timeout is --node-timeout: a master that is only slow, e.g. far away, \
+         may need a longer one)"
+    } else {
+        ""
     }
 }
 

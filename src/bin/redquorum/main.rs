@@ -3,13 +3,17 @@
 //! Built with the `cli` feature: `cargo install redquorum --features cli`. See
 //! `redquorum --help` and docs/cli.md.
 
+mod check;
 mod cli;
 mod demo;
+mod doctor;
 mod exit;
 mod job;
+mod probe;
 mod run;
 mod signals;
 mod status;
+mod tls;
 mod watchdog;
 
 use std::io::Write;
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
             },
             Command::Status(args) => status::status(args).await,
             Command::Demo(args) => demo::demo(args).await,
+            Command::Doctor(args) => doctor::doctor(args).await,
         }
     });
     // Spawned clean-ups (background releases) get no more time: everything that matters was

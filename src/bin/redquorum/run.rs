@@ -9,14 +9,18 @@ use redquorum::{Context, Error, LockGuard, RedLock};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::check;
 use crate::cli::RunArgs;
 use crate::exit::{self, Failure};
 use crate::job::{self, Event, Job, Spec};
+use crate::probe::{self, NodeView};
 use crate::signals::{self, Incoming};
 use crate::watchdog::Watchdog;
 
 /// How long the "who holds it" look-up after a failed acquisition may take.
 const OWNER_LOOKUP: Duration = Duration::from_secs(1);
+/// How long `-v` may spend reading the nodes that did not grant, to say why.
+const NODE_PROBE: Duration = Duration::from_secs(1);
 
 /// What `run` needs before the async runtime starts (the process is single-threaded): the
 /// watchdog, then redquorum as the reaper of what the job leaves behind.
@@ -56,6 +60,9 @@ async fn run_locked(
     watchdog: &mut Watchdog,
 ) -> Result<i32, Failure> {
     let urls = args.nodes.urls()?;
+    check::key(&args.key)?;
+    check::owner(args.owner.as_deref())?;
+    check::ttl(args.ttl, args.nodes.node_timeout)?;
     let mut builder = RedLock::builder()
         .nodes(&urls)
         .ttl(args.ttl)
@@ -64,6 +71,7 @@ async fn run_locked(
     if let Some(timeout) = args.nodes.node_timeout {
         builder = builder.node_timeout(timeout);
     }
+    builder = args.nodes.tls.apply(builder)?;
     if let Some(owner) = &args.owner {
         builder = builder.owner(owner.as_str());
     }
@@ -94,6 +102,7 @@ async fn run_locked(
             format!("lock {key:?} ({redis_key}) stayed {holder}{waited}; not running the command"),
         ));
     };
+    guard.keep_alive();
     if args.verbose {
         let token = guard
             .fencing_token()
@@ -104,8 +113,13 @@ async fn run_locked(
             guard.granted_nodes(),
             locks.nodes()
         );
+        if guard.granted_nodes() < locks.nodes() {
+            let fence_key = locks.fence_key(key)?;
+            for line in not_granted(&urls, &redis_key, &fence_key, &guard).await {
+                eprintln!("redquorum:   {line}");
+            }
+        }
     }
-    guard.keep_alive();
     let lost = guard.lost();
 
     let (status, lost_while_running) =
@@ -129,6 +143,41 @@ async fn run_locked(
         .code()
         .or_else(|| status.signal().map(exit::signalled))
         .unwrap_or(exit::SOFTWARE))
+}
+
+/// For `-v`: each node that does not hold this acquisition's value, read directly, with why
+/// (its failure, or what it holds instead). Never shows a URL's credentials.
+async fn not_granted(
+    urls: &[String],
+    redis_key: &str,
+    fence_key: &str,
+    guard: &LockGuard,
+) -> Vec<String> {
+    let views = futures::future::join_all(
+        urls.iter()
+            .map(|url| probe::read_node(url, redis_key, fence_key, NODE_PROBE)),
+    )
+    .await;
+    let ours = guard.value();
+    let mut lines = Vec::new();
+    for (url, view) in urls.iter().zip(views) {
+        let why = match view {
+            Ok(v) if v.value.as_deref() == Some(ours) => continue,
+            Ok(NodeView { value: None, .. }) => {
+                "not granted: the node answers but holds no value for the lock (its reply came \
+                 too late, or the key was lost there)"
+                    .to_owned()
+            }
+            Ok(NodeView { value: Some(_), .. }) => {
+                "not granted: the node holds another owner's value (left from an earlier holder \
+                 whose key has not expired there yet)"
+                    .to_owned()
+            }
+            Err(failed) => format!("not granted: {}", failed.detail),
+        };
+        lines.push(format!("{}: {why}", probe::node_label(url)));
+    }
+    lines
 }
 
 /// Takes the lock: one attempt with `wait` zero, else waits up to `wait`. `None` when it
@@ -363,13 +412,25 @@ async fn release(guard: LockGuard, key: &str, verbose: bool, known_lost: bool) -
             false
         }
         Err(_) if known_lost => false,
-        Err(e @ (Error::NotHeld { .. } | Error::NotOwner { .. })) => {
-            eprintln!("redquorum: {e}");
+        Err(Error::NotHeld { .. }) => {
+            eprintln!(
+                "redquorum: lock {key:?} was found gone when releasing it: its lease ran out \
+                 (or the key was deleted) while the command ran; the command may have \
+                 overlapped with another holder (--fencing lets the resource tell)"
+            );
+            true
+        }
+        Err(Error::NotOwner { .. }) => {
+            eprintln!(
+                "redquorum: lock {key:?} was found held by another owner when releasing it (left \
+                 untouched): its lease ran out while the command ran; the command may have \
+                 overlapped with that holder (--fencing lets the resource tell)"
+            );
             true
         }
         Err(e) => {
             eprintln!(
-                "redquorum: warning: releasing lock {key:?} failed, it expires by its TTL: {e}"
+                "redquorum: warning: releasing lock {key:?} failed, it expires within --ttl: {e}"
             );
             false
         }

@@ -3,32 +3,31 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use redquorum::config::DEFAULT_TTL;
 use redquorum::RedLock;
 
+use crate::check;
 use crate::cli::StatusArgs;
 use crate::exit::{self, Failure};
+use crate::probe::{node_label, read_node};
 
 /// Bound on connecting to and reading from one node.
 const NODE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What one node holds for the lock.
-struct NodeView {
-    /// `<uuid>:<owner>` of the holder, if any.
-    value: Option<String>,
-    /// Remaining lease in ms; -1 without expiry, -2 when the key is absent.
-    pttl: i64,
-    /// The key's fencing counter, if fencing was ever used for it.
-    fence: Option<u64>,
-}
-
 pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
     let urls = args.nodes.urls()?;
+    check::key(&args.key)?;
     let mut builder = RedLock::builder()
         .nodes(&urls)
         .namespace(args.nodes.namespace.as_str());
     if let Some(timeout) = args.nodes.node_timeout {
-        builder = builder.node_timeout(timeout);
+        // `status` takes no lease, so it has no --ttl: the builder's is only made long enough
+        // for any --node-timeout (its own rule would otherwise speak of a TTL nobody gave).
+        builder = builder
+            .node_timeout(timeout)
+            .ttl(DEFAULT_TTL.max(timeout * 2 + Duration::from_secs(1)));
     }
+    builder = args.nodes.tls.apply(builder)?;
     let locks = builder
         .build()
         .await
@@ -40,14 +39,7 @@ pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
 
     let views = futures::future::join_all(urls.iter().map(|url| {
         let (redis_key, fence_key) = (redis_key.as_str(), fence_key.as_str());
-        async move {
-            match tokio::time::timeout(NODE_READ_TIMEOUT, read_node(url, redis_key, fence_key))
-                .await
-            {
-                Ok(read) => read,
-                Err(_) => Err(format!("no answer within {NODE_READ_TIMEOUT:?}")),
-            }
-        }
+        read_node(url, redis_key, fence_key, NODE_READ_TIMEOUT)
     }))
     .await;
     let quorum_view = locks.owner(key).await;
@@ -82,10 +74,10 @@ pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
                 let fence = v.fence.map_or_else(|| "-".to_owned(), |f| f.to_string());
                 rows.push([node, holder, id, lease_left(v.pttl), fence]);
             }
-            Err(e) => {
-                errors.push(format!("{node}: {e}"));
+            Err(failed) => {
+                errors.push(format!("{node}: {}", failed.detail));
                 let blank = || "?".to_owned();
-                rows.push([node, "unreachable".to_owned(), blank(), blank(), blank()]);
+                rows.push([node, failed.label.to_owned(), blank(), blank(), blank()]);
             }
         }
     }
@@ -109,36 +101,6 @@ pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
             Ok(exit::FREE)
         }
         Err(e) => Err(e.into()),
-    }
-}
-
-async fn read_node(url: &str, redis_key: &str, fence_key: &str) -> Result<NodeView, String> {
-    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-    let mut con = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| e.to_string())?;
-    let (value, pttl, fence): (Option<String>, i64, Option<u64>) = redis::pipe()
-        .cmd("GET")
-        .arg(redis_key)
-        .cmd("PTTL")
-        .arg(redis_key)
-        .cmd("GET")
-        .arg(fence_key)
-        .query_async(&mut con)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(NodeView { value, pttl, fence })
-}
-
-/// `host:port/db`, never the credentials.
-fn node_label(url: &str) -> String {
-    match redis::Client::open(url) {
-        Ok(client) => {
-            let info = client.get_connection_info();
-            format!("{}/{}", info.addr(), info.redis_settings().db())
-        }
-        Err(_) => "<invalid URL>".to_owned(),
     }
 }
 
@@ -182,10 +144,6 @@ mod tests {
 
     #[test]
     fn labels_and_leases() {
-        assert_eq!(
-            node_label("redis://:secret@10.0.0.1:6380/2"),
-            "10.0.0.1:6380/2"
-        );
         assert_eq!(lease_left(-2), "-");
         assert_eq!(lease_left(999), "999ms");
         assert_eq!(lease_left(29_140), "29.1s");

@@ -1,0 +1,445 @@
+//! One acquire round: `SET NX PX` (a script) on every node at once, decided as soon as a
+//! majority granted or became impossible; the grant stands only with positive validity
+//! (and, with fencing, a token confirmed by a majority); anything else is undone where a node
+//! granted or did not answer.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use tokio::time::Instant;
+
+use crate::cluster::Cluster;
+use crate::error::{Error, NodeCause, NodeFailure, Operation};
+use crate::keys::Keys;
+use crate::node::{Grant, Op, Owned};
+use crate::node_states::NodeStates;
+use crate::quorum::{self, millis, Decision, Tally};
+use crate::round::undo::Undo;
+use crate::wait::{self, Busy};
+
+/// The result of one acquire round.
+pub(crate) enum Attempt {
+    /// A majority granted, with validity left.
+    Granted(Won),
+    /// Held by someone else (or our grant came too late to be valid).
+    Busy(Busy),
+    /// A majority of nodes did not answer (the error, and what the round saw).
+    Unreachable(Error, Busy),
+}
+
+/// A granted round: what the guard of the lock is made of.
+pub(crate) struct Won {
+    /// The value stored under the keys on the granting nodes.
+    pub(crate) value: Arc<str>,
+    /// The confirmed fencing token, with fencing on.
+    pub(crate) token: Option<u64>,
+    /// When the validity runs out: `ttl − drift` from the instant the requests went out.
+    pub(crate) expires_at: Instant,
+    /// The lease the nodes got (the TTL in whole milliseconds).
+    pub(crate) lease: Duration,
+    /// Each node's reply, kept up to date by the stragglers.
+    pub(crate) states: NodeStates,
+}
+
+/// What an acquire round's tally means: a pure function of plain values (see the table test).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// A majority granted with this much validity left: the lock is ours.
+    Granted(Duration),
+    /// A majority granted but no validity is left (a slow round, or a fencing token not
+    /// confirmed in time): undo, announced (our own grant stood in the way of others).
+    TooLate,
+    /// Too few nodes answered to tell: undo, [`Error::NoQuorum`]. `split`: some granted.
+    Unreachable { split: bool },
+    /// Held elsewhere (a majority answered and refused). `split`: some granted us.
+    Refused { split: bool },
+}
+
+/// The verdict of a round whose replies are `tally`, given the validity its grant would have
+/// (`None`: none left, or no grant).
+pub(crate) fn verdict(tally: &Tally, validity: Option<Duration>) -> Verdict {
+    let split = tally.yes > 0;
+    match tally.decision() {
+        Decision::Reached => validity.map_or(Verdict::TooLate, Verdict::Granted),
+        _ if tally.answered() < tally.required() => Verdict::Unreachable { split },
+        _ => Verdict::Refused { split },
+    }
+}
+
+/// Whether a round has heard enough: a majority granted; or it became impossible and enough
+/// nodes answered to tell "held elsewhere" from "too few nodes answered" (each reply is
+/// bounded by the node timeout, so the wait for that is too).
+pub(crate) fn heard_enough(tally: &Tally) -> bool {
+    match tally.decision() {
+        Decision::Reached => true,
+        Decision::Impossible => tally.answered() >= tally.required() || tally.complete(),
+        Decision::Pending => false,
+    }
+}
+
+/// What the replies said, as they came in.
+struct Replies {
+    tally: Tally,
+    /// The holders' remaining leases, from the nodes that refused.
+    pttls: Vec<Option<Duration>>,
+    causes: Vec<NodeFailure>,
+    /// The fencing counters of the nodes that granted.
+    fences: Vec<(usize, u64)>,
+}
+
+impl Replies {
+    fn record(
+        &mut self,
+        cluster: &Cluster,
+        states: &NodeStates,
+        i: usize,
+        reply: Result<Grant, NodeCause>,
+    ) {
+        self.tally.record(states.record(i, &reply));
+        let node = &**cluster.nodes.addr(i);
+        match reply {
+            Ok(Grant::Granted { fence }) => {
+                tracing::trace!(node, outcome = "granted", fence);
+                self.fences.push((i, fence));
+            }
+            Ok(Grant::Held { pttl }) => {
+                tracing::trace!(node, outcome = "taken", ?pttl);
+                self.pttls.push(pttl);
+            }
+            Err(cause) => {
+                tracing::trace!(node, outcome = "failed", %cause);
+                self.causes.push(cluster.failure(i, cause));
+            }
+        }
+    }
+}
+
+/// One round in progress: what its decision and its clean-up need.
+struct Round<'a> {
+    cluster: &'a Arc<Cluster>,
+    key: &'a str,
+    keys: &'a Keys,
+    value: Arc<str>,
+    /// The lease the nodes get, in whole milliseconds; validity is computed from it.
+    lease: Duration,
+    /// When the requests went out.
+    start: Instant,
+    states: NodeStates,
+}
+
+/// One Redlock round for lock `keys` (named `key` in errors and logs). `hint`: a refusal also
+/// tells the holder's remaining lease. `retrying`: the caller tries again after a split vote
+/// (`acquire`), so the undo of its partial grant need not be announced (see [`Undo::settle`]).
+///
+/// # Cancel safety
+/// Dropping the future undoes the round in the background on every node that granted or did
+/// not answer (announced).
+pub(crate) async fn attempt(
+    cluster: &Arc<Cluster>,
+    key: &str,
+    keys: &Keys,
+    hint: bool,
+    retrying: bool,
+) -> Attempt {
+    let config = &cluster.config;
+    let round = Round {
+        cluster,
+        key,
+        keys,
+        value: format!("{}:{}", uuid::Uuid::new_v4().simple(), config.owner).into(),
+        lease: Duration::from_millis(millis(config.ttl)),
+        start: Instant::now(),
+        states: NodeStates::new(cluster.len()),
+    };
+    let fenced = config.fencing && keys.single().is_some();
+    let op = Arc::new(Op::acquire(
+        keys,
+        &round.value,
+        millis(round.lease),
+        fenced,
+        hint,
+    ));
+    // Armed until the grant becomes a guard: a failed or dropped round is undone where a node
+    // granted or did not answer (as `states` records them).
+    let undo = Undo::armed(cluster, keys, &round.value, &round.states);
+    let mut pending = cluster.fan_out(|nodes, i| {
+        let op = op.clone();
+        async move { nodes.acquire(i, &op).await }
+    });
+    let mut replies = Replies {
+        tally: Tally::new(cluster.len()),
+        pttls: Vec::new(),
+        causes: Vec::new(),
+        fences: Vec::new(),
+    };
+    quorum::until(&mut pending, |(i, reply)| {
+        replies.record(cluster, &round.states, i, reply);
+        heard_enough(&replies.tally)
+    })
+    .await;
+    let t = &replies.tally;
+    let elapsed = round.start.elapsed();
+    tracing::debug!(
+        granted = t.yes,
+        taken = t.no,
+        failed = t.failed,
+        ?elapsed,
+        "acquire round"
+    );
+    let (validity, token) = round.validity(&replies, fenced).await;
+    let verdict = verdict(t, validity);
+    round.conclude(verdict, replies, token, pending, undo, retrying)
+}
+
+impl Round<'_> {
+    /// Acts on the round's verdict: a grant becomes [`Won`] (its stragglers watched); anything
+    /// else is undone where a node granted or did not answer.
+    fn conclude<F>(
+        self,
+        verdict: Verdict,
+        mut replies: Replies,
+        token: Option<u64>,
+        pending: FuturesUnordered<F>,
+        undo: Undo,
+        retrying: bool,
+    ) -> Attempt
+    where
+        F: Future<Output = (usize, Result<Grant, NodeCause>)> + Send + 'static,
+    {
+        let key = self.key;
+        let failed = replies.tally.failed;
+        match verdict {
+            Verdict::Granted(validity) => {
+                undo.disarm();
+                watch_stragglers(self.cluster, pending, &self.states, self.keys, &self.value);
+                tracing::debug!(key, granted = replies.tally.yes, ?validity, "lock acquired");
+                Attempt::Granted(self.won(token))
+            }
+            Verdict::TooLate => {
+                let ttl = self.cluster.config.ttl;
+                tracing::warn!(
+                    key,
+                    ?ttl,
+                    "grant came too late to leave any validity; undoing"
+                );
+                undo.settle(pending, true);
+                // Our own grant stood in the way; its undo is announced. Not a refusal to trust.
+                Attempt::Busy(Busy {
+                    split: true,
+                    ..Busy::default()
+                })
+            }
+            Verdict::Unreachable { split } => {
+                undo.settle(pending, true);
+                self.unreachable(replies, split)
+            }
+            Verdict::Refused { split } => {
+                // The partial grant is released where a node granted or did not answer:
+                // announced, or quietly after a split vote that the caller will retry.
+                undo.settle(pending, !(split && retrying));
+                Attempt::Busy(Busy {
+                    holder_left: wait::majority_free_in(self.cluster.len(), &mut replies.pttls),
+                    split,
+                    failed,
+                })
+            }
+        }
+    }
+
+    /// The validity a grant would have now, and its fencing token (with fencing): `None`
+    /// without a majority of grants, or with no validity left.
+    async fn validity(&self, replies: &Replies, fenced: bool) -> (Option<Duration>, Option<u64>) {
+        if replies.tally.decision() != Decision::Reached {
+            return (None, None);
+        }
+        let drift_factor = self.cluster.config.drift_factor;
+        let valid = quorum::validity(self.lease, self.start.elapsed(), drift_factor);
+        match (valid, fenced.then(|| self.keys.fence()).flatten()) {
+            (Some(_), Some(counter)) => {
+                let (token, valid) = confirm_token(self, counter, replies).await;
+                (valid, Some(token))
+            }
+            (valid, _) => (valid, None),
+        }
+    }
+
+    /// The granted round's lock: valid until `ttl − drift` from when the requests went out.
+    fn won(self, token: Option<u64>) -> Won {
+        let drift = quorum::drift(self.lease, self.cluster.config.drift_factor);
+        Won {
+            value: self.value,
+            token,
+            expires_at: self.start + self.lease.saturating_sub(drift),
+            lease: self.lease,
+            states: self.states,
+        }
+    }
+
+    /// Too few nodes answered: [`Error::NoQuorum`] naming each failed node. Nodes that did not
+    /// answer may free up without a word: the next wait polls.
+    fn unreachable(&self, replies: Replies, split: bool) -> Attempt {
+        let t = replies.tally;
+        let (answered, required) = (t.answered(), t.required());
+        tracing::warn!(
+            key = self.key,
+            answered,
+            required,
+            "no quorum: too few nodes answered"
+        );
+        let error = Error::NoQuorum {
+            op: Operation::Acquire,
+            key: self.key.into(),
+            answered,
+            confirmed: t.yes,
+            required,
+            nodes: t.nodes,
+            causes: replies.causes,
+        };
+        let busy = Busy {
+            split,
+            failed: t.failed,
+            holder_left: None,
+        };
+        Attempt::Unreachable(error, busy)
+    }
+}
+
+/// The fencing token of a grant and the validity left once it is confirmed: the highest
+/// counter among the granting nodes, `t`; nodes whose counter is lower are raised to `t`,
+/// only where our value still holds the key. The token stands only if a majority then holds
+/// a counter `>= t` under our value, confirmed within the validity.
+///
+/// Why this is monotonic: any later majority shares a node with the confirming one, whose
+/// counter reached `t` before our key there could expire or be released; a later grant on
+/// that node increments past `t`.
+async fn confirm_token(
+    round: &Round<'_>,
+    counter: &Arc<str>,
+    replies: &Replies,
+) -> (u64, Option<Duration>) {
+    let cluster = round.cluster;
+    let fences = &replies.fences;
+    let t = fences.iter().map(|(_, f)| *f).max().unwrap_or(0);
+    let mut confirmed = fences.len();
+    if !cluster.config.fencing_unconfirmed {
+        let lagging: Vec<usize> = fences
+            .iter()
+            .filter(|(_, f)| *f < t)
+            .map(|(i, _)| *i)
+            .collect();
+        confirmed -= lagging.len();
+        if !lagging.is_empty() {
+            let op = &Arc::new(Op::fence(round.keys, counter, &round.value, t));
+            let nodes = &cluster.nodes;
+            let raised =
+                futures::future::join_all(lagging.iter().map(|&i| nodes.owned(i, op))).await;
+            confirmed += raised
+                .iter()
+                .filter(|r| matches!(r, Ok(Owned::Done { .. })))
+                .count();
+        }
+    }
+    let required = replies.tally.required();
+    let valid = quorum::validity(
+        round.lease,
+        round.start.elapsed(),
+        cluster.config.drift_factor,
+    )
+    .filter(|_| confirmed >= required);
+    if valid.is_none() {
+        tracing::debug!(
+            t,
+            confirmed,
+            "fencing token not confirmed by a majority; retrying"
+        );
+    }
+    (t, valid)
+}
+
+/// Lets the stragglers of a granted round land and records whether they granted; one that
+/// may have granted after the guard was let go is released again (see [`NodeStates`]).
+fn watch_stragglers<F>(
+    cluster: &Arc<Cluster>,
+    mut pending: FuturesUnordered<F>,
+    states: &NodeStates,
+    keys: &Keys,
+    value: &Arc<str>,
+) where
+    F: Future<Output = (usize, Result<Grant, NodeCause>)> + Send + 'static,
+{
+    if pending.is_empty() {
+        return;
+    }
+    let (cluster, states) = (cluster.clone(), states.clone());
+    let op = Arc::new(Op::release(keys, value, true));
+    tokio::spawn(async move {
+        quorum::until(&mut pending, |(i, reply)| {
+            states.record(i, &reply);
+            if states.acquired_late(i, &reply) {
+                cluster.clean(i, &op, 0);
+            }
+            false
+        })
+        .await;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quorum::Vote;
+
+    fn tally(yes: usize, no: usize, failed: usize, nodes: usize) -> Tally {
+        let mut t = Tally::new(nodes);
+        (0..yes).for_each(|_| t.record(Vote::Yes));
+        (0..no).for_each(|_| t.record(Vote::No));
+        (0..failed).for_each(|_| t.record(Vote::Failed));
+        t
+    }
+
+    #[test]
+    fn the_verdict_is_a_function_of_the_tally_and_the_validity() {
+        let v = Some(Duration::from_secs(9));
+        let table = [
+            // (yes, no, failed) of 5, validity, verdict
+            ((3, 0, 0), v, Verdict::Granted(Duration::from_secs(9))),
+            ((3, 2, 0), None, Verdict::TooLate),
+            ((5, 0, 0), None, Verdict::TooLate),
+            ((0, 3, 0), None, Verdict::Refused { split: false }),
+            ((2, 3, 0), None, Verdict::Refused { split: true }),
+            ((1, 2, 2), None, Verdict::Refused { split: true }),
+            ((2, 0, 3), None, Verdict::Unreachable { split: true }),
+            ((0, 2, 3), None, Verdict::Unreachable { split: false }),
+            ((0, 0, 5), None, Verdict::Unreachable { split: false }),
+            // A validity without a majority grants nothing.
+            ((2, 3, 0), v, Verdict::Refused { split: true }),
+        ];
+        for ((yes, no, failed), validity, expected) in table {
+            let t = tally(yes, no, failed, 5);
+            assert_eq!(
+                verdict(&t, validity),
+                expected,
+                "{yes}/{no}/{failed} {validity:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_round_waits_until_it_can_tell_busy_from_unreachable() {
+        // Decided: a majority granted.
+        assert!(heard_enough(&tally(3, 0, 0, 5)));
+        // Undecided.
+        assert!(!heard_enough(&tally(2, 0, 0, 5)));
+        assert!(!heard_enough(&tally(2, 1, 1, 5)));
+        // Impossible, but only two answered: wait for a third answer (or its timeout).
+        assert!(!heard_enough(&tally(0, 2, 1, 5)));
+        assert!(!heard_enough(&tally(0, 0, 3, 5)));
+        // Impossible and a majority answered: held elsewhere.
+        assert!(heard_enough(&tally(0, 3, 0, 5)));
+        assert!(heard_enough(&tally(1, 2, 2, 5)));
+        // Impossible and every node heard.
+        assert!(heard_enough(&tally(0, 2, 3, 5)));
+    }
+}
