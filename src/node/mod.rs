@@ -2,16 +2,20 @@
 //! bounded by the node timeout and by the shared in-flight semaphore.
 //!
 //! - [`op`]: one request (script, keys, arguments) and its reply;
-//! - [`sender`]: each node's sender task, which pipelines the requests queued for the node;
+//! - [`direct`]: a request sent by its caller's task, when its node is idle;
+//! - [`sender`]: each node's sender task, which pipelines requests while the node is busy;
+//! - [`wire`]: a batch of requests on a connection, with the NOSCRIPT reload;
 //! - [`link`]: each node's connection, identified by its server's `run_id`;
 //! - [`spec`]: node URLs, parsed and shown without credentials;
 //! - [`cause`]: what a failure says about the node.
 
 mod cause;
+mod direct;
 mod link;
 mod op;
 mod sender;
 mod spec;
+mod wire;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,6 +29,7 @@ use tokio::time::Instant;
 use crate::error::{Error, NodeCause, NodeFailure};
 use crate::quorum::{Decision, Tally, Vote};
 pub(crate) use cause::redis_cause;
+use direct::{Counted, Direct, Load};
 use link::{Identities, Link};
 use op::{grant_reply, owned_reply};
 pub(crate) use op::{Grant, Op, Owned};
@@ -36,6 +41,9 @@ struct Node {
     link: Arc<Link>,
     /// To this node's sender task (see [`serve`]).
     jobs: mpsc::UnboundedSender<Job>,
+    /// Its requests not answered yet: a request goes straight to the connection when there
+    /// are none, to the sender task otherwise.
+    load: Arc<Load>,
 }
 
 /// All nodes of a [`RedLock`](crate::RedLock), shared by its clones and groups.
@@ -44,6 +52,9 @@ pub(crate) struct Nodes {
     ids: Arc<Identities>,
     permits: Semaphore,
     timeout: Duration,
+    /// Whether a request may go straight to an idle node's connection (see
+    /// [`request`](Self::request)): on a multi-thread runtime only.
+    direct: bool,
 }
 
 impl Nodes {
@@ -66,6 +77,7 @@ impl Nodes {
                     addr: spec.addr,
                     link,
                     jobs,
+                    load: Arc::default(),
                 }
             })
             .collect();
@@ -74,6 +86,14 @@ impl Nodes {
             ids,
             permits: Semaphore::new(max_in_flight),
             timeout,
+            // On a current-thread runtime the hop through the sender task is a task switch on
+            // the same thread, not a wake-up of another worker, so there is little to save;
+            // and there the sender's check (an acquire whose caller gave up is not sent) runs
+            // after whatever else the thread had to do first, which the direct path, handing
+            // the request to redis-rs at once, would give up (tests/frozen.rs,
+            // `an_abandoned_request_is_a_timeout_not_a_dead_runtime`).
+            direct: tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread,
         }
     }
 
@@ -201,22 +221,38 @@ impl Nodes {
             .unwrap_or(Err(NodeCause::Timeout))
     }
 
-    /// Queues `op` for node `i`'s next batch and waits for its reply, within the node timeout.
+    /// Node `i`'s reply to `op`, within the node timeout (see [`request`](Self::request)).
     async fn call(&self, i: usize, op: &Arc<Op>) -> Result<Value, NodeCause> {
         let started = Instant::now();
-        let reply = self.bounded(self.timeout, self.queue(i, op)).await;
+        let reply = self.bounded(self.timeout, self.request(i, op)).await;
         crate::telemetry::node_request(self.addr(i), started.elapsed(), reply.as_ref().err());
         reply
     }
 
+    /// Sends `op` to node `i` and waits for its reply (no permit, no timeout: the caller bounds
+    /// it): straight on the connection when the node has no other request queued or in flight
+    /// (one task hop less: the uncontended case), else through the node's sender task, which
+    /// pipelines it with the others.
+    async fn request(&self, i: usize, op: &Arc<Op>) -> Result<Value, NodeCause> {
+        let node = &self.nodes[i];
+        let (counted, idle) = node.load.count();
+        // A closed queue means the runtime is gone: `queue` says so.
+        if self.direct && idle && !node.jobs.is_closed() {
+            Direct::new(node.link.clone(), op.clone(), self.timeout, counted).await
+        } else {
+            self.queue(i, op, counted).await
+        }
+    }
+
     /// Queues `op` for node `i`'s next batch and waits for its reply (no permit, no timeout:
     /// the caller bounds it).
-    async fn queue(&self, i: usize, op: &Arc<Op>) -> Result<Value, NodeCause> {
+    async fn queue(&self, i: usize, op: &Arc<Op>, counted: Counted) -> Result<Value, NodeCause> {
         let (reply, replied) = oneshot::channel();
         let job = Job {
             op: op.clone(),
             deadline: Instant::now() + self.timeout,
             reply,
+            _counted: counted,
         };
         // The sender task answers every job it takes, even one it does not send; it drops
         // them unanswered only when it ends, with its runtime (it outlives every caller
@@ -245,7 +281,11 @@ impl Nodes {
     ) -> Vec<Result<Owned, NodeCause>> {
         let replies = self
             .bounded(self.timeout, async {
-                Ok(futures::future::join_all(ops.iter().map(|op| self.queue(i, op))).await)
+                let queued = ops.iter().map(|op| {
+                    let (counted, _idle) = self.nodes[i].load.count();
+                    self.queue(i, op, counted)
+                });
+                Ok(futures::future::join_all(queued).await)
             })
             .await;
         match replies {

@@ -8,9 +8,10 @@ use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::cause::{protocol, redis_cause};
-use super::link::{Conn, Link};
+use super::direct::Counted;
+use super::link::Link;
 use super::op::{Failed, Op, Script};
+use super::wire::{send, Request};
 use crate::error::NodeCause;
 
 /// Why a node cannot be reached when its sender task is gone.
@@ -38,9 +39,15 @@ pub(super) struct Job {
     /// When its caller stops waiting.
     pub(super) deadline: Instant,
     pub(super) reply: oneshot::Sender<Result<Value, NodeCause>>,
+    /// Counts the job in its node's load until it is answered (or dropped).
+    pub(super) _counted: Counted,
 }
 
-impl Job {
+impl Request for Job {
+    fn op(&self) -> &Op {
+        &self.op
+    }
+
     /// An acquire whose caller gave up (deadline passed or future dropped) is never sent: its
     /// round counts this node as failed, perhaps granted, and its undo may already have passed
     /// the node, so not taking the key is the safe answer. Releases, extensions and fences
@@ -52,12 +59,14 @@ impl Job {
 }
 
 /// A node's sender task: sends the requests queued for the node, all that are waiting in one
-/// pipeline. With one caller a request goes out at once; with many, those that arrive while
-/// pipelines are out go together in the next (fewer syscalls and wake-ups on both sides). Up to
-/// [`MAX_PIPELINES`] are out at once (more for a slow node, so its round trip does not queue
-/// requests behind it); each is polled for the first time before the next is made, so they
-/// enter the connection in queue order (except across a reconnect or a NOSCRIPT
-/// resend: nothing relies on the order, see `NodeStates`). Ends when the `Nodes` is dropped, after the pipelines that are out.
+/// pipeline. Requests come here only while the node has others queued or in flight (a lone
+/// request goes straight to the connection, see [`super::direct`]): those that arrive while
+/// pipelines are out go together in the next (fewer syscalls and wake-ups on both sides). Up
+/// to [`MAX_PIPELINES`] are out at once (more for a slow node, so its round trip does not
+/// queue requests behind it); each is polled for the first time before the next is made, so
+/// they enter the connection in queue order (except across a reconnect or a NOSCRIPT resend:
+/// nothing relies on the order, see `NodeStates`). Ends when the `Nodes` is dropped, after
+/// the pipelines that are out.
 pub(super) async fn serve(
     link: Arc<Link>,
     mut queue: mpsc::UnboundedReceiver<Job>,
@@ -140,112 +149,4 @@ async fn pipeline(link: Arc<Link>, batch: Vec<Job>, timeout: Duration) {
             }
         }
     }
-}
-
-/// Sends `batch` as one pipeline and splits the replies per request. Requests that found
-/// their script missing (a restarted node) are sent again after loading all four scripts, so
-/// a node's script cache is only ever empty or full; later pipelines may run before the
-/// resend (nothing relies on the order, see `NodeStates`).
-async fn send(conn: &mut Conn, batch: &[Job]) -> Result<Vec<Result<Value, Failed>>, NodeCause> {
-    let mut replies = run(conn, batch.iter().map(|j| &*j.op)).await?;
-    let mut missing: Vec<usize> = (0..batch.len())
-        .filter(|&i| matches!(replies[i], Err(Failed::NoScript)))
-        .collect();
-    if missing.is_empty() {
-        return Ok(replies);
-    }
-    let mut load = redis::pipe();
-    for script in Script::ALL {
-        load.cmd("SCRIPT").arg("LOAD").arg(script.source());
-    }
-    // A failed load fails only the requests that needed it (all replies are delivered once
-    // this returns, and all fail as timed out if the pipeline's bound passes first).
-    let loaded = load.query_async::<()>(conn).await;
-    // Checked again now, right before the resend: the round's undo may have passed this node
-    // while the scripts loaded.
-    let now = Instant::now();
-    missing.retain(|&i| {
-        let abandoned = batch[i].abandoned(now);
-        if abandoned {
-            replies[i] = Err(Failed::Cause(NodeCause::Timeout));
-        }
-        !abandoned
-    });
-    let again = match loaded {
-        Ok(()) if missing.is_empty() => Ok(Vec::new()),
-        Ok(()) => run(conn, missing.iter().map(|&i| &*batch[i].op)).await,
-        Err(e) => Err(redis_cause(&e)),
-    };
-    match again {
-        Ok(again) => {
-            for (&i, reply) in missing.iter().zip(again) {
-                replies[i] = reply;
-            }
-        }
-        Err(cause) => {
-            for &i in &missing {
-                replies[i] = Err(Failed::Cause(cause.clone()));
-            }
-        }
-    }
-    Ok(replies)
-}
-
-/// One pipeline of `ops`' commands (a lone command is sent as such); one reply per op (a
-/// command's error fails only its op).
-async fn run<'a>(
-    conn: &mut Conn,
-    ops: impl ExactSizeIterator<Item = &'a Op> + Clone,
-) -> Result<Vec<Result<Value, Failed>>, NodeCause> {
-    let count: usize = ops.clone().map(Op::commands).sum();
-    if count == 1 {
-        let mut ops = ops;
-        let Some(op) = ops.next() else {
-            return Ok(Vec::new());
-        };
-        let mut cmds = op.cmds();
-        let Some(cmd) = cmds.next() else {
-            return Ok(Vec::new());
-        };
-        let value = match cmd.query_async::<Value>(conn).await {
-            Ok(v) => Ok(v),
-            // A server's error reply fails the request; anything else, the connection.
-            Err(e) => match redis::ServerError::try_from(e) {
-                Ok(server) => Err(Failed::from_server(&server)),
-                Err(e) => return Err(redis_cause(&e)),
-            },
-        };
-        let mut value = Some(value);
-        return Ok(vec![op.reply(|| {
-            value
-                .take()
-                .unwrap_or_else(|| Err(Failed::Cause(protocol("a reply is missing".into()))))
-        })]);
-    }
-    let mut pipe = redis::Pipeline::with_capacity(count);
-    pipe.ignore_errors();
-    for op in ops.clone() {
-        for cmd in op.cmds() {
-            pipe.add_command(cmd);
-        }
-    }
-    let values: Vec<Value> = pipe.query_async(conn).await.map_err(|e| redis_cause(&e))?;
-    if values.len() != count {
-        return Err(protocol(format!(
-            "{} replies to {count} commands",
-            values.len()
-        )));
-    }
-    let mut values = values.into_iter();
-    Ok(ops
-        .map(|op| {
-            op.reply(|| match values.next() {
-                Some(Value::ServerError(e)) => Err(Failed::from_server(&e)),
-                Some(v) => Ok(v),
-                None => Err(Failed::Cause(protocol(
-                    "a pipeline reply is missing".into(),
-                ))),
-            })
-        })
-        .collect())
 }
