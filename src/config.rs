@@ -102,6 +102,7 @@ pub struct RedLockBuilder {
     safety_poll: Duration,
     fencing: bool,
     fencing_unconfirmed: bool,
+    semaphore_counting: bool,
 }
 
 impl Default for RedLockBuilder {
@@ -120,6 +121,7 @@ impl Default for RedLockBuilder {
             safety_poll: DEFAULT_SAFETY_POLL,
             fencing: false,
             fencing_unconfirmed: false,
+            semaphore_counting: false,
         }
     }
 }
@@ -142,6 +144,7 @@ impl std::fmt::Debug for RedLockBuilder {
             .field("safety_poll", &self.safety_poll)
             .field("fencing", &self.fencing)
             .field("fencing_unconfirmed", &self.fencing_unconfirmed)
+            .field("semaphore_counting", &self.semaphore_counting)
             .finish()
     }
 }
@@ -321,6 +324,17 @@ impl RedLockBuilder {
         self
     }
 
+    /// **Unsafe, for demonstrations only**: semaphores as the naive quorum scheme, where each
+    /// node counts its holders and refuses beyond the permit count. Across a quorum that
+    /// admits more holders than permits (N = 3, 2 permits: holders granted on nodes {1,2},
+    /// {2,3} and {1,3} put two on every node, yet three hold it); the test suite uses it to
+    /// show that the semaphore checker catches it. See docs/primitives.md.
+    #[doc(hidden)]
+    pub fn semaphore_counting(mut self) -> Self {
+        self.semaphore_counting = true;
+        self
+    }
+
     /// Checks every rule, then connects to all nodes in parallel and returns once a majority
     /// answers (and the others answered or had a node timeout more to do so); the others keep
     /// connecting in the background.
@@ -462,6 +476,7 @@ impl RedLockBuilder {
             safety_poll: self.safety_poll,
             fencing: self.fencing,
             fencing_unconfirmed: self.fencing_unconfirmed,
+            semaphore_counting: self.semaphore_counting,
         };
         Ok((config, specs))
     }

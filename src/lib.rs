@@ -19,6 +19,7 @@ mod node;
 mod node_states;
 mod queue;
 pub mod quorum;
+mod read_write;
 mod retry;
 mod round;
 mod settings;
