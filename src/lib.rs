@@ -22,6 +22,7 @@ pub mod quorum;
 mod read_write;
 mod retry;
 mod round;
+mod semaphore;
 mod settings;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -36,4 +37,5 @@ pub use guard::LockGuard;
 pub use lease::Lease;
 pub use lock::RedLock;
 pub use retry::{Delays, Retry};
+pub use semaphore::{Semaphore, MAX_PERMITS};
 pub use wait::WaitStrategy;

@@ -202,6 +202,7 @@ async fn kleppmann(
         key: "k".into(),
         client: 0,
         token: None,
+        shared: false,
         start: a_start,
         end: ga.expires_at(), // A works until its validity ends
         valid_until: ga.expires_at(),
@@ -214,6 +215,7 @@ async fn kleppmann(
             key: "k".into(),
             client: 1,
             token: None,
+            shared: false,
             start: b_start,
             end: b_start,
             valid_until: gb.expires_at(),

@@ -247,7 +247,9 @@ impl Round<'_> {
                 let open = match self.keys.kind() {
                     Kind::Permit { .. } => {
                         let slots = self.keys.script_keys().len();
-                        open_slot(&replies.free, slots, replies.tally.required())
+                        // The nodes that granted this round's slot count as worth a try.
+                        let wanted = replies.tally.required().saturating_sub(replies.tally.yes);
+                        open_slot(&replies.free, slots, wanted)
                     }
                     _ => None,
                 };
@@ -375,7 +377,8 @@ async fn confirm_token(
 /// A semaphore's slot to try next after a refused round, from the free slots each refusing
 /// node reported (`free`, bit `s` for slot `s` of `slots`): the slot free on the most of them
 /// (ties: a random one of those, so contenders spread), and whether that is at least
-/// `required` nodes (a majority could grant it now). `None` when no refusing node had a free
+/// `required` nodes (with the nodes that granted this round's slot, which may well have it
+/// free too, a majority could grant it now: worth a try at once). `None` when no refusing node had a free
 /// slot. A pure function of plain values (the random tie-break aside).
 pub(crate) fn open_slot(free: &[u64], slots: usize, required: usize) -> Option<(usize, bool)> {
     let slots = slots.min(64);
