@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use crate::cluster::Cluster;
 use crate::error::{Error, Operation};
-use crate::keys::Keys;
+use crate::keys::{Keys, Kind};
 use crate::lease::Lease;
 use crate::node_states::NodeStates;
 use crate::queue::{Holder, Queues, Ticket};
@@ -182,8 +182,13 @@ impl LockGuard {
         }
         // Every key of the lock must hold our value on a majority; the weakest key decides.
         let mut weakest = None;
+        let reader = matches!(lease.keys().kind(), Kind::Read | Kind::Counted { .. });
         for key in lease.keys().iter() {
-            let q = query(lease.cluster(), key).await;
+            let q = if reader {
+                query::query_reader(lease.cluster(), key, lease.value()).await
+            } else {
+                query(lease.cluster(), key).await
+            };
             let count = q.count(lease.value());
             if weakest.as_ref().is_none_or(|(c, _)| count < *c) {
                 weakest = Some((count, q));

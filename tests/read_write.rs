@@ -109,11 +109,15 @@ async fn a_waiting_writer_blocks_new_readers_and_is_granted_when_the_last_reader
     r.release().await.expect("release");
     let w = writer.await.expect("task").expect("write granted");
     assert!(w.validity() > Duration::ZERO);
-    // Its intent goes with the grant (a straggling node's when its request lands).
-    eventually("the intent removed by the grant", || {
-        (0..3).all(|i| get(&c, i, "redquorum::rw:default:doc:intent").is_none())
-    })
-    .await;
+    // Its intent goes with the grant on the nodes that granted (a node that refused the
+    // winning round, its reader's release still on the way, keeps it until the release).
+    let intents = (0..3)
+        .filter(|i| get(&c, *i, "redquorum::rw:default:doc:intent").is_some())
+        .count();
+    assert!(
+        intents <= 1,
+        "{intents} nodes kept the intent after the grant"
+    );
     // A reader waiting on the writer wakes when it leaves.
     let reader = {
         let a = a.clone();
@@ -123,6 +127,7 @@ async fn a_waiting_writer_blocks_new_readers_and_is_granted_when_the_last_reader
     w.release().await.expect("release");
     let r = reader.await.expect("task").expect("read granted");
     r.release().await.expect("release");
+    // Nothing left: no reader, no writer, no intent (the write release removes it anywhere).
     assert!(wait_until_no_keys(&c, HANG_GUARD).await.is_empty());
 }
 
