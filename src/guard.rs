@@ -57,6 +57,9 @@ pub struct LockGuard {
     released: bool,
     /// This process's turn for the key; handed to the next local waiter after release.
     ticket: Option<Turn>,
+    /// A semaphore's local gate, held until the guard is released or dropped (see
+    /// `Semaphore`); declared last, so it is let go after the release was sent.
+    gate: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// The local queues of a lock manager: they hand on [`Baton`]s and know holders by their
@@ -92,7 +95,14 @@ impl LockGuard {
             states,
             released: false,
             ticket: None,
+            gate: None,
         }
+    }
+
+    /// The guard keeps `gate` (a place at a semaphore's local gate) until it lets go.
+    pub(crate) fn with_gate(mut self, gate: tokio::sync::OwnedSemaphorePermit) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// The guard of a granted round for lock `keys`, named `key`.

@@ -36,6 +36,14 @@ pub const MAX_PERMITS: usize = 64;
 /// A permit's guard is a [`LockGuard`] like any other: validity, quorum-verified release,
 /// extend, keep-alive, lost signal, release on drop. No fencing token, no local hand-off.
 ///
+/// # Local gate
+/// A `Semaphore` and its clones let at most `permits` of their tasks hold a permit or try for
+/// one at once; the others wait in a local FIFO until one of those lets go. No process can
+/// hold more than `permits` anyway, and this keeps a crowd of local tasks from all waking and
+/// racing to Redis at each release. Separate calls of [`RedLock::semaphore`] have separate
+/// gates (they still share the bound, in Redis): clone one `Semaphore` for tasks of one
+/// process.
+///
 /// # Examples
 ///
 /// ```no_run
@@ -59,6 +67,9 @@ pub struct Semaphore {
     slots: Arc<[Arc<str>]>,
     /// The naive counting scheme's keys (the unsafe demonstration knob).
     counted: Option<[Arc<str>; 3]>,
+    /// The local gate: at most `permits` tasks of this `Semaphore` (and its clones) hold a
+    /// permit or try for one at once; the others wait here, first come first served.
+    gate: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Semaphore {
@@ -109,6 +120,7 @@ impl RedLock {
             wake: format!("{space}{name}").into(),
             slots: slot_layout(&space, name, permits),
             counted,
+            gate: Arc::new(tokio::sync::Semaphore::new(permits)),
         })
     }
 }
@@ -158,7 +170,25 @@ impl Semaphore {
     /// # Ok(()) }
     /// ```
     pub async fn acquire(&self, ctx: &Context) -> Result<LockGuard, Error> {
-        self.locks.acquire_keys(ctx, &self.name, self.keys()).await
+        let started = tokio::time::Instant::now();
+        let gate = tokio::select! {
+            biased;
+            () = ctx.cancelled() => return Err(Error::Cancelled { key: self.name.to_string() }),
+            gate = self.gate.clone().acquire_owned() => gate,
+            () = tokio::time::sleep_until(ctx.deadline()) => {
+                return Err(Error::Timeout {
+                    key: self.name.to_string(),
+                    waited: started.elapsed(),
+                    attempts: 0,
+                })
+            }
+        };
+        let gate = gate.map_err(|_| Error::config("the semaphore's local gate was closed"))?;
+        let guard = self
+            .locks
+            .acquire_keys(ctx, &self.name, self.keys())
+            .await?;
+        Ok(guard.with_gate(gate))
     }
 
     /// One attempt at a permit, no waiting: `None` when none is free. An attempt refused on
@@ -177,6 +207,11 @@ impl Semaphore {
     /// # Ok(()) }
     /// ```
     pub async fn try_acquire(&self) -> Result<Option<LockGuard>, Error> {
-        self.locks.try_acquire_keys(&self.name, self.keys()).await
+        // All k places taken locally: k permits are held or being tried for by this process.
+        let Ok(gate) = self.gate.clone().try_acquire_owned() else {
+            return Ok(None);
+        };
+        let guard = self.locks.try_acquire_keys(&self.name, self.keys()).await?;
+        Ok(guard.map(|g| g.with_gate(gate)))
     }
 }

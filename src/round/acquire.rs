@@ -242,8 +242,12 @@ impl Round<'_> {
             }
             Verdict::Refused { split } => {
                 // The partial grant is released where a node granted or did not answer:
-                // announced, or quietly after a split vote that the caller will retry.
-                undo.settle(pending, !(split && retrying));
+                // announced, or quietly after a split vote that the caller will retry. Only a
+                // mutex's: a reader (or permit) that split may go on to wait for something
+                // else (a writer's intent, another slot) and never announce the key, while a
+                // writer (or permit waiter) refused by its partial grant sleeps on a notification.
+                let quiet = split && retrying && self.keys.kind() == Kind::Mutex;
+                undo.settle(pending, !quiet);
                 let open = match self.keys.kind() {
                     Kind::Permit { .. } => {
                         let slots = self.keys.script_keys().len();
