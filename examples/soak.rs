@@ -5,14 +5,18 @@
 //! ```text
 //! cargo run --release --features testkit --example soak -- SECONDS SEED [CLIENTS] [KEYS] [PROCESSES]
 //! cargo run --features testkit --example soak -- 10 1    # a quick debug-build run
+//! SOAK_PRIMITIVE=rw cargo run --features testkit --example soak -- 10 1     # read-write locks
+//! SOAK_PRIMITIVE=sem:3 cargo run --features testkit --example soak -- 10 1  # semaphores, 3 permits
 //! ```
+//! `SOAK_PRIMITIVE` (`mutex` by default, `rw`, `sem:<permits>`) picks what the clients take:
+//! the report's "max holders" then shows the readers' or permits' concurrency.
 //! With PROCESSES > 0 the clients run in that many separate OS processes (CLIENTS each), with
 //! the oracle in a separate redis-server. Prints grants, faults by kind, errors, violations
 //! (must be 0), the longest stall and acquire latency p50/p99 with and without an active
 //! fault; exits 1 on any violation.
 use std::time::Duration;
 
-use redquorum::testkit::{LocalCluster, Workload};
+use redquorum::testkit::{LocalCluster, Primitive, Workload};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -44,8 +48,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         workload.keys = usize::try_from(keys)?.max(1);
     }
     let processes = usize::try_from(args.get(4).copied().unwrap_or(0))?;
+    if let Ok(p) = std::env::var("SOAK_PRIMITIVE") {
+        workload.primitive = Primitive::parse(&p)
+            .ok_or_else(|| format!("SOAK_PRIMITIVE={p:?}: use mutex, rw or sem:<permits>"))?;
+    }
     println!(
-        "soak: {secs} s, seed {seed}, {} clients x {} processes, {} keys, 5 masters (AOF, fsync always), ttl {:?}",
+        "soak: {secs} s, seed {seed}, {:?}, {} clients x {} processes, {} keys, 5 masters (AOF, fsync always), ttl {:?}",
+        workload.primitive,
         workload.clients,
         processes.max(1),
         workload.keys,

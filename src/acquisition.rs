@@ -10,7 +10,7 @@ use crate::cluster::Cluster;
 use crate::context::Context;
 use crate::error::Error;
 use crate::guard::{LocalQueues, LockGuard, Turn};
-use crate::keys::Keys;
+use crate::keys::{Keys, Kind};
 use crate::round::acquire::{attempt, Attempt};
 use crate::wait::{self, Busy, WaitEnd, WaitStrategy, Waiter};
 
@@ -39,6 +39,10 @@ impl Acquisition<'_> {
         let started = Instant::now();
         if ctx.is_expired() {
             return Err(self.timeout(started, 0));
+        }
+        if !self.keys.queued_locally() {
+            // Readers, writers and permits wait in Redis only (see `Keys::queued_locally`).
+            return self.contend(ctx, None, started).await;
         }
         let mut ticket = self.queues.join(&self.keys);
         let hold_back = tokio::select! {
@@ -69,7 +73,7 @@ impl Acquisition<'_> {
             let pause = Duration::from_micros(fastrand::u64(1_000..3_000));
             tokio::time::sleep(pause.min(ctx.remaining())).await;
         }
-        self.contend(ctx, ticket, started).await
+        self.contend(ctx, Some(ticket), started).await
     }
 
     /// Acquire rounds until one grants, waiting between them as the [`Waiter`] decides.
@@ -80,12 +84,12 @@ impl Acquisition<'_> {
     async fn contend(
         &self,
         ctx: &Context,
-        ticket: Turn,
+        ticket: Option<Turn>,
         started: Instant,
     ) -> Result<LockGuard, Error> {
         let config = &self.cluster.config;
         // Sets poll: a release of any one key is not worth waking for.
-        let wake = match (config.wait_strategy, self.keys.single()) {
+        let wake = match (config.wait_strategy, self.keys.wake_key()) {
             (WaitStrategy::PubSub, Some(key)) => Some((&self.cluster.wakeups, key)),
             _ => None,
         };
@@ -97,13 +101,21 @@ impl Acquisition<'_> {
         let mut waiter = Waiter::new(
             config.retry.delays(),
             wake,
-            ticket.take_subscription(),
+            ticket.as_ref().and_then(Turn::take_subscription),
             assumptions,
         );
         let (mut attempts, mut unreachable) = (0u32, 0u32);
+        // A semaphore's permit tries another slot after a refusal (see `Busy::open`); it
+        // retries at once while one is free on a majority, at most once per slot in a row.
+        let mut keys = self.keys.clone();
+        let mut at_once = 0;
         let mut last_error = None;
         // Armed by a split vote's quiet undo, until we hold the lock (see `Undo::settle`).
         let mut leaving = LeaveAnnounced(None);
+        // A waiting writer's intent holds readers back: withdrawn if it leaves without the lock.
+        let mut withdraw = Withdraw(
+            (self.keys.kind() == Kind::Write).then(|| (self.cluster.clone(), self.keys.clone())),
+        );
         let result = loop {
             if ctx.is_cancelled() {
                 break Err(self.cancelled());
@@ -115,9 +127,9 @@ impl Acquisition<'_> {
             waiter.before_attempt();
             // A refusal may also tell how long the holder has left (see `wants_hint`).
             let hint = waiter.wants_hint(attempts);
-            let busy: Busy = match attempt(self.cluster, self.key, &self.keys, hint, true).await {
+            let busy: Busy = match attempt(self.cluster, self.key, &keys, hint, true).await {
                 Attempt::Granted(won) => {
-                    break Ok(LockGuard::granted(self.cluster, self.key, &self.keys, won))
+                    break Ok(LockGuard::granted(self.cluster, self.key, &keys, won))
                 }
                 Attempt::Busy(busy) => {
                     (unreachable, last_error) = (0, None);
@@ -135,6 +147,14 @@ impl Acquisition<'_> {
                     busy
                 }
             };
+            if let Some((slot, free_on_majority)) = busy.open {
+                keys = keys.other_slot(slot);
+                if free_on_majority && at_once < keys.script_keys().len() {
+                    at_once += 1;
+                    continue;
+                }
+            }
+            at_once = 0;
             tracing::debug!(
                 key = self.key,
                 attempts,
@@ -156,11 +176,17 @@ impl Acquisition<'_> {
             }
         };
         tracing::Span::current().record("attempts", attempts);
-        ticket.keep_subscription(waiter.into_subscription());
         if result.is_ok() {
             leaving.0 = None;
+            withdraw.0 = None;
         }
-        result.map(|guard| guard.with_ticket(ticket))
+        match ticket {
+            Some(ticket) => {
+                ticket.keep_subscription(waiter.into_subscription());
+                result.map(|guard| guard.with_ticket(ticket))
+            }
+            None => result,
+        }
     }
 
     /// One attempt, no waiting: `None` at once while another task of this process holds the
@@ -169,6 +195,9 @@ impl Acquisition<'_> {
     /// # Cancel safety
     /// A dropped attempt is undone in the background.
     pub(crate) async fn try_once(self) -> Result<Option<LockGuard>, Error> {
+        if !self.keys.queued_locally() {
+            return self.try_unqueued().await;
+        }
         let mut ticket = self.queues.join(&self.keys);
         if !ticket.try_turn() {
             // Held, or about to be, by another task of this process.
@@ -186,6 +215,27 @@ impl Acquisition<'_> {
             Attempt::Busy(_) => Ok(None),
             Attempt::Unreachable(e, _) => Err(e),
         }
+    }
+
+    /// [`try_once`](Self::try_once) for readers, writers and permits: no local queue. A
+    /// permit refused on its slot tries the slot free on the most nodes next, while one is free
+    /// on a majority (at most once per slot).
+    async fn try_unqueued(self) -> Result<Option<LockGuard>, Error> {
+        let mut keys = self.keys.clone();
+        for _ in 0..=keys.script_keys().len() {
+            match attempt(self.cluster, self.key, &keys, false, false).await {
+                Attempt::Granted(won) => {
+                    return Ok(Some(LockGuard::granted(self.cluster, self.key, &keys, won)))
+                }
+                Attempt::Busy(Busy {
+                    open: Some((slot, true)),
+                    ..
+                }) => keys = keys.other_slot(slot),
+                Attempt::Busy(_) => return Ok(None),
+                Attempt::Unreachable(e, _) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 
     /// The grant the previous local holder handed to whoever gets the turn next (see
@@ -261,6 +311,23 @@ impl Drop for LeaveAnnounced {
     fn drop(&mut self) {
         if let Some((cluster, keys)) = self.0.take() {
             cluster.spawn_announce(keys);
+        }
+    }
+}
+
+/// A writer that waited and leaves without the lock (an error, or its future dropped)
+/// withdraws its intent on every node (a write release under a value it never held: it only
+/// removes the intent, announced), so readers it held back need not wait for the intent to
+/// expire.
+struct Withdraw(Option<(Arc<Cluster>, Keys)>);
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        if let Some((cluster, keys)) = self.0.take() {
+            let op = Arc::new(crate::node::Op::release(&keys, &Arc::from(""), true));
+            for i in 0..cluster.len() {
+                cluster.clean(i, &op, 0);
+            }
         }
     }
 }

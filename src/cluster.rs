@@ -86,14 +86,14 @@ impl Cluster {
     /// Whether waiters of other processes for `keys` learn of a release only by polling:
     /// assumed when we poll (the same setting on every process), and always for sets.
     pub(crate) fn others_poll(&self, keys: &Keys) -> bool {
-        keys.single().is_none() || self.config.wait_strategy == WaitStrategy::Poll
+        keys.wake_key().is_none() || self.config.wait_strategy == WaitStrategy::Poll
     }
 
     /// Tells waiters of other processes that `keys` may be free: a bare PUBLISH of
     /// [`RECHECK`](crate::wake::RECHECK) on each key's channel on every node (it deleted
     /// nothing itself, so a waiter woken by it reads the holder's lease on its next attempt).
     pub(crate) async fn announce(&self, keys: &Keys) {
-        let channels: Vec<String> = keys.iter().map(|k| crate::wake::channel(k)).collect();
+        let channels: Vec<String> = keys.wake_keys().map(|k| crate::wake::channel(k)).collect();
         let each = (0..self.len()).flat_map(|i| channels.iter().map(move |c| (i, c)));
         futures::future::join_all(each.map(|(i, c)| self.nodes.publish(i, c))).await;
     }

@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use crate::cluster::Cluster;
 use crate::error::{Error, Operation};
-use crate::keys::Keys;
+use crate::keys::{Keys, Kind};
 use crate::lease::Lease;
 use crate::node_states::NodeStates;
 use crate::queue::{Holder, Queues, Ticket};
@@ -58,6 +58,9 @@ pub struct LockGuard {
     released: bool,
     /// This process's turn for the key; handed to the next local waiter after release.
     ticket: Option<Turn>,
+    /// A semaphore's local gate, held until the guard is released or dropped (see
+    /// `Semaphore`); declared last, so it is let go after the release was sent.
+    gate: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// The local queues of a lock manager: they hand on [`Baton`]s and know holders by their
@@ -93,7 +96,14 @@ impl LockGuard {
             states,
             released: false,
             ticket: None,
+            gate: None,
         }
+    }
+
+    /// The guard keeps `gate` (a place at a semaphore's local gate) until it lets go.
+    pub(crate) fn with_gate(mut self, gate: tokio::sync::OwnedSemaphorePermit) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// The guard of a granted round for lock `keys`, named `key`.
@@ -402,8 +412,13 @@ impl LockGuard {
         }
         // Every key of the lock must hold our value on a majority; the weakest key decides.
         let mut weakest = None;
+        let reader = matches!(lease.keys().kind(), Kind::Read | Kind::Counted { .. });
         for key in lease.keys().iter() {
-            let q = query(lease.cluster(), key).await;
+            let q = if reader {
+                query::query_reader(lease.cluster(), key, lease.value()).await
+            } else {
+                query(lease.cluster(), key).await
+            };
             let count = q.count(lease.value());
             if weakest.as_ref().is_none_or(|(c, _)| count < *c) {
                 weakest = Some((count, q));
@@ -561,14 +576,14 @@ impl LockGuard {
             return false;
         }
         let passed = ticket.pass_baton(|| {
-            Baton(Some(Handed {
+            Baton(Some(Box::new(Handed {
                 cluster: cluster.clone(),
                 keys: self.lease.keys().clone(),
                 value: self.lease.value().clone(),
                 states: self.states.clone(),
                 expires_at,
                 lease,
-            }))
+            })))
         });
         if passed {
             tracing::debug!(
@@ -586,7 +601,7 @@ impl LockGuard {
 /// (see [`Ticket::pass_baton`]): the keys stay held in Redis under the same value meanwhile.
 /// Whoever owns it last either turns it into a guard ([`into_guard`](Self::into_guard)) or
 /// lets it drop, which releases the keys in Redis (announced, as another process may wait).
-pub(crate) struct Baton(Option<Handed>);
+pub(crate) struct Baton(Option<Box<Handed>>);
 
 struct Handed {
     cluster: Arc<Cluster>,
@@ -646,7 +661,7 @@ impl Drop for Baton {
                 key = %h.keys,
                 "handed lock not taken by any local waiter; releasing it"
             );
-            spawn_release(h.cluster, h.keys, h.value, h.states, None);
+            owned::spawn_release::<Baton, Lease>(h.cluster, h.keys, h.value, h.states, None);
         }
     }
 }
@@ -660,7 +675,7 @@ impl Drop for LockGuard {
             telemetry::release(passed);
         }
         if !self.released && !passed {
-            spawn_release(
+            owned::spawn_release(
                 self.lease.cluster().clone(),
                 self.lease.keys().clone(),
                 self.lease.value().clone(),
@@ -669,32 +684,4 @@ impl Drop for LockGuard {
             );
         }
     }
-}
-
-/// A guard's release in the background on the current runtime (nodes that did not answer
-/// are retried, and late straggling grants are caught, see [`NodeStates`]); with no runtime
-/// the keys expire by TTL. The local queue `ticket`, if any, is handed on only after the
-/// first round, so the next local waiter finds the key gone.
-fn spawn_release(
-    cluster: Arc<Cluster>,
-    keys: Keys,
-    value: Arc<str>,
-    states: NodeStates,
-    ticket: Option<Turn>,
-) {
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        tracing::warn!(
-            key = %keys,
-            "no tokio runtime to release the lock on; it will expire after its TTL"
-        );
-        return;
-    };
-    rt.spawn(async move {
-        let announce = ticket.as_ref().is_none_or(Ticket::announce_release);
-        let round = owned::release(&cluster, &keys, &value, &states, announce).await;
-        if let (true, Some(ticket)) = (announce, &ticket) {
-            ticket.announced(round.listeners, cluster.others_poll(&keys));
-        }
-        drop(ticket);
-    });
 }

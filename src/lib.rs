@@ -27,8 +27,10 @@ mod node;
 mod node_states;
 mod queue;
 pub mod quorum;
+mod read_write;
 mod retry;
 mod round;
+mod semaphore;
 mod settings;
 mod telemetry;
 #[cfg(feature = "testkit")]
@@ -46,6 +48,7 @@ pub use guard::LockGuard;
 pub use lease::Lease;
 pub use lock::RedLock;
 pub use retry::{Delays, Retry};
+pub use semaphore::{Semaphore, MAX_PERMITS};
 pub use wait::WaitStrategy;
 
 /// The cancellation token of [`Context::with_cancel`], [`LockGuard::lost`] and [`Lease::lost`]:

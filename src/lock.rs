@@ -64,6 +64,8 @@ pub struct RedLock {
     /// `<namespace>::fence:<group>:`: fencing counters, which no lock key can be (groups are
     /// never empty).
     fence_prefix: Arc<str>,
+    /// The group's name (read-write locks and semaphores build their key spaces from it).
+    group: Arc<str>,
 }
 
 impl std::fmt::Debug for RedLock {
@@ -102,6 +104,7 @@ impl RedLock {
             queues,
             prefix,
             fence_prefix,
+            group: DEFAULT_GROUP.into(),
         })
     }
 
@@ -134,6 +137,7 @@ impl RedLock {
             queues: self.queues.clone(),
             prefix: format!("{}:{name}:", self.cluster.config.namespace).into(),
             fence_prefix: format!("{}::fence:{name}:", self.cluster.config.namespace).into(),
+            group: name.into(),
         })
     }
 
@@ -279,6 +283,18 @@ impl RedLock {
         Ok(format!("{}{key}", self.fence_prefix))
     }
 
+    /// The key space `<namespace>::<space>:<group>:` of the other lock kinds (read-write
+    /// locks, semaphores): never a mutex's key or a fencing counter, as groups are never empty
+    /// and never contain `:`.
+    pub(crate) fn space(&self, space: &str) -> String {
+        format!("{}::{space}:{}:", self.cluster.config.namespace, self.group)
+    }
+
+    /// The shared cluster (nodes and settings).
+    pub(crate) fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
     /// A single-key lock's keys: the lock key and, with fencing on, its counter (no
     /// allocation for it otherwise: this runs on every acquire).
     fn single(&self, key: &str) -> Result<Keys, Error> {
@@ -310,7 +326,12 @@ impl RedLock {
     }
 
     #[tracing::instrument(name = "acquire", level = "debug", skip_all, fields(key = %key, attempts = tracing::field::Empty))]
-    async fn acquire_keys(&self, ctx: &Context, key: &str, keys: Keys) -> Result<LockGuard, Error> {
+    pub(crate) async fn acquire_keys(
+        &self,
+        ctx: &Context,
+        key: &str,
+        keys: Keys,
+    ) -> Result<LockGuard, Error> {
         let started = tokio::time::Instant::now();
         let result = self.acquisition(key, keys).wait(ctx).await;
         measured(result.as_ref().map(Some), started);
@@ -410,7 +431,11 @@ impl RedLock {
     }
 
     #[tracing::instrument(name = "try_acquire", level = "debug", skip_all, fields(key = %key))]
-    async fn try_acquire_keys(&self, key: &str, keys: Keys) -> Result<Option<LockGuard>, Error> {
+    pub(crate) async fn try_acquire_keys(
+        &self,
+        key: &str,
+        keys: Keys,
+    ) -> Result<Option<LockGuard>, Error> {
         let started = tokio::time::Instant::now();
         let result = self.acquisition(key, keys).try_once().await;
         measured(result.as_ref().map(Option::as_ref), started);

@@ -197,7 +197,16 @@ mod tests {
     fn replies_are_recorded_per_node() {
         let s = NodeStates::new(3);
         assert_eq!(s.record(0, &granted()), Vote::Yes);
-        assert_eq!(s.record(1, &Ok(Grant::Held { pttl: None })), Vote::No);
+        assert_eq!(
+            s.record(
+                1,
+                &Ok(Grant::Held {
+                    pttl: None,
+                    free: 0
+                })
+            ),
+            Vote::No
+        );
         assert!(s.granted_on(0) && s.refused_on(1) && !s.answered(2));
         assert_eq!(s.record(2, &Err(NodeCause::Timeout)), Vote::Failed);
         assert!(s.answered(2) && !s.granted_on(2) && !s.refused_on(2));
@@ -227,6 +236,12 @@ mod tests {
         let s = NodeStates::new(1);
         s.mark_released();
         assert!(!s.release_missed(0));
-        assert!(!s.acquired_late(0, &Ok(Grant::Held { pttl: None })));
+        assert!(!s.acquired_late(
+            0,
+            &Ok(Grant::Held {
+                pttl: None,
+                free: 0
+            })
+        ));
     }
 }

@@ -29,6 +29,8 @@ pub(crate) struct Config {
     pub(crate) safety_poll: Duration,
     pub(crate) fencing: bool,
     pub(crate) fencing_unconfirmed: bool,
+    /// The naive (unsafe) counting semaphore instead of slots: demonstrations only.
+    pub(crate) semaphore_counting: bool,
 }
 
 /// Checks that a lease of `ttl` can have positive validity after the drift allowance and one

@@ -80,6 +80,9 @@ pub(crate) struct Busy {
     pub(crate) split: bool,
     /// Nodes that did not answer the attempt (they may free up without telling anyone).
     pub(crate) failed: usize,
+    /// A semaphore's slot to try next (the one free on the most refusing nodes), and whether
+    /// it is free on enough of them for a majority: then the next attempt need not wait.
+    pub(crate) open: Option<(usize, bool)>,
 }
 
 /// How long a waiter woken by a release's first announcement waits at most for a majority of

@@ -242,6 +242,7 @@ impl RedLockBuilder {
             safety_poll: self.safety_poll,
             fencing: self.fencing,
             fencing_unconfirmed: self.fencing_unconfirmed,
+            semaphore_counting: self.semaphore_counting,
         };
         Ok((config, specs))
     }

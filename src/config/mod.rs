@@ -102,6 +102,7 @@ pub struct RedLockBuilder {
     safety_poll: Duration,
     fencing: bool,
     fencing_unconfirmed: bool,
+    semaphore_counting: bool,
     refuse_unsafe: bool,
     #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
     tls: crate::tls::Tls,
@@ -123,6 +124,7 @@ impl Default for RedLockBuilder {
             safety_poll: DEFAULT_SAFETY_POLL,
             fencing: false,
             fencing_unconfirmed: false,
+            semaphore_counting: false,
             refuse_unsafe: false,
             #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
             tls: crate::tls::Tls::default(),
@@ -148,6 +150,7 @@ impl std::fmt::Debug for RedLockBuilder {
             .field("safety_poll", &self.safety_poll)
             .field("fencing", &self.fencing)
             .field("fencing_unconfirmed", &self.fencing_unconfirmed)
+            .field("semaphore_counting", &self.semaphore_counting)
             .field("refuse_unsafe", &self.refuse_unsafe);
         #[cfg(any(feature = "tls-rustls", feature = "tls-native-tls"))]
         f.field("tls", &self.tls);

@@ -440,4 +440,15 @@ impl RedLockBuilder {
         self.fencing_unconfirmed = true;
         self
     }
+
+    /// **Unsafe, for demonstrations only**: semaphores as the naive quorum scheme, where each
+    /// node counts its holders and refuses beyond the permit count. Across a quorum that
+    /// admits more holders than permits (N = 3, 2 permits: holders granted on nodes {1,2},
+    /// {2,3} and {1,3} put two on every node, yet three hold it); the test suite uses it to
+    /// show that the semaphore checker catches it. See docs/primitives.md.
+    #[doc(hidden)]
+    pub fn semaphore_counting(mut self) -> Self {
+        self.semaphore_counting = true;
+        self
+    }
 }

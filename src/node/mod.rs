@@ -309,6 +309,25 @@ impl Nodes {
         .await
     }
 
+    /// `ZSCORE key member` on node `i`: `Some(member)` when it is in the sorted set.
+    pub(crate) async fn member(
+        &self,
+        i: usize,
+        key: &str,
+        member: &str,
+    ) -> Result<Option<String>, NodeCause> {
+        let link = &self.nodes[i].link;
+        let cmd = redis::cmd("ZSCORE").arg(key).arg(member).to_owned();
+        let found = self
+            .bounded(self.timeout, async move {
+                cmd.query_async::<Option<String>>(&mut link.get().await?)
+                    .await
+                    .map_err(|e| redis_cause(&e))
+            })
+            .await?;
+        Ok(found.map(|_| member.to_owned()))
+    }
+
     /// `PUBLISH channel ""` on node `i` (errors are only logged: announcing is best effort).
     pub(crate) async fn publish(&self, i: usize, channel: &str) {
         let link = &self.nodes[i].link;

@@ -8,7 +8,7 @@ use redis::{Cmd, ServerErrorKind, Value};
 
 use super::cause::{one_line, protocol};
 use crate::error::NodeCause;
-use crate::keys::Keys;
+use crate::keys::{Keys, Kind};
 
 /// Which script a request runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,16 +22,37 @@ pub(crate) enum Script {
     Extend,
     /// `fence.lua`: raise the fencing counter under our value.
     Fence,
+    /// `rw_read.lua`: join the readers unless a writer holds or waits.
+    ReadAcquire,
+    /// `rw_write.lua`: take the writer key unless a writer or a live reader holds the lock.
+    WriteAcquire,
+    /// `rw_read_release.lua`: leave the readers (announced when the last one leaves).
+    ReadRelease,
+    /// `rw_write_release.lua`: compare-and-delete the writer key and our intent.
+    WriteRelease,
+    /// `rw_read_extend.lua`: move a live reader's expiry.
+    ReadExtend,
+    /// `sem_acquire.lua`: take one slot of a semaphore, or say which are free.
+    PermitAcquire,
+    /// `sem_release.lua`: compare-and-delete a slot, announced on the semaphore's channel.
+    PermitRelease,
 }
 
 impl Script {
     /// Every script: all are loaded together on NOSCRIPT, so a node's script cache is only
     /// ever empty or full.
-    pub(super) const ALL: [Script; 4] = [
+    pub(super) const ALL: [Script; 11] = [
         Script::Acquire,
         Script::Release,
         Script::Extend,
         Script::Fence,
+        Script::ReadAcquire,
+        Script::WriteAcquire,
+        Script::ReadRelease,
+        Script::WriteRelease,
+        Script::ReadExtend,
+        Script::PermitAcquire,
+        Script::PermitRelease,
     ];
 
     /// The script's Lua source (`SCRIPT LOAD`).
@@ -41,6 +62,13 @@ impl Script {
             Script::Release => include_str!("../scripts/release.lua"),
             Script::Extend => include_str!("../scripts/extend.lua"),
             Script::Fence => include_str!("../scripts/fence.lua"),
+            Script::ReadAcquire => include_str!("../scripts/rw_read.lua"),
+            Script::WriteAcquire => include_str!("../scripts/rw_write.lua"),
+            Script::ReadRelease => include_str!("../scripts/rw_read_release.lua"),
+            Script::WriteRelease => include_str!("../scripts/rw_write_release.lua"),
+            Script::ReadExtend => include_str!("../scripts/rw_read_extend.lua"),
+            Script::PermitAcquire => include_str!("../scripts/sem_acquire.lua"),
+            Script::PermitRelease => include_str!("../scripts/sem_release.lua"),
         }
     }
 
@@ -50,6 +78,9 @@ impl Script {
         static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| loaded(Script::Release));
         static EXTEND: LazyLock<redis::Script> = LazyLock::new(|| loaded(Script::Extend));
         static FENCE: LazyLock<redis::Script> = LazyLock::new(|| loaded(Script::Fence));
+        // The scripts of the other lock kinds, in `ALL` order from `ReadAcquire`.
+        static OTHERS: LazyLock<Vec<redis::Script>> =
+            LazyLock::new(|| Script::ALL[4..].iter().map(|s| loaded(*s)).collect());
         fn loaded(script: Script) -> redis::Script {
             redis::Script::new(script.source())
         }
@@ -58,6 +89,10 @@ impl Script {
             Script::Release => RELEASE.get_hash(),
             Script::Extend => EXTEND.get_hash(),
             Script::Fence => FENCE.get_hash(),
+            other => {
+                let i = Script::ALL[4..].iter().position(|s| *s == other);
+                i.map_or("", |i| OTHERS[i].get_hash())
+            }
         }
     }
 }
@@ -69,12 +104,25 @@ pub(crate) struct Op {
     script: Script,
     /// The lock's keys (shared with the lock, not copied).
     keys: Keys,
+    /// Which of them the script takes.
+    select: Select,
     /// A key sent after them: the fencing counter of a fenced acquire or fence raise.
     counter: Option<Arc<str>>,
     args: Vec<Arg>,
     /// A plain acquire is followed by `PTTL key`: the holder's remaining lease, for a waiter
     /// that will sleep.
     hint: bool,
+}
+
+/// The keys a request sends, out of its lock's [`Keys`].
+#[derive(Debug, Clone, Copy)]
+enum Select {
+    /// The lock keys.
+    Lock,
+    /// The acquire script's keys ([`Keys::script_keys`]).
+    Script,
+    /// These of the acquire script's keys, in this order.
+    Pick(&'static [usize]),
 }
 
 #[derive(Debug)]
@@ -90,6 +138,7 @@ impl Op {
         Op {
             script,
             keys: keys.clone(),
+            select: Select::Lock,
             counter: None,
             args: Vec::with_capacity(4),
             hint: false,
@@ -99,14 +148,50 @@ impl Op {
     /// The acquire round's request (`acquire.lua`): the lock keys (and the fencing counter with
     /// fencing, for single-key locks); ARGV value, lease, fencing flag and the number of lock
     /// keys. With `hint`, a refusal also tells how long the holder's lease has left (otherwise
-    /// only the script path does).
+    /// only the script path does). `waiting`: the caller will try again, so a writer refused
+    /// by readers leaves its intent (a single attempt leaves none).
     pub(crate) fn acquire(
         keys: &Keys,
         value: &Arc<str>,
         lease_ms: u64,
         fencing: bool,
-        hint: bool,
+        (hint, waiting): (bool, bool),
     ) -> Self {
+        match keys.kind() {
+            Kind::Mutex => {}
+            Kind::Read | Kind::Counted { .. } => {
+                let limit = match keys.kind() {
+                    Kind::Counted { limit } => u64::from(limit),
+                    _ => 0,
+                };
+                // rw_read.lua: KEYS writer, readers, intent; ARGV value, lease, limit.
+                return Op::new(Script::ReadAcquire, keys)
+                    .keys(Select::Script)
+                    .text(value)
+                    .number(lease_ms)
+                    .number(limit);
+            }
+            Kind::Write => {
+                // rw_write.lua: KEYS writer, readers, intent; ARGV value, lease, intent
+                // expiry (one lease: a waiting writer refreshes it at each retry; 0: leave
+                // none), the writer's identity.
+                let waiter = keys.waiter().cloned().unwrap_or_else(|| value.clone());
+                return Op::new(Script::WriteAcquire, keys)
+                    .keys(Select::Script)
+                    .text(value)
+                    .number(lease_ms)
+                    .number(if waiting { lease_ms } else { 0 })
+                    .text(&waiter);
+            }
+            Kind::Permit { slot } => {
+                // sem_acquire.lua: KEYS every slot; ARGV value, lease, the slot (1-based).
+                return Op::new(Script::PermitAcquire, keys)
+                    .keys(Select::Script)
+                    .text(value)
+                    .number(lease_ms)
+                    .number(u64::from(slot) + 1);
+            }
+        }
         let mut op = Op::new(Script::Acquire, keys);
         op.counter = keys.fence().filter(|_| fencing && keys.len() == 1).cloned();
         op.hint = hint;
@@ -122,14 +207,52 @@ impl Op {
     /// script builds the names) unless `publish` is off (a release handed to a local waiter, a
     /// split vote's quiet undo). A set's release is announced too: its waiters poll, but a
     /// single-key waiter of one of its keys listens.
+    ///
+    /// The other kinds: a reader leaves the readers' set (`rw_read_release.lua`: KEYS writer,
+    /// readers; ARGV value, announce flag, announce-every-release flag), announced on the
+    /// writer key's channel when the last reader leaves; a writer deletes its key and intent
+    /// (`rw_write_release.lua`: KEYS writer, intent; ARGV value, announce flag, the writer's
+    /// identity); a permit
+    /// deletes its slot (`sem_release.lua`: KEYS slot; ARGV value, announce flag, channel),
+    /// announced on the semaphore's channel.
     pub(crate) fn release(keys: &Keys, value: &Arc<str>, publish: bool) -> Self {
-        Op::new(Script::Release, keys).text(value).flag(publish)
+        match keys.kind() {
+            Kind::Mutex => Op::new(Script::Release, keys).text(value).flag(publish),
+            kind @ (Kind::Read | Kind::Counted { .. }) => Op::new(Script::ReadRelease, keys)
+                .keys(Select::Pick(&[0, 1]))
+                .text(value)
+                .flag(publish)
+                .flag(matches!(kind, Kind::Counted { .. })),
+            Kind::Write => {
+                let waiter = keys.waiter().cloned().unwrap_or_else(|| value.clone());
+                Op::new(Script::WriteRelease, keys)
+                    .keys(Select::Pick(&[0, 2]))
+                    .text(value)
+                    .flag(publish)
+                    .text(&waiter)
+            }
+            Kind::Permit { .. } => {
+                let channel = keys.wake_key().map(|k| crate::wake::channel(k));
+                Op::new(Script::PermitRelease, keys)
+                    .text(value)
+                    .flag(publish)
+                    .text(&channel.unwrap_or_default().into())
+            }
+        }
     }
 
     /// A compare-and-extend of `value` to a lease of `lease_ms` (`extend.lua`; ARGV value,
     /// lease).
+    ///
+    /// A writer's key and a permit's slot are plain value keys (`extend.lua` too); a reader
+    /// moves its expiry in the readers' set (`rw_read_extend.lua`: KEYS readers; ARGV value,
+    /// lease).
     pub(crate) fn extend(keys: &Keys, value: &Arc<str>, lease_ms: u64) -> Self {
-        Op::new(Script::Extend, keys).text(value).number(lease_ms)
+        let script = match keys.kind() {
+            Kind::Read | Kind::Counted { .. } => Script::ReadExtend,
+            Kind::Mutex | Kind::Write | Kind::Permit { .. } => Script::Extend,
+        };
+        Op::new(script, keys).text(value).number(lease_ms)
     }
 
     /// Raising the fencing counter `counter` of the single-key lock `keys` to `token` under
@@ -153,11 +276,25 @@ impl Op {
 
     /// Every key, in the order the script expects them.
     fn all_keys(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.keys.iter().chain(&self.counter)
+        let script = self.keys.script_keys();
+        let (whole, picks): (&[Arc<str>], &[usize]) = match self.select {
+            Select::Lock => (self.keys.as_slice(), &[]),
+            Select::Script => (script, &[]),
+            Select::Pick(picks) => (&[], picks),
+        };
+        whole
+            .iter()
+            .chain(picks.iter().filter_map(move |&i| script.get(i)))
+            .chain(&self.counter)
     }
 
     fn key_count(&self) -> usize {
-        self.keys.len() + usize::from(self.counter.is_some())
+        self.all_keys().count()
+    }
+
+    fn keys(mut self, select: Select) -> Self {
+        self.select = select;
+        self
     }
 
     fn text(mut self, v: &Arc<str>) -> Self {
@@ -311,8 +448,9 @@ impl Failed {
 pub(crate) enum Grant {
     /// Granted; `fence` is this node's fencing counter after the grant (0 without fencing).
     Granted { fence: u64 },
-    /// Another value holds the key for `pttl` more (None: the key has no expiry).
-    Held { pttl: Option<Duration> },
+    /// Another value holds the key for `pttl` more (None: the key has no expiry). A
+    /// semaphore's node also says which slots are free there (bit `s` for slot `s`).
+    Held { pttl: Option<Duration>, free: u64 },
 }
 
 /// One node's answer to a compare-and-delete or compare-and-extend.
@@ -340,14 +478,19 @@ pub(super) fn owned_reply(reply: Value) -> Result<Owned, NodeCause> {
     }
 }
 
-/// An acquire script's reply (`{1, fence}` granted, `{0, pttl}` held).
+/// An acquire script's reply (`{1, fence}` granted, `{0, pttl, free slots...}` held).
 pub(super) fn grant_reply(reply: Value) -> Result<Grant, NodeCause> {
-    match redis::from_redis_value::<(i64, i64)>(reply) {
-        Ok((1, fence)) => Ok(Grant::Granted {
-            fence: u64::try_from(fence).unwrap_or(0),
+    match redis::from_redis_value::<Vec<i64>>(reply).as_deref() {
+        Ok([1, fence]) => Ok(Grant::Granted {
+            fence: u64::try_from(*fence).unwrap_or(0),
         }),
-        Ok((0, pttl)) => Ok(Grant::Held {
-            pttl: u64::try_from(pttl).ok().map(Duration::from_millis),
+        Ok([0, pttl, free @ ..]) => Ok(Grant::Held {
+            pttl: u64::try_from(*pttl).ok().map(Duration::from_millis),
+            // 1-based slot numbers; a semaphore has at most 64 slots.
+            free: free
+                .iter()
+                .filter(|s| (1..=64).contains(*s))
+                .fold(0, |mask, s| mask | 1 << (s - 1)),
         }),
         Ok(other) => Err(protocol(format!("acquire returned {other:?}"))),
         Err(e) => Err(protocol(format!("acquire: {e}"))),
@@ -373,5 +516,8 @@ mod tests {
         assert!(Script::Release.source().contains("DEL"));
         assert!(Script::Extend.source().contains("PEXPIRE"));
         assert!(Script::Fence.source().contains("KEYS[2]"));
+        assert!(Script::ReadAcquire.source().contains("ZADD"));
+        assert!(Script::WriteAcquire.source().contains("ZRANGE"));
+        assert!(Script::PermitAcquire.source().contains("NX"));
     }
 }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::error::{Error, NodeCause, NodeFailure, Operation};
-use crate::keys::Keys;
+use crate::keys::{Keys, Kind};
 use crate::node::{Grant, Op, Owned};
 use crate::node_states::NodeStates;
 use crate::quorum::{self, millis, Decision, Tally};
@@ -87,6 +87,8 @@ struct Replies {
     causes: Vec<NodeFailure>,
     /// The fencing counters of the nodes that granted.
     fences: Vec<(usize, u64)>,
+    /// The free slots of a semaphore on each node that refused (bit `s`: slot `s`).
+    free: Vec<u64>,
 }
 
 impl Replies {
@@ -104,9 +106,10 @@ impl Replies {
                 tracing::trace!(node, outcome = "granted", fence);
                 self.fences.push((i, fence));
             }
-            Ok(Grant::Held { pttl }) => {
+            Ok(Grant::Held { pttl, free }) => {
                 tracing::trace!(node, outcome = "taken", ?pttl);
                 self.pttls.push(pttl);
+                self.free.push(free);
             }
             Err(cause) => {
                 tracing::trace!(node, outcome = "failed", %cause);
@@ -153,13 +156,14 @@ pub(crate) async fn attempt(
         start: Instant::now(),
         states: NodeStates::new(cluster.len()),
     };
-    let fenced = config.fencing && keys.single().is_some();
+    // Only a single-key mutex has a fencing counter.
+    let fenced = config.fencing && keys.fence().is_some();
     let op = Arc::new(Op::acquire(
         keys,
         &round.value,
         millis(round.lease),
         fenced,
-        hint,
+        (hint, retrying),
     ));
     // Armed until the grant becomes a guard: a failed or dropped round is undone where a node
     // granted or did not answer (as `states` records them).
@@ -173,6 +177,7 @@ pub(crate) async fn attempt(
         pttls: Vec::new(),
         causes: Vec::new(),
         fences: Vec::new(),
+        free: Vec::new(),
     };
     quorum::until(&mut pending, |(i, reply)| {
         replies.record(cluster, &round.states, i, reply);
@@ -237,12 +242,26 @@ impl Round<'_> {
             }
             Verdict::Refused { split } => {
                 // The partial grant is released where a node granted or did not answer:
-                // announced, or quietly after a split vote that the caller will retry.
-                undo.settle(pending, !(split && retrying));
+                // announced, or quietly after a split vote that the caller will retry. Only a
+                // mutex's: a reader (or permit) that split may go on to wait for something
+                // else (a writer's intent, another slot) and never announce the key, while a
+                // writer (or permit waiter) refused by its partial grant sleeps on a notification.
+                let quiet = split && retrying && self.keys.kind() == Kind::Mutex;
+                undo.settle(pending, !quiet);
+                let open = match self.keys.kind() {
+                    Kind::Permit { .. } => {
+                        let slots = self.keys.script_keys().len();
+                        // The nodes that granted this round's slot count as worth a try.
+                        let wanted = replies.tally.required().saturating_sub(replies.tally.yes);
+                        open_slot(&replies.free, slots, wanted)
+                    }
+                    _ => None,
+                };
                 Attempt::Busy(Busy {
                     holder_left: wait::majority_free_in(self.cluster.len(), &mut replies.pttls),
                     split,
                     failed,
+                    open,
                 })
             }
         }
@@ -301,6 +320,7 @@ impl Round<'_> {
             split,
             failed: t.failed,
             holder_left: None,
+            open: None,
         };
         Attempt::Unreachable(error, busy)
     }
@@ -356,6 +376,21 @@ async fn confirm_token(
         );
     }
     (t, valid)
+}
+
+/// A semaphore's slot to try next after a refused round, from the free slots each refusing
+/// node reported (`free`, bit `s` for slot `s` of `slots`): the slot free on the most of them
+/// (ties: a random one of those, so contenders spread), and whether that is at least
+/// `required` nodes (with the nodes that granted this round's slot, which may well have it
+/// free too, a majority could grant it now: worth a try at once). `None` when no refusing node had a free
+/// slot. A pure function of plain values (the random tie-break aside).
+pub(crate) fn open_slot(free: &[u64], slots: usize, required: usize) -> Option<(usize, bool)> {
+    let slots = slots.min(64);
+    let count = |s: usize| free.iter().filter(|m| *m & (1 << s) != 0).count();
+    let best = (0..slots).map(count).max().filter(|c| *c > 0)?;
+    let ties: Vec<usize> = (0..slots).filter(|s| count(*s) == best).collect();
+    let slot = ties[fastrand::usize(..ties.len())];
+    Some((slot, best >= required))
 }
 
 /// Lets the stragglers of a granted round land and records whether they granted; one that
@@ -424,6 +459,18 @@ mod tests {
                 "{yes}/{no}/{failed} {validity:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_next_slot_is_the_one_free_on_the_most_nodes() {
+        // Slot 1 free on three nodes, slot 0 on one: try 1, a majority of five could grant it.
+        assert_eq!(open_slot(&[0b011, 0b010, 0b110], 3, 3), Some((1, true)));
+        assert_eq!(open_slot(&[0b011, 0b010], 3, 3), Some((1, false)));
+        assert_eq!(open_slot(&[0, 0, 0], 3, 2), None);
+        // Slots past the semaphore's count are ignored.
+        assert_eq!(open_slot(&[0b1000], 3, 1), None);
+        let (slot, on_majority) = open_slot(&[0b101, 0b101], 3, 2).expect("a slot");
+        assert!(on_majority && (slot == 0 || slot == 2));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::error::{Error, NodeCause, NodeFailure, Operation};
 use crate::keys::Keys;
 use crate::node::{Op, Owned};
 use crate::node_states::NodeStates;
+use crate::queue::{Holder, Ticket};
 use crate::quorum::{self, Decision, Tally, Vote};
 
 /// The outcome of a release or extend round.
@@ -174,6 +175,37 @@ async fn round(
         });
     }
     round
+}
+
+/// A guard's release in the background on the current runtime (nodes that did not answer
+/// are retried, and late straggling grants are caught, see [`NodeStates`]); with no runtime
+/// the keys expire by TTL. The local queue `ticket`, if any, is handed on only after the
+/// first round, so the next local waiter finds the key gone.
+pub(crate) fn spawn_release<B, H>(
+    cluster: Arc<Cluster>,
+    keys: Keys,
+    value: Arc<str>,
+    states: NodeStates,
+    ticket: Option<Ticket<B, H>>,
+) where
+    B: Send + 'static,
+    H: Holder + Send + 'static,
+{
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(
+            key = %keys,
+            "no tokio runtime to release the lock on; it will expire after its TTL"
+        );
+        return;
+    };
+    rt.spawn(async move {
+        let announce = ticket.as_ref().is_none_or(Ticket::announce_release);
+        let round = release(&cluster, &keys, &value, &states, announce).await;
+        if let (true, Some(ticket)) = (announce, &ticket) {
+            ticket.announced(round.listeners, cluster.others_poll(&keys));
+        }
+        drop(ticket);
+    });
 }
 
 #[cfg(test)]

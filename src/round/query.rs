@@ -62,10 +62,28 @@ pub(crate) fn majority(count: usize, tally: &Tally) -> Option<bool> {
 
 /// `GET key` on every node; done once some value has a majority, or every node was heard.
 pub(crate) async fn query(cluster: &Arc<Cluster>, key: &str) -> Query {
+    read(cluster, key, None).await
+}
+
+/// Whether reader `member` is in the readers' set `key` on each node (`ZSCORE`): the
+/// [`Query`] of a read-write lock's reader, whose value is `member` where it is there. (An
+/// expired member still there counts: a holder asks only while its validity, which ends
+/// before its expiry on the nodes, is left.)
+pub(crate) async fn query_reader(cluster: &Arc<Cluster>, key: &str, member: &str) -> Query {
+    read(cluster, key, Some(member)).await
+}
+
+async fn read(cluster: &Arc<Cluster>, key: &str, member: Option<&str>) -> Query {
     let key: Arc<str> = key.into();
+    let member: Option<Arc<str>> = member.map(Into::into);
     let mut pending = cluster.fan_out(|nodes, i| {
-        let key = key.clone();
-        async move { nodes.get(i, &key).await }
+        let (key, member) = (key.clone(), member.clone());
+        async move {
+            match member {
+                Some(m) => nodes.member(i, &key, &m).await,
+                None => nodes.get(i, &key).await,
+            }
+        }
     });
     let mut q = Query {
         values: Vec::new(),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::LocalCluster;
+use super::{check_permits, LocalCluster};
 use crate::{Context, Error, RedLock, Retry};
 
 /// One hold of a lock, as its holder saw it.
@@ -26,6 +26,9 @@ pub struct HoldRecord {
     pub client: usize,
     /// Its fencing token, if fencing was on.
     pub token: Option<u64>,
+    /// A shared hold (a reader's, a semaphore permit's): it may overlap other shared holds of
+    /// the key, never an exclusive one (a mutex's, a writer's).
+    pub shared: bool,
     /// When `acquire` returned.
     pub start: Instant,
     /// When the holder finished (before releasing).
@@ -35,15 +38,16 @@ pub struct HoldRecord {
 }
 
 impl HoldRecord {
-    /// The part of the hold during which the holder trusted the lock.
-    fn trusted_end(&self) -> Instant {
+    /// The end of the part of the hold during which the holder trusted the lock.
+    pub fn trusted_end(&self) -> Instant {
         self.end.min(self.valid_until)
     }
 }
 
 /// Violations of mutual exclusion and fencing among `holds`: two holds of one key that
-/// overlapped while both were within their validity, and fencing tokens of one key that did
-/// not strictly increase in the order the holds started.
+/// overlapped while both were within their validity, unless both were shared (readers; a
+/// semaphore's bound is [`check_permits`](super::check_permits)'s), and fencing tokens of one
+/// key that did not strictly increase in the order the holds started.
 ///
 /// ```
 /// use redquorum::testkit::{check_holds, HoldRecord};
@@ -52,7 +56,7 @@ impl HoldRecord {
 /// let t = Instant::now();
 /// let ms = Duration::from_millis;
 /// let hold = |client, start, end, token| HoldRecord {
-///     key: "k".into(), client, token: Some(token),
+///     key: "k".into(), client, token: Some(token), shared: false,
 ///     start: t + ms(start), end: t + ms(end), valid_until: t + ms(end + 100),
 /// };
 /// assert!(check_holds(&[hold(0, 0, 10, 1), hold(1, 20, 30, 2)]).is_empty());
@@ -66,10 +70,14 @@ pub fn check_holds(holds: &[HoldRecord]) -> Vec<String> {
     let mut violations = Vec::new();
     for (key, mut hs) in by_key {
         hs.sort_by_key(|h| h.start);
-        // Overlap: a hold starting before an earlier one (still trusted) ended.
+        // Overlap: a hold starting before an earlier one (still trusted) ended, unless both
+        // are shared. `latest`: the earlier hold trusted longest; `exclusive`: the earlier
+        // exclusive hold trusted longest.
         let mut latest: Option<&HoldRecord> = None;
+        let mut exclusive: Option<&HoldRecord> = None;
         for h in &hs {
-            if let Some(prev) = latest {
+            let against = if h.shared { exclusive } else { latest };
+            if let Some(prev) = against {
                 if h.start < prev.trusted_end() {
                     violations.push(format!(
                         "key {key:?}: client {} acquired while client {} still held it with validity left ({:?} of overlap)",
@@ -81,6 +89,9 @@ pub fn check_holds(holds: &[HoldRecord]) -> Vec<String> {
             }
             if latest.is_none_or(|p| h.trusted_end() > p.trusted_end()) {
                 latest = Some(h);
+            }
+            if !h.shared && exclusive.is_none_or(|p| h.trusted_end() > p.trusted_end()) {
+                exclusive = Some(h);
             }
         }
         for w in hs.windows(2) {
@@ -110,6 +121,9 @@ pub struct Report {
     pub violations: Vec<String>,
     /// Longest time without any grant (with a majority up).
     pub max_stall: Duration,
+    /// The most holds of one key trusted at once (1 for a mutex; readers or permits that
+    /// overlapped show more).
+    pub max_concurrent: usize,
     /// Acquire latency percentiles (p50, p99) while no fault was active.
     pub healthy_latency: (Duration, Duration),
     /// Acquire latency percentiles (p50, p99) while a fault was active.
@@ -128,6 +142,7 @@ impl fmt::Display for Report {
             writeln!(f, "  - {v}")?;
         }
         writeln!(f, "max stall:    {:.1?}", self.max_stall)?;
+        writeln!(f, "max holders:  {}", self.max_concurrent)?;
         writeln!(
             f,
             "acquire p50/p99 healthy: {:.2?} / {:.2?}",
@@ -138,6 +153,55 @@ impl fmt::Display for Report {
             "acquire p50/p99 faulty:  {:.2?} / {:.2?}",
             self.faulty_latency.0, self.faulty_latency.1
         )
+    }
+}
+
+/// What a [`Workload`]'s clients take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Primitive {
+    /// `acquire`: every hold exclusive, each a read-modify-write of the oracle.
+    #[default]
+    Mutex,
+    /// `read`/`write` on each key: one acquisition in four writes (a read-modify-write of the
+    /// oracle); readers hold a few milliseconds, shared. No write hold may overlap any other.
+    ReadWrite,
+    /// `semaphore(key, permits)`: every hold shared, a few milliseconds; never more than
+    /// `permits` at once.
+    Semaphore {
+        /// The permits of each semaphore.
+        permits: usize,
+    },
+}
+
+impl Primitive {
+    /// The form a soak child is given (`mutex`, `rw`, `sem:<permits>`).
+    fn arg(self) -> String {
+        match self {
+            Primitive::Mutex => "mutex".into(),
+            Primitive::ReadWrite => "rw".into(),
+            Primitive::Semaphore { permits } => format!("sem:{permits}"),
+        }
+    }
+
+    /// Parses [`arg`](Self::arg)'s form (also what the soak example takes).
+    ///
+    /// ```
+    /// use redquorum::testkit::Primitive;
+    /// assert_eq!(Primitive::parse("sem:4"), Some(Primitive::Semaphore { permits: 4 }));
+    /// assert_eq!(Primitive::parse("rw"), Some(Primitive::ReadWrite));
+    /// assert_eq!(Primitive::parse("sem:x"), None);
+    /// ```
+    pub fn parse(s: &str) -> Option<Primitive> {
+        match s {
+            "mutex" => Some(Primitive::Mutex),
+            "rw" => Some(Primitive::ReadWrite),
+            _ => s
+                .strip_prefix("sem:")
+                .and_then(|p| p.parse().ok())
+                .filter(|p| *p > 0)
+                .map(|permits| Primitive::Semaphore { permits }),
+        }
     }
 }
 
@@ -173,6 +237,8 @@ pub struct Workload {
     pub nemesis: bool,
     /// Time between nemesis actions.
     pub fault_interval: Duration,
+    /// What the clients take: mutexes, read-write locks or semaphores.
+    pub primitive: Primitive,
 }
 
 impl Workload {
@@ -201,6 +267,7 @@ impl Workload {
             node_timeout: Duration::from_millis(100),
             nemesis: true,
             fault_interval: Duration::from_millis(200),
+            primitive: Primitive::Mutex,
         }
     }
 
@@ -303,6 +370,7 @@ impl Workload {
                 self.keys.to_string(),
                 self.ttl.as_millis().to_string(),
                 self.node_timeout.as_millis().to_string(),
+                self.primitive.arg(),
             ])
             .stdout(std::process::Stdio::piped());
             children.push(
@@ -373,6 +441,9 @@ impl Workload {
         w.keys = usize::try_from(num(6)?).map_err(|_| bad())?.max(1);
         w.ttl = Duration::from_millis(num(7)?);
         w.node_timeout = Duration::from_millis(num(8)?);
+        if let Some(p) = args.get(9) {
+            w.primitive = Primitive::parse(p).ok_or_else(bad)?;
+        }
         let end = Instant::now() + w.duration;
         let stop = Arc::new(AtomicBool::new(false));
         let oracle = Arc::new(Oracle::redis(oracle_url).await?);
@@ -389,7 +460,7 @@ impl Workload {
         }
         for (h, asked) in &log.holds {
             out.push_str(&format!(
-                "H {} {} {} {} {} {} {}\n",
+                "H {} {} {} {} {} {} {} {}\n",
                 h.key,
                 h.client,
                 h.token.unwrap_or(0),
@@ -397,6 +468,7 @@ impl Workload {
                 clock.to_ns(h.start),
                 clock.to_ns(h.end),
                 clock.to_ns(h.valid_until),
+                u8::from(h.shared),
             ));
         }
         for (kind, n) in &log.errors {
@@ -434,6 +506,7 @@ impl Workload {
                 .await?;
             let (stop, oracle, log) = (stop.clone(), oracle.clone(), log.clone());
             let (keys, max_grants, seed) = (self.keys, self.max_grants, self.seed);
+            let primitive = self.primitive;
             clients.push(tokio::spawn(async move {
                 let mut rng = fastrand::Rng::with_seed(seed ^ ((client as u64 + 1) * 0x9e37_79b9));
                 while !stop.load(Ordering::SeqCst) && Instant::now() < end {
@@ -441,27 +514,46 @@ impl Workload {
                     let key = format!("chaos-{k}");
                     let asked = Instant::now();
                     let ctx = Context::with_timeout(Duration::from_secs(5));
-                    match locks.acquire(&ctx, &key).await {
+                    // Exclusive holds update the oracle; shared ones hold a few milliseconds.
+                    let (taken, shared) = match primitive {
+                        Primitive::Mutex => (locks.acquire(&ctx, &key).await, false),
+                        Primitive::ReadWrite if rng.u32(0..4) == 0 => {
+                            (locks.write(&ctx, &key).await, false)
+                        }
+                        Primitive::ReadWrite => (locks.read(&ctx, &key).await, true),
+                        Primitive::Semaphore { permits } => match locks.semaphore(&key, permits) {
+                            Ok(sem) => (sem.acquire(&ctx).await, true),
+                            Err(e) => (Err(e), true),
+                        },
+                    };
+                    match taken {
                         Ok(guard) => {
                             let start = Instant::now();
-                            // The oracle: a read-modify-write that two holders would break,
-                            // written only with at least half the lease left (a client starved
-                            // of CPU past its lease must not act: that pause is what fencing
-                            // tokens are for, and no lock can cover it).
-                            let margin = locks.ttl() / 2;
-                            let wrote = oracle.rmw(k, || guard.validity() >= margin).await;
-                            match wrote {
-                                Ok(true) => {}
-                                Ok(false) => lock(&log).skipped(&key),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "oracle unreachable");
-                                    lock(&log).skipped(&key);
+                            if shared {
+                                let ms = rng.u64(1..4);
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                            } else {
+                                // The oracle: a read-modify-write that two holders would
+                                // break, written only with at least half the lease left (a
+                                // client starved of CPU past its lease must not act: that
+                                // pause is what fencing tokens are for, and no lock can
+                                // cover it).
+                                let margin = locks.ttl() / 2;
+                                let wrote = oracle.rmw(k, || guard.validity() >= margin).await;
+                                match wrote {
+                                    Ok(true) => {}
+                                    Ok(false) => lock(&log).skipped(&key),
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "oracle unreachable");
+                                        lock(&log).skipped(&key);
+                                    }
                                 }
                             }
                             let hold = HoldRecord {
                                 key,
                                 client,
                                 token: guard.fencing_token(),
+                                shared,
                                 start,
                                 end: Instant::now(),
                                 valid_until: guard.expires_at(),
@@ -502,6 +594,12 @@ impl Workload {
         } = chaos;
         let holds: Vec<HoldRecord> = log.holds.iter().map(|(h, _)| h.clone()).collect();
         let mut violations = check_holds(&holds);
+        let bound = match self.primitive {
+            Primitive::Semaphore { permits } => permits,
+            Primitive::Mutex | Primitive::ReadWrite => usize::MAX,
+        };
+        let (over, max_concurrent) = check_permits(&holds, bound);
+        violations.extend(over);
         // A crashed client or a node the nemesis could not bring back: the run did not test
         // what it claims, so it cannot count as clean.
         violations.extend(log.violations);
@@ -509,8 +607,8 @@ impl Workload {
         for (k, value) in oracle.iter().enumerate() {
             let name = format!("chaos-{k}");
             let skipped = log.skipped.get(&name).copied().unwrap_or(0);
-            let held = holds.iter().filter(|h| h.key == name).count() as u64;
-            // Holds that wrote: each must have added one.
+            let held = holds.iter().filter(|h| h.key == name && !h.shared).count() as u64;
+            // Exclusive holds that wrote: each must have added one.
             let count = held.saturating_sub(skipped);
             if *value != count {
                 // Holds that went on past their validity (a client starved of CPU) are not
@@ -541,6 +639,7 @@ impl Workload {
             faults,
             violations,
             max_stall: max_gap(&holds, started),
+            max_concurrent,
             healthy_latency: percentiles(healthy),
             faulty_latency: percentiles(faulty),
             elapsed: started.elapsed(),
@@ -734,12 +833,13 @@ impl Log {
         }
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.as_slice() {
-            ["H", key, client, token, asked, start, end, valid] => {
+            ["H", key, client, token, asked, start, end, valid, shared] => {
                 let n = |s: &str| s.parse::<u128>().unwrap_or(0);
                 let hold = HoldRecord {
                     key: (*key).to_owned(),
                     client: client.parse().unwrap_or(usize::MAX),
                     token: token.parse().ok().filter(|t| *t > 0),
+                    shared: *shared == "1",
                     start: clock.to_instant(n(start)),
                     end: clock.to_instant(n(end)),
                     valid_until: clock.to_instant(n(valid)),
@@ -928,6 +1028,7 @@ mod tests {
             key: key.into(),
             client,
             token: Some(token),
+            shared: false,
             start: t + ms(from),
             end: t + ms(to),
             valid_until: t + ms(to + 100),

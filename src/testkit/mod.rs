@@ -88,12 +88,14 @@
 //! fencing on the recorded holds (see `examples/soak.rs` and `tests/chaos.rs`).
 
 mod chaos;
+mod permits;
 mod proxy;
 mod stats;
 #[cfg(feature = "testkit-tls")]
 mod tls;
 
-pub use chaos::{check_holds, HoldRecord, Report, Workload};
+pub use chaos::{check_holds, HoldRecord, Primitive, Report, Workload};
+pub use permits::check_permits;
 pub use proxy::FaultProxy;
 pub use stats::{CommandStats, SCRIPT_COMMANDS};
 
