@@ -245,14 +245,16 @@ async fn fenced_acquire_cost(
 async fn no_second_fencing_round_when_the_counters_agree() {
     let c = cluster(5);
     let locks = fenced(&c).await;
-    // Warm up: scripts loaded, connections identified.
-    locks
-        .acquire(&patient(), "warm")
-        .await
-        .expect("acquire")
-        .release()
-        .await
-        .expect("release");
+    // Warm up: scripts loaded, connections identified. The key reached every node and its
+    // release deleted it on every node before counting starts (a straggling delete would
+    // count as a script of the acquire below).
+    let (warm_up, _) = fenced_acquire_cost(&c, &locks, "warm").await;
+    warm_up.release().await.expect("release");
+    let warm = locks.redis_key("warm").expect("key");
+    eventually("the warm-up release on every node", || {
+        (0..c.len()).all(|i| get(&c, i, &warm).is_none())
+    })
+    .await;
 
     // Every counter at 0: the granting majority agrees, one script per node and no more.
     let (guard, scripts) = fenced_acquire_cost(&c, &locks, "agree").await;

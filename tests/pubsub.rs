@@ -14,9 +14,12 @@ use tokio_util::sync::CancellationToken;
 /// A RedLock whose polling safety net is minutes long: each poll is drawn uniformly from
 /// [0, HANG_GUARD] (full jitter), so a wake-up within a few seconds comes from a notification
 /// (or the holder's lease running out), not a poll, with odds of 60 to 1 or better each time.
+/// Its node timeout is a second: these tests time wake-ups, not node requests, and three
+/// rounds in a row that a loaded machine stalls past 250 ms would end the wait as NoQuorum.
 async fn slow_poller(c: &LocalCluster) -> RedLock {
     builder(c)
         .ttl(HANG_GUARD * 2) // a key it leaves behind shows, it does not expire unseen
+        .node_timeout(Duration::from_secs(1))
         .retry(Retry::exponential(HANG_GUARD, HANG_GUARD))
         .build()
         .await
@@ -29,6 +32,7 @@ async fn slow_poller(c: &LocalCluster) -> RedLock {
 async fn never_polls(c: &LocalCluster) -> RedLock {
     builder(c)
         .ttl(HANG_GUARD * 2)
+        .node_timeout(Duration::from_secs(1))
         .retry(Retry::exponential(HANG_GUARD, HANG_GUARD))
         .safety_poll(HANG_GUARD)
         .build()
