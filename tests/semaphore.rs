@@ -157,11 +157,13 @@ async fn many_tasks_never_exceed_k_and_reach_it() {
     assert!(wait_until_no_keys(&c, HANG_GUARD).await.is_empty());
 }
 
-/// Three acquirers, each reaching only two of three nodes (the third cut off): the first
-/// through {0,1}, the second {1,2}, the third {0,2}. Returns the holds granted.
-async fn three_acquirers_on_two_nodes_each(c: &LocalCluster, sem: &Semaphore) -> Vec<HoldRecord> {
+/// Three acquirers (three clients, as three processes would be), each reaching only two of
+/// three nodes (the third cut off): the first through {0,1}, the second {1,2}, the third
+/// {0,2}. Returns the holds granted.
+async fn three_acquirers_on_two_nodes_each(c: &LocalCluster, naive: bool) -> Vec<HoldRecord> {
     let mut holds = Vec::new();
     for (client, cut) in [2usize, 0, 1].into_iter().enumerate() {
+        let sem = two_permit_semaphore(c, naive).await;
         c.proxy(cut).expect("proxy").cut();
         let ctx = ctx(1_500);
         // Retried until the two reachable nodes answer (a node just healed may still be
@@ -216,8 +218,7 @@ async fn the_naive_counting_semaphore_admits_three_holders_of_two_permits_and_th
 {
     let _light = light().await;
     let c = proxied(3);
-    let sem = two_permit_semaphore(&c, true).await;
-    let holds = three_acquirers_on_two_nodes_each(&c, &sem).await;
+    let holds = three_acquirers_on_two_nodes_each(&c, true).await;
     // Two holders on every node, yet three hold the semaphore.
     assert_eq!(holds.len(), 3, "the counterexample did not reproduce");
     let (violations, most) = check_permits(&holds, 2);
@@ -233,8 +234,7 @@ async fn the_naive_counting_semaphore_admits_three_holders_of_two_permits_and_th
 async fn the_slot_semaphore_stays_within_its_permits_on_the_same_schedule() {
     let _light = light().await;
     let c = proxied(3);
-    let sem = two_permit_semaphore(&c, false).await;
-    let holds = three_acquirers_on_two_nodes_each(&c, &sem).await;
+    let holds = three_acquirers_on_two_nodes_each(&c, false).await;
     // The third acquirer finds no slot free on both of its nodes.
     assert_eq!(holds.len(), 2, "{holds:?}");
     let (violations, most) = check_permits(&holds, 2);
