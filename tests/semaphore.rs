@@ -241,3 +241,35 @@ async fn the_slot_semaphore_stays_within_its_permits_on_the_same_schedule() {
     assert!(violations.is_empty(), "{violations:?}");
     assert_eq!(most, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clones_of_a_semaphore_share_a_local_gate_of_k_places() {
+    let _light = light().await;
+    let c = cluster(3);
+    let locks = long_lease(&c).await;
+    let sem = locks.semaphore("gate", 1).expect("semaphore");
+    let held = sem.try_acquire().await.expect("no error").expect("free");
+    // The one place is taken: a clone waits locally, and its wait ends with the release.
+    let waiter = {
+        let sem = sem.clone();
+        tokio::spawn(async move { sem.acquire(&patient()).await })
+    };
+    assert!(sem.clone().try_acquire().await.expect("no error").is_none());
+    // Another client is refused by Redis, not by a gate.
+    let other = long_lease(&c)
+        .await
+        .semaphore("gate", 1)
+        .expect("semaphore");
+    assert!(other.try_acquire().await.expect("no error").is_none());
+    held.release().await.expect("release");
+    let next = waiter
+        .await
+        .expect("task")
+        .expect("granted after the release");
+    next.release().await.expect("release");
+    // A timed-out wait at the gate is a timeout.
+    let first = sem.try_acquire().await.expect("no error").expect("free");
+    let err = sem.acquire(&ctx(50)).await.expect_err("the place is taken");
+    assert!(err.is_timeout(), "{err:?}");
+    first.release().await.expect("release");
+}
