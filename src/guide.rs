@@ -20,3 +20,6 @@ pub mod testing {}
 
 #[doc = include_str!("../docs/architecture.md")]
 pub mod architecture {}
+
+#[doc = include_str!("../docs/primitives.md")]
+pub mod primitives {}

@@ -33,12 +33,19 @@ pub(crate) struct Keys {
     /// The persistent fencing counter of a single-key lock.
     fence: Option<Arc<str>>,
     kind: Kind,
-    /// The keys the acquire script takes when they are not `keys` (a read-write lock's
-    /// writer, readers and intent keys; every slot of a semaphore).
-    script_keys: Option<Arc<[Arc<str>]>>,
-    /// The key whose release channel waiters listen on when it is not the lock key (a
+    /// What the other kinds need besides (behind one pointer: a mutex's keys stay small).
+    extra: Option<Arc<Extra>>,
+}
+
+/// The keys of a read-write lock or semaphore besides its lock key.
+#[derive(Debug)]
+struct Extra {
+    /// The keys the acquire script takes (a read-write lock's writer, readers and intent
+    /// keys; every slot of a semaphore).
+    script_keys: Arc<[Arc<str>]>,
+    /// The key whose release channel waiters listen on (a read-write lock's writer key; a
     /// semaphore's name: every slot's release is announced there).
-    wake: Option<Arc<str>>,
+    wake: Arc<str>,
     /// A writer's identity while it waits, the same for all its attempts: the value of its
     /// intent key (a fresh value is drawn for each attempt, so that cannot be it).
     waiter: Option<Arc<str>>,
@@ -83,9 +90,7 @@ impl Keys {
             keys: Arc::new([key]),
             fence,
             kind: Kind::Mutex,
-            script_keys: None,
-            wake: None,
-            waiter: None,
+            extra: None,
         }
     }
 
@@ -104,9 +109,11 @@ impl Keys {
             keys: Arc::new([own]),
             fence: None,
             kind,
-            script_keys: Some(Arc::new(rw.clone())),
-            wake: Some(rw[0].clone()),
-            waiter: write.then(|| uuid::Uuid::new_v4().simple().to_string().into()),
+            extra: Some(Arc::new(Extra {
+                script_keys: Arc::new(rw.clone()),
+                wake: rw[0].clone(),
+                waiter: write.then(|| uuid::Uuid::new_v4().simple().to_string().into()),
+            })),
         }
     }
 
@@ -119,17 +126,20 @@ impl Keys {
             kind: Kind::Permit {
                 slot: u32::try_from(slot).unwrap_or(u32::MAX),
             },
-            script_keys: Some(slots.clone()),
-            wake: Some(name.clone()),
-            waiter: None,
+            extra: Some(Arc::new(Extra {
+                script_keys: slots.clone(),
+                wake: name.clone(),
+                waiter: None,
+            })),
         }
     }
 
     /// The same semaphore's permit on `slot` instead.
     pub(crate) fn other_slot(&self, slot: usize) -> Self {
-        match (&self.wake, &self.script_keys) {
-            (Some(name), Some(slots)) if matches!(self.kind, Kind::Permit { .. }) => {
-                Keys::permit(name, slots, slot.min(slots.len() - 1))
+        match &self.extra {
+            Some(e) if matches!(self.kind, Kind::Permit { .. }) => {
+                let last = e.script_keys.len().saturating_sub(1);
+                Keys::permit(&e.wake, &e.script_keys, slot.min(last))
             }
             _ => self.clone(),
         }
@@ -137,7 +147,7 @@ impl Keys {
 
     /// A writer's identity while it waits (the value of its intent key).
     pub(crate) fn waiter(&self) -> Option<&Arc<str>> {
-        self.waiter.as_ref()
+        self.extra.as_ref().and_then(|e| e.waiter.as_ref())
     }
 
     /// Which kind of lock this is.
@@ -154,19 +164,23 @@ impl Keys {
 
     /// The keys the acquire script takes.
     pub(crate) fn script_keys(&self) -> &[Arc<str>] {
-        self.script_keys.as_deref().unwrap_or(&self.keys)
+        self.extra.as_ref().map_or(&self.keys, |e| &e.script_keys)
     }
 
     /// The key whose release channel waiters of this lock listen on (single-key locks): the
     /// lock key of a mutex, the writer key of a read-write lock, a semaphore's name.
     pub(crate) fn wake_key(&self) -> Option<&Arc<str>> {
-        self.wake.as_ref().or_else(|| self.single())
+        self.extra
+            .as_ref()
+            .map(|e| &e.wake)
+            .or_else(|| self.single())
     }
 
     /// The keys whose channels an announcement that a lock may be free goes to.
     pub(crate) fn wake_keys(&self) -> impl Iterator<Item = &Arc<str>> {
-        let own = self.wake.is_none().then(|| self.keys.iter());
-        self.wake.iter().chain(own.into_iter().flatten())
+        let wake = self.extra.as_ref().map(|e| &e.wake);
+        let own = wake.is_none().then(|| self.keys.iter());
+        wake.into_iter().chain(own.into_iter().flatten())
     }
 
     /// `keys` must be sorted and distinct.
@@ -175,9 +189,7 @@ impl Keys {
             keys: keys.into(),
             fence: None,
             kind: Kind::Mutex,
-            script_keys: None,
-            wake: None,
-            waiter: None,
+            extra: None,
         }
     }
 

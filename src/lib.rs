@@ -4,6 +4,7 @@
 #![doc = "[docs/benchmarks.md]: crate::guide::benchmarks"]
 #![doc = "[docs/cli.md]: crate::guide::cli"]
 #![doc = "[docs/docker.md]: crate::guide::docker"]
+#![doc = "[docs/primitives.md]: crate::guide::primitives"]
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -301,3 +301,34 @@ async fn a_cancelled_read_leaves_nothing_behind() {
     }
     assert!(wait_until_no_keys(&c, HANG_GUARD).await.is_empty());
 }
+
+/// Readers and a writer cycling on one key never wait for a lease to run out: every wake-up
+/// they need is announced. The lease (10 min) is far beyond each acquisition's deadline
+/// (30 s, a hang guard for a loaded machine), so a wait for a lease fails the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_and_a_writer_in_a_loop_never_wait_for_a_lease() {
+    let _light = light().await;
+    let c = cluster(5);
+    let locks = long_lease(&c).await;
+    let mut tasks = Vec::new();
+    for t in 0..9 {
+        let locks = locks.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..100 {
+                let ctx = ctx(30_000);
+                let g = if t == 0 {
+                    locks.write(&ctx, "hot").await
+                } else {
+                    locks.read(&ctx, "hot").await
+                };
+                g.expect("granted without waiting for a lease")
+                    .release()
+                    .await
+                    .expect("release");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+}

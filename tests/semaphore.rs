@@ -157,10 +157,9 @@ async fn many_tasks_never_exceed_k_and_reach_it() {
     assert!(wait_until_no_keys(&c, HANG_GUARD).await.is_empty());
 }
 
-/// Three acquirers (three lock managers, as three processes would be: one `Semaphore`'s local
-/// gate would hold the third back itself), each reaching only two of three nodes (the third
-/// cut off): the first through {0,1}, the second {1,2}, the third {0,2}. Returns the holds
-/// granted.
+/// Three acquirers (three clients, as three processes would be), each reaching only two of
+/// three nodes (the third cut off): the first through {0,1}, the second {1,2}, the third
+/// {0,2}. Returns the holds granted.
 async fn three_acquirers_on_two_nodes_each(c: &LocalCluster, naive: bool) -> Vec<HoldRecord> {
     let mut holds = Vec::new();
     for (client, cut) in [2usize, 0, 1].into_iter().enumerate() {
@@ -241,4 +240,36 @@ async fn the_slot_semaphore_stays_within_its_permits_on_the_same_schedule() {
     let (violations, most) = check_permits(&holds, 2);
     assert!(violations.is_empty(), "{violations:?}");
     assert_eq!(most, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clones_of_a_semaphore_share_a_local_gate_of_k_places() {
+    let _light = light().await;
+    let c = cluster(3);
+    let locks = long_lease(&c).await;
+    let sem = locks.semaphore("gate", 1).expect("semaphore");
+    let held = sem.try_acquire().await.expect("no error").expect("free");
+    // The one place is taken: a clone waits locally, and its wait ends with the release.
+    let waiter = {
+        let sem = sem.clone();
+        tokio::spawn(async move { sem.acquire(&patient()).await })
+    };
+    assert!(sem.clone().try_acquire().await.expect("no error").is_none());
+    // Another client is refused by Redis, not by a gate.
+    let other = long_lease(&c)
+        .await
+        .semaphore("gate", 1)
+        .expect("semaphore");
+    assert!(other.try_acquire().await.expect("no error").is_none());
+    held.release().await.expect("release");
+    let next = waiter
+        .await
+        .expect("task")
+        .expect("granted after the release");
+    next.release().await.expect("release");
+    // A timed-out wait at the gate is a timeout.
+    let first = sem.try_acquire().await.expect("no error").expect("free");
+    let err = sem.acquire(&ctx(50)).await.expect_err("the place is taken");
+    assert!(err.is_timeout(), "{err:?}");
+    first.release().await.expect("release");
 }

@@ -242,12 +242,8 @@ impl Round<'_> {
             }
             Verdict::Refused { split } => {
                 // The partial grant is released where a node granted or did not answer:
-                // announced, or quietly after a split vote that the caller will retry. Only a
-                // mutex's: a reader (or permit) that split may go on to wait for something
-                // else (a writer's intent, another slot) and never announce the key, while a
-                // writer (or permit waiter) refused by its partial grant sleeps on a notification.
-                let quiet = split && retrying && self.keys.kind() == Kind::Mutex;
-                undo.settle(pending, !quiet);
+                // announced, or quietly after a mutex's split vote that the caller will retry.
+                undo.settle(pending, !quiet_undo(self.keys.kind(), split, retrying));
                 let open = match self.keys.kind() {
                     Kind::Permit { .. } => {
                         let slots = self.keys.script_keys().len();
@@ -378,6 +374,15 @@ async fn confirm_token(
     (t, valid)
 }
 
+/// Whether a refused round's undo goes unannounced: only a mutex's split vote that its caller
+/// retries (see [`Undo::settle`]). A reader or permit that split may go on to wait for
+/// something else (a writer's intent, another slot) and never announce the key, while a
+/// writer or permit waiter refused by its partial grant sleeps until a notification: announced,
+/// or that waiter would sleep until the lease ran out.
+pub(crate) fn quiet_undo(kind: Kind, split: bool, retrying: bool) -> bool {
+    split && retrying && kind == Kind::Mutex
+}
+
 /// A semaphore's slot to try next after a refused round, from the free slots each refusing
 /// node reported (`free`, bit `s` for slot `s` of `slots`): the slot free on the most of them
 /// (ties: a random one of those, so contenders spread), and whether that is at least
@@ -458,6 +463,16 @@ mod tests {
                 expected,
                 "{yes}/{no}/{failed} {validity:?}"
             );
+        }
+    }
+
+    #[test]
+    fn only_a_mutex_undoes_a_split_vote_quietly() {
+        assert!(quiet_undo(Kind::Mutex, true, true));
+        assert!(!quiet_undo(Kind::Mutex, true, false));
+        assert!(!quiet_undo(Kind::Mutex, false, true));
+        for kind in [Kind::Read, Kind::Write, Kind::Permit { slot: 0 }] {
+            assert!(!quiet_undo(kind, true, true), "{kind:?}");
         }
     }
 

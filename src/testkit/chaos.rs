@@ -184,7 +184,7 @@ impl Primitive {
         }
     }
 
-    /// Parses [`arg`](Self::arg)'s form (also what the soak example takes).
+    /// Parses `mutex`, `rw` or `sem:<permits>` (what the soak example and its children take).
     ///
     /// ```
     /// use redquorum::testkit::Primitive;
