@@ -376,6 +376,21 @@ async fn the_probes_leave_nothing_behind_and_fencing_adds_incr() {
     );
 }
 
+/// The fencing probe's key can never stay behind for good: with `DEL` denied, the key the
+/// `INCR` probe used is still there after the check, but expires by itself.
+#[tokio::test]
+async fn the_fencing_probe_key_expires_even_when_it_cannot_be_deleted() {
+    let (c, urls) = acl_cluster(&["del"]);
+    let report = builder(urls).fencing(true).check().await.expect("valid");
+    assert!(seen(&report.nodes[0], Check::Permissions).contains("DEL (denied by ACL"));
+    let left = common::all_keys(&c);
+    assert!(!left.is_empty(), "DEL was denied: the probe key is still there");
+    for (i, key) in left {
+        let ttl = common::pttl(&c, i, &key);
+        assert!(ttl > 0, "node {i}: {key} left without an expiry (PTTL {ttl})");
+    }
+}
+
 #[tokio::test]
 async fn a_node_that_does_not_answer_is_unsafe_within_the_connect_timeout() {
     let c = common::proxied(3);
