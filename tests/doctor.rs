@@ -384,10 +384,16 @@ async fn the_fencing_probe_key_expires_even_when_it_cannot_be_deleted() {
     let report = builder(urls).fencing(true).check().await.expect("valid");
     assert!(seen(&report.nodes[0], Check::Permissions).contains("DEL (denied by ACL"));
     let left = common::all_keys(&c);
-    assert!(!left.is_empty(), "DEL was denied: the probe key is still there");
+    assert!(
+        !left.is_empty(),
+        "DEL was denied: the probe key is still there"
+    );
     for (i, key) in left {
         let ttl = common::pttl(&c, i, &key);
-        assert!(ttl > 0, "node {i}: {key} left without an expiry (PTTL {ttl})");
+        assert!(
+            ttl > 0,
+            "node {i}: {key} left without an expiry (PTTL {ttl})"
+        );
     }
 }
 

@@ -437,8 +437,25 @@ async fn permissions(
         .await,
     ));
     if plan.fencing {
-        let incr = probe(conn, c("INCR").arg(&key).to_owned(), t).await;
-        // The probe key must not stay behind.
+        // The probe key is made with an expiry first (INCR keeps it), so that it cannot stay
+        // behind for good when the DEL after it fails (denied, a timeout, a dropped link).
+        let made = c("SET")
+            .arg(&key)
+            .arg(0)
+            .arg("PX")
+            .arg(60_000)
+            .arg("NX")
+            .to_owned();
+        let incr = match query::<Value>(conn, &made, t).await {
+            Ok(_) => probe(conn, c("INCR").arg(&key).to_owned(), t).await,
+            Err(e) => Probe::Unknown(format!(
+                "not probed: its key could not be made with an expiry first ({})",
+                match e {
+                    Failure::Denied(why) => why,
+                    Failure::Other(cause) => cause.to_string(),
+                }
+            )),
+        };
         let _ = query::<Value>(conn, &c("DEL").arg(&key).to_owned(), t).await;
         results.push(("INCR", "fencing tokens (in a script)", true, incr));
     }
