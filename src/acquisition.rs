@@ -11,7 +11,7 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::guard::{LocalQueues, LockGuard, Turn};
 use crate::keys::{Keys, Kind};
-use crate::round::acquire::{attempt, Attempt};
+use crate::round::acquire::{attempt, quiet_undo, Attempt};
 use crate::wait::{self, Busy, WaitEnd, WaitStrategy, Waiter};
 
 /// After this many consecutive attempts in which a majority of nodes could not be reached,
@@ -133,7 +133,9 @@ impl Acquisition<'_> {
                 }
                 Attempt::Busy(busy) => {
                     (unreachable, last_error) = (0, None);
-                    if busy.split {
+                    // Only a quiet undo needs announcing on the way out: the other kinds'
+                    // undos were announced already (see `quiet_undo`).
+                    if quiet_undo(self.keys.kind(), busy.split, true) {
                         leaving.arm(self.cluster, &self.keys);
                     }
                     busy

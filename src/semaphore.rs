@@ -61,7 +61,6 @@ pub const MAX_PERMITS: usize = 64;
 pub struct Semaphore {
     locks: RedLock,
     name: Arc<str>,
-    permits: usize,
     /// `<namespace>::sem:<group>:<name>`: the channel key every slot's release announces on.
     wake: Arc<str>,
     slots: Arc<[Arc<str>]>,
@@ -76,7 +75,7 @@ impl std::fmt::Debug for Semaphore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Semaphore")
             .field("name", &self.name)
-            .field("permits", &self.permits)
+            .field("permits", &self.permits())
             .finish_non_exhaustive()
     }
 }
@@ -116,7 +115,6 @@ impl RedLock {
         Ok(Semaphore {
             locks: self.clone(),
             name: name.into(),
-            permits,
             wake: format!("{space}{name}").into(),
             slots: slot_layout(&space, name, permits),
             counted,
@@ -128,7 +126,8 @@ impl RedLock {
 impl Semaphore {
     /// The number of permits.
     pub fn permits(&self) -> usize {
-        self.permits
+        // One slot key per permit: the count is not stored twice.
+        self.slots.len()
     }
 
     /// The semaphore's name, as given to [`RedLock::semaphore`].
@@ -140,10 +139,10 @@ impl Semaphore {
     fn keys(&self) -> Keys {
         match &self.counted {
             Some(rw) => {
-                let limit = u32::try_from(self.permits).unwrap_or(u32::MAX);
+                let limit = u32::try_from(self.permits()).unwrap_or(u32::MAX);
                 Keys::rw(rw.clone(), false, Some(limit))
             }
-            None => Keys::permit(&self.wake, &self.slots, fastrand::usize(..self.permits)),
+            None => Keys::permit(&self.wake, &self.slots, fastrand::usize(..self.permits())),
         }
     }
 

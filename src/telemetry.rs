@@ -4,6 +4,7 @@
 //! Names and labels are listed in the README ("Metrics"); node labels are addresses without
 //! credentials.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, NodeCause};
@@ -99,11 +100,12 @@ mod on {
         metrics::histogram!(name::GRANT_VALIDITY).record(validity);
     }
 
-    pub(crate) fn node_request(node: &str, took: Duration, failure: Option<&NodeCause>) {
+    /// `node` is shared into the label, not copied: this runs for every request to every node.
+    pub(crate) fn node_request(node: &Arc<str>, took: Duration, failure: Option<&NodeCause>) {
         match failure {
-            None => metrics::histogram!(name::NODE_REQUEST, "node" => node.to_owned()).record(took),
+            None => metrics::histogram!(name::NODE_REQUEST, "node" => node.clone()).record(took),
             Some(c) => metrics::counter!(
-                name::NODE_FAILURES, "node" => node.to_owned(), "cause" => cause(c)
+                name::NODE_FAILURES, "node" => node.clone(), "cause" => cause(c)
             )
             .increment(1),
         }
@@ -118,8 +120,8 @@ mod on {
         metrics::counter!(name::LEASES_LOST).increment(1);
     }
 
-    pub(crate) fn pubsub_reconnect(node: &str) {
-        metrics::counter!(name::PUBSUB_RECONNECTS, "node" => node.to_owned()).increment(1);
+    pub(crate) fn pubsub_reconnect(node: &Arc<str>) {
+        metrics::counter!(name::PUBSUB_RECONNECTS, "node" => node.clone()).increment(1);
     }
 }
 
@@ -130,10 +132,10 @@ mod on {
     pub(crate) fn describe() {}
     pub(crate) fn acquisition(_outcome: &'static str, _waited: Duration) {}
     pub(crate) fn granted(_validity: Duration) {}
-    pub(crate) fn node_request(_node: &str, _took: Duration, _failure: Option<&NodeCause>) {}
+    pub(crate) fn node_request(_node: &Arc<str>, _took: Duration, _failure: Option<&NodeCause>) {}
     pub(crate) fn release(_local: bool) {}
     pub(crate) fn lease_lost() {}
-    pub(crate) fn pubsub_reconnect(_node: &str) {}
+    pub(crate) fn pubsub_reconnect(_node: &Arc<str>) {}
 }
 
 pub(crate) use on::*;

@@ -116,6 +116,31 @@ async fn a_waiter_wakes_when_a_permit_is_released() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_is_announced_on_the_semaphores_channel() {
+    // The waiter test above still passes (by its safety poll, slowly) when the announcement
+    // goes to the wrong channel; this one listens to the channel itself.
+    let _light = light().await;
+    let c = cluster(3);
+    let locks = long_lease(&c).await;
+    let sem = locks.semaphore("jobs", 2).expect("semaphore");
+    let client = redis::Client::open(c.direct_url(0).expect("url")).expect("client");
+    let mut sub = client.get_async_pubsub().await.expect("pubsub");
+    sub.subscribe("redquorum::sem:default:jobs:released")
+        .await
+        .expect("subscribe");
+    let permit = sem.acquire(&patient()).await.expect("permit");
+    permit.release().await.expect("release");
+    let mut messages = sub.on_message();
+    let message = tokio::time::timeout(HANG_GUARD, futures::StreamExt::next(&mut messages))
+        .await
+        .expect("the release was announced");
+    assert_eq!(
+        message.expect("a message").get_channel_name(),
+        "redquorum::sem:default:jobs:released"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_tasks_never_exceed_k_and_reach_it() {
     let _light = light().await;
     let c = cluster(3);

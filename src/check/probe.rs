@@ -356,7 +356,8 @@ async fn permissions(
         plan.namespace,
         uuid::Uuid::new_v4().simple()
     );
-    let channel = format!("{key}:released");
+    // The channel a release of this key is announced on, named as the crate names it.
+    let channel = crate::wake::channel(&key);
     let t = plan.timeout;
     // (command, needed for what, whether its denial is unsafe, outcome)
     let mut results: Vec<(&str, &str, bool, Probe)> = Vec::new();

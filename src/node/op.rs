@@ -213,7 +213,8 @@ impl Op {
     /// writer key's channel when the last reader leaves; a writer deletes its key and intent
     /// (`rw_write_release.lua`: KEYS writer, intent; ARGV value, announce flag, the writer's
     /// identity); a permit
-    /// deletes its slot (`sem_release.lua`: KEYS slot; ARGV value, announce flag, channel),
+    /// deletes its slot (`sem_release.lua`: KEYS slot; ARGV value, announce flag, the
+    /// semaphore's name, whose `:released` channel the script builds),
     /// announced on the semaphore's channel.
     pub(crate) fn release(keys: &Keys, value: &Arc<str>, publish: bool) -> Self {
         match keys.kind() {
@@ -232,11 +233,12 @@ impl Op {
                     .text(&waiter)
             }
             Kind::Permit { .. } => {
-                let channel = keys.wake_key().map(|k| crate::wake::channel(k));
+                // The script builds the channel from the name: no String per release.
+                let name = keys.wake_key().cloned().unwrap_or_else(|| Arc::from(""));
                 Op::new(Script::PermitRelease, keys)
                     .text(value)
                     .flag(publish)
-                    .text(&channel.unwrap_or_default().into())
+                    .text(&name)
             }
         }
     }

@@ -413,12 +413,15 @@ fn watch_stragglers<F>(
         return;
     }
     let (cluster, states) = (cluster.clone(), states.clone());
-    let op = Arc::new(Op::release(keys, value, true));
+    let (keys, value) = (keys.clone(), value.clone());
     tokio::spawn(async move {
+        // Built only when a straggler did grant late (rare), not for every granted round.
+        let mut op = None;
         quorum::until(&mut pending, |(i, reply)| {
             states.record(i, &reply);
             if states.acquired_late(i, &reply) {
-                cluster.clean(i, &op, 0);
+                let op = op.get_or_insert_with(|| Arc::new(Op::release(&keys, &value, true)));
+                cluster.clean(i, op, 0);
             }
             false
         })

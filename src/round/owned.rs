@@ -85,8 +85,14 @@ pub(crate) async fn release(
     announce: bool,
 ) -> OwnedRound {
     states.mark_released();
-    let late_release = Some((Arc::new(Op::release(keys, value, true)), states.clone()));
-    round(cluster, Op::release(keys, value, announce), late_release).await
+    let op = Arc::new(Op::release(keys, value, announce));
+    // The late release is always announced: the release itself, when it is (most are).
+    let late = if announce {
+        op.clone()
+    } else {
+        Arc::new(Op::release(keys, value, true))
+    };
+    round(cluster, op, Some((late, states.clone()))).await
 }
 
 /// An extension of `value` under `keys` to `lease_ms` on every node holding it.
@@ -96,7 +102,7 @@ pub(crate) async fn extend(
     value: &Arc<str>,
     lease_ms: u64,
 ) -> OwnedRound {
-    round(cluster, Op::extend(keys, value, lease_ms), None).await
+    round(cluster, Arc::new(Op::extend(keys, value, lease_ms)), None).await
 }
 
 /// What happens to each node's final answer to a release, before or after the decision: a
@@ -130,10 +136,9 @@ impl FinalAnswers {
 /// With `late_release` (a guard's release), each node's final answer is acted on (see [`FinalAnswers`]).
 async fn round(
     cluster: &Arc<Cluster>,
-    op: Op,
+    op: Arc<Op>,
     late_release: Option<(Arc<Op>, NodeStates)>,
 ) -> OwnedRound {
-    let op = Arc::new(op);
     let mut pending: FuturesUnordered<_> = cluster.fan_out(|nodes, i| {
         let op = op.clone();
         async move { nodes.owned(i, &op).await }
